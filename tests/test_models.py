@@ -1,0 +1,233 @@
+"""Model zoo: official parity, state-dict compatibility, deploy form, export-friendliness."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TINY, TINY_LIGHT, randomize_batchnorm, rel_err
+from uniformer_edge.models import (Conv3dAs2d, UniFormer, UniFormerLight, create_model, deploy,
+                                   from_official_config, list_variants)
+
+FIXTURES = {"uniformer": "parity_uniformer_tiny.pt", "light": "parity_uniformer_light_tiny.pt"}
+
+
+def load_fixture(reference_dir, which):
+    fx = torch.load(reference_dir / FIXTURES[which], map_location="cpu", weights_only=True)
+    cfg = {**fx["config"], "MODEL": {**fx["config"]["MODEL"], "MODEL_NAME": fx["class"]}}
+    model = from_official_config(cfg).eval()
+    model.load_state_dict(fx["state_dict"], strict=True)
+    return fx, model
+
+
+@pytest.mark.parametrize("which", list(FIXTURES))
+def test_official_parity(reference_dir, which):
+    fx, model = load_fixture(reference_dir, which)
+    with torch.no_grad():
+        logits = model(fx["input"])
+    assert rel_err(logits, fx["logits"]) < 1e-4
+    # In float64 the arithmetic must agree with the official float64 run almost exactly.
+    with torch.no_grad():
+        logits64 = model.double()(fx["input"].double())
+    assert rel_err(logits64, fx["logits_float64"]) < 1e-9
+
+
+def test_light_fixture_prunes_tokens(reference_dir):
+    """The light fixture exercises pruning in stage 3 and 4: the schedule must really prune."""
+    fx, model = load_fixture(reference_dir, "light")
+    pruning_blocks = [b for b in list(model.blocks3) + list(model.blocks4) if b.prune_ratio < 1]
+    assert len(pruning_blocks) == len(fx["pruning"]) == 2
+    assert model.blocks3[-1].pool_scores
+
+
+@pytest.mark.parametrize("which", list(FIXTURES))
+@pytest.mark.parametrize("conv3d", ["native", "2d"])
+def test_deploy_matches_official(reference_dir, which, conv3d):
+    fx, model = load_fixture(reference_dir, which)
+    deployed = deploy(model, conv3d=conv3d)
+    with torch.no_grad():
+        assert rel_err(deployed(fx["input"]), fx["logits"]) < 1e-4
+
+
+@pytest.mark.parametrize("variant", ["S", "B", "XXS", "XS"])
+def test_state_dict_matches_official_keys(reference_dir, variant):
+    expected = [(k, list(s)) for k, s in json.loads((reference_dir / f"keys_{variant}.json").read_text())]
+    model = create_model(variant.lower())
+    assert [(k, list(v.shape)) for k, v in model.state_dict().items()] == expected
+
+
+def test_registry():
+    assert list_variants() == ["xxs", "xs", "s", "b"]
+    assert isinstance(create_model("s", num_classes=7), UniFormer)
+    assert create_model("xxs").head.out_features == 400
+    with pytest.raises(ValueError, match="unknown variant 'm'.*xxs, xs, s, b"):
+        create_model("m")
+
+
+def test_layer_scale_form():
+    model = create_model("xxs", layer_scale=0.1)
+    keys = list(model.state_dict())
+    first = keys.index("blocks1.0.gamma_1")
+    assert keys[first:first + 3] == ["blocks1.0.gamma_1", "blocks1.0.gamma_2", "blocks1.0.pos_embed.weight"]
+    assert model.blocks1[0].gamma_1.shape == (1, 56, 1, 1, 1)
+    assert model.blocks3[0].gamma_1.shape == (224,)
+    assert torch.all(model.blocks3[0].gamma_2 == 0.1)
+
+
+def _tiny(cls, **kw):
+    torch.manual_seed(0)
+    return randomize_batchnorm(cls(**kw)).eval()
+
+
+DEPLOY_CASES = {
+    "uniformer": (UniFormer, TINY),
+    "light": (UniFormerLight, TINY_LIGHT),
+    "light-layerscale": (UniFormerLight, dict(TINY_LIGHT, layer_scale=0.3)),
+}
+
+
+@pytest.mark.parametrize("case", list(DEPLOY_CASES))
+@pytest.mark.parametrize("conv3d", ["native", "2d"])
+def test_deploy_parity_and_form(case, conv3d):
+    cls, kw = DEPLOY_CASES[case]
+    model = _tiny(cls, **kw)
+    x = torch.randn(2, 3, 8, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        deployed = deploy(model, conv3d=conv3d)
+        got = deployed(x)
+    assert rel_err(got, expected) < 1e-4
+    kinds = {type(m) for m in deployed.modules()}
+    assert nn.BatchNorm3d not in kinds, "every BatchNorm must be folded"
+    assert all(getattr(b, "gamma_1", None) is None for b in deployed.modules() if hasattr(b, "gamma_1"))
+    assert (nn.Conv3d in kinds) == (conv3d == "native")
+    assert (Conv3dAs2d in kinds) == (conv3d == "2d")
+    assert not any(p.requires_grad for p in deployed.parameters())
+    # The original model is untouched.
+    assert any(isinstance(m, nn.BatchNorm3d) for m in model.modules())
+
+
+@pytest.mark.parametrize("kernel,stride,padding,groups", [
+    ((3, 4, 4), (2, 4, 4), (1, 0, 0), 1),   # UniFormer stem
+    ((3, 3, 3), (2, 2, 2), (1, 1, 1), 1),   # light stem, temporal stride 2
+    ((5, 5, 5), (1, 1, 1), (2, 2, 2), 8),   # depthwise local MHRA
+    ((1, 2, 2), (1, 2, 2), (0, 0, 0), 1),   # patch merging
+    ((3, 3, 3), (1, 1, 1), (1, 1, 1), 4),   # grouped, not depthwise
+])
+@pytest.mark.parametrize("frames", [1, 5, 8])
+def test_conv3d_as_2d(kernel, stride, padding, groups, frames):
+    torch.manual_seed(1)
+    conv = nn.Conv3d(8, 16, kernel, stride, padding, groups=groups)
+    x = torch.randn(2, 8, frames, 20, 20)
+    with torch.no_grad():
+        assert rel_err(Conv3dAs2d(conv)(x), conv(x)) < 1e-5
+
+
+@pytest.mark.parametrize("variant", ["s", "xxs"])
+def test_torch_export(variant):
+    torch.manual_seed(0)
+    model = create_model(variant, num_classes=10).eval()
+    x = torch.randn(1, 3, 8, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+    for m in (model, deploy(model, conv3d="native"), deploy(model, conv3d="2d")):
+        program = torch.export.export(m, (x,))
+        with torch.no_grad():
+            assert rel_err(program.module()(x), expected) < 1e-4
+
+
+def test_light_forward_is_pure_and_thread_safe():
+    model = _tiny(UniFormerLight, **TINY_LIGHT)
+    x = torch.randn(3, 3, 8, 64, 64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        first = model(x)
+        again = model(x)
+        # Pruning decisions are per sample: a sample's logits do not depend on its batch-mates.
+        alone = torch.cat([model(x[i:i + 1]) for i in range(3)])
+    assert torch.equal(first, again)
+    assert rel_err(alone, first) < 1e-5
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    results, inputs = {}, [torch.randn(1, 3, 8, 64, 64) for _ in range(4)]
+
+    def worker(i):
+        with torch.no_grad():
+            results[i] = model(inputs[i])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with torch.no_grad():
+        for i in range(4):
+            assert torch.equal(results[i], model(inputs[i]))
+
+
+@pytest.mark.parametrize("cls,kw,shape,out_tokens", [
+    (UniFormerLight, TINY_LIGHT, (1, 3, 5, 64, 80), None),
+    (UniFormerLight, TINY_LIGHT, (1, 3, 1, 29, 29), None),
+    (UniFormer, TINY, (1, 3, 16, 96, 96), None),
+    (UniFormer, TINY, (2, 3, 3, 32, 48), None),
+])
+def test_odd_input_sizes(cls, kw, shape, out_tokens):
+    model = _tiny(cls, **kw)
+    with torch.no_grad():
+        out = model(torch.randn(shape))
+    assert out.shape == (shape[0], kw["num_classes"]) and torch.isfinite(out).all()
+
+
+def test_light_training_mode_returns_both_heads():
+    model = UniFormerLight(**TINY_LIGHT).train()
+    out, cls_out = model(torch.randn(2, 3, 4, 64, 64))
+    assert out.shape == cls_out.shape == (2, 10)
+
+
+def test_bad_model_configs():
+    with pytest.raises(ValueError, match="first stage-3 block must not prune"):
+        UniFormerLight(**dict(TINY_LIGHT, prune_ratio=([], [], [0.5, 0.5], [0.5])))
+    with pytest.raises(ValueError, match="last stage-3 block prunes"):
+        UniFormerLight(**dict(TINY_LIGHT, prune_ratio=([], [], [1, 1], [0.5])))
+    with pytest.raises(ValueError, match="scalar mlp_ratio"):
+        UniFormer(**dict(TINY, mlp_ratio=[4, 4, 4, 4]))
+    with pytest.raises(ValueError, match="expected a clip"):
+        UniFormer(**TINY)(torch.randn(3, 8, 64, 64))
+
+
+def test_official_yaml(tmp_path):
+    yaml_text = """
+MODEL:
+  MODEL_NAME: Uniformer_light_ls_fp32
+  NUM_CLASSES: 174
+UNIFORMER:
+  EMBED_DIM: [56, 112, 224, 448]
+  DEPTH: [2, 5, 8, 2]
+  HEAD_DIM: 28
+  MLP_RATIO: 3
+  INIT_VALUE: 0.1
+  DROP_DEPTH_RATE: 0.05
+"""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml_text)
+    model = from_official_config(path)
+    assert isinstance(model, UniFormerLight)
+    assert model.head.out_features == 174
+    assert model.blocks1[0].gamma_1.shape == (1, 56, 1, 1, 1)
+    assert model.blocks4[0].mlp.fc1.out_features == 3 * 448
+    keys = [k for k in model.state_dict() if ".gamma_" not in k]
+    assert keys == list(create_model("xxs", num_classes=174).state_dict())
+
+
+def test_official_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="MODEL.MODEL_NAME is missing"):
+        from_official_config({"UNIFORMER": {}, "MODEL": {}})
+    with pytest.raises(ValueError, match="'SlowFast' is not a UniFormer"):
+        from_official_config({"MODEL": {"MODEL_NAME": "SlowFast"}})
+    with pytest.raises(ValueError, match="scalar UNIFORMER.MLP_RATIO"):
+        from_official_config({"MODEL": {"MODEL_NAME": "Uniformer"}, "UNIFORMER": {"MLP_RATIO": [4, 4, 4, 4]}})
+    with pytest.raises(FileNotFoundError, match="nowhere.yaml"):
+        from_official_config(tmp_path / "nowhere.yaml")

@@ -1,0 +1,172 @@
+"""Inference-only deploy form of a UniFormer model.
+
+`deploy(model)` returns a copy with every eval-time affine folded into a neighbouring
+weight: BatchNorm into the following 1x1x1 convolution (or the preceding convolution in
+the light stem, or the classifier after pooling), the position-embedding residual into
+its depthwise kernel, and LayerScale into the branch's last projection. With
+`conv3d="2d"` every Conv3d also becomes Conv2d over temporal taps, for runtimes without
+5-D convolution (ExecuTorch XNNPACK).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from .uniformer import CBlock, ConvStem, SABlock
+
+__all__ = ["deploy", "Conv3dAs2d"]
+
+CONV3D_MODES = ("native", "2d")
+
+
+def _bn_affine(bn: nn.BatchNorm3d) -> tuple[Tensor, Tensor]:
+    """BatchNorm in eval as y = scale * x + shift, per channel."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+@torch.no_grad()
+def _fold_bn_into_next(bn: nn.BatchNorm3d, layer: nn.Module):
+    """layer(bn(x)) -> layer'(x) for a 1x1x1 Conv3d or a Linear consuming the BN output."""
+    scale, shift = _bn_affine(bn)
+    w = layer.weight
+    flat = w.reshape(w.shape[0], w.shape[1])  # 1x1x1 conv or linear: (out, in)
+    layer.bias.add_(flat @ shift)
+    w.mul_(scale.reshape((1, -1) + (1,) * (w.ndim - 2)))
+
+
+@torch.no_grad()
+def _fold_bn_into_prev(conv: nn.Conv3d, bn: nn.BatchNorm3d):
+    """bn(conv(x)) -> conv'(x)."""
+    scale, shift = _bn_affine(bn)
+    conv.weight.mul_(scale.reshape(-1, 1, 1, 1, 1))
+    conv.bias.mul_(scale).add_(shift)
+
+
+@torch.no_grad()
+def _fold_scale_into(layer: nn.Module, gamma: Tensor):
+    """gamma * layer(x) -> layer'(x), per output channel."""
+    g = gamma.reshape(-1)
+    layer.weight.mul_(g.reshape((-1,) + (1,) * (layer.weight.ndim - 1)))
+    layer.bias.mul_(g)
+
+
+@torch.no_grad()
+def _fold_identity_into_depthwise(conv: nn.Conv3d):
+    """x + dwconv(x) -> dwconv'(x): add 1 at the centre tap of every channel's kernel."""
+    kt, kh, kw = conv.kernel_size
+    conv.weight[:, 0, kt // 2, kh // 2, kw // 2] += 1.0
+
+
+def _fold_block(blk: nn.Module):
+    _fold_identity_into_depthwise(blk.pos_embed)
+    blk.pos_embed_residual = False
+    if isinstance(blk, CBlock):
+        _fold_bn_into_next(blk.norm1, blk.conv1)
+        _fold_bn_into_next(blk.norm2, blk.mlp.fc1)
+        blk.norm1, blk.norm2 = nn.Identity(), nn.Identity()
+        last_of_branch = (blk.conv2, blk.mlp.fc2)
+    else:
+        last_of_branch = (blk.attn.proj, blk.mlp.fc2)
+    for layer, gamma_name in zip(last_of_branch, ("gamma_1", "gamma_2")):
+        gamma = getattr(blk, gamma_name)
+        if gamma is not None:
+            _fold_scale_into(layer, gamma)
+            setattr(blk, gamma_name, None)
+
+
+def _fold_head(model: nn.Module):
+    """norm(BN) -> mean over positions -> [pre_logits] -> head: the BN commutes with the mean."""
+    first = model.pre_logits.fc if isinstance(model.pre_logits, nn.Sequential) else model.head
+    if isinstance(first, nn.Linear):
+        _fold_bn_into_next(model.norm, first)
+        model.norm = nn.Identity()
+
+
+class Conv3dAs2d(nn.Module):
+    """A Conv3d computed with Conv2d over temporal taps; input and output stay (B, C, T, H, W).
+
+    Dense kernels concatenate the taps along channels into one Conv2d; grouped (depthwise)
+    kernels sum one Conv2d per tap, which keeps channel groups contiguous. Temporal zero
+    padding is built with `cat` (XNNPACK's int8 path rejects 5-D padding).
+    """
+
+    def __init__(self, conv: nn.Conv3d):
+        super().__init__()
+        if conv.dilation != (1, 1, 1) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError("Conv3dAs2d supports zero padding without dilation only")
+        kt, kh, kw = conv.kernel_size
+        self.time_kernel, self.time_stride, self.time_pad = kt, conv.stride[0], conv.padding[0]
+        self.out_channels = conv.out_channels
+        w = conv.weight.detach()
+        spatial = dict(kernel_size=(kh, kw), stride=conv.stride[1:], padding=conv.padding[1:])
+        has_bias = conv.bias is not None
+        self.dense = conv.groups == 1
+        if self.dense:
+            # Input channels ordered tap-major: channel tau * C + c.
+            fused = nn.Conv2d(conv.in_channels * kt, conv.out_channels, bias=has_bias, **spatial)
+            with torch.no_grad():
+                fused.weight.copy_(w.permute(0, 2, 1, 3, 4).reshape(fused.weight.shape))
+                if has_bias:
+                    fused.bias.copy_(conv.bias)
+            self.taps = nn.ModuleList([fused])
+        else:
+            self.taps = nn.ModuleList()
+            for tau in range(kt):
+                tap = nn.Conv2d(conv.in_channels, conv.out_channels, groups=conv.groups,
+                                bias=has_bias and tau == 0, **spatial)
+                with torch.no_grad():
+                    tap.weight.copy_(w[:, :, tau])
+                    if tap.bias is not None:
+                        tap.bias.copy_(conv.bias)
+                self.taps.append(tap)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, T, H, W = x.shape
+        frames = x.transpose(1, 2)  # (B, T, C, H, W)
+        if self.time_pad:
+            pad = frames.new_zeros(B, self.time_pad, C, H, W)
+            frames = torch.cat([pad, frames, pad], dim=1)
+        kt, st = self.time_kernel, self.time_stride
+        t_out = (frames.shape[1] - kt) // st + 1
+        span = st * (t_out - 1) + 1
+        taps = [frames[:, tau:tau + span:st].reshape(B * t_out, C, H, W) for tau in range(kt)]
+        if self.dense:
+            y = self.taps[0](taps[0] if kt == 1 else torch.cat(taps, dim=1))
+        else:
+            y = self.taps[0](taps[0])
+            for conv, tap in zip(self.taps[1:], taps[1:]):
+                y = y + conv(tap)
+        return y.reshape(B, t_out, self.out_channels, y.shape[-2], y.shape[-1]).transpose(1, 2)
+
+
+def _convs_to_2d(module: nn.Module):
+    for name, child in module.named_children():
+        if isinstance(child, nn.Conv3d):
+            setattr(module, name, Conv3dAs2d(child))
+        else:
+            _convs_to_2d(child)
+
+
+def deploy(model: nn.Module, conv3d: str = "native") -> nn.Module:
+    """Return an inference-only copy of a UniFormer / UniFormerLight with eval-time affines
+    folded (see module docstring). The input model is left untouched."""
+    if conv3d not in CONV3D_MODES:
+        raise ValueError(f"conv3d must be one of {CONV3D_MODES}, got {conv3d!r}")
+    out = copy.deepcopy(model).eval()
+    for module in list(out.modules()):
+        if isinstance(module, (CBlock, SABlock)):
+            _fold_block(module)
+        elif isinstance(module, ConvStem):
+            _fold_bn_into_prev(module.proj[0], module.proj[1])
+            _fold_bn_into_prev(module.proj[3], module.proj[4])
+            module.proj[1], module.proj[4] = nn.Identity(), nn.Identity()
+    _fold_head(out)
+    if hasattr(out, "head_cls"):  # train-only class-token head of the light models
+        out.norm_cls, out.head_cls = nn.Identity(), nn.Identity()
+    if conv3d == "2d":
+        _convs_to_2d(out)
+    out.requires_grad_(False)
+    return out

@@ -1,0 +1,149 @@
+"""Named UniFormer variants, `create_model`, and models built from official configs."""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Union
+
+from torch import nn
+
+from .checkpoint import load_checkpoint
+from .uniformer import DEFAULT_PRUNE_RATIO, DEFAULT_TRADE_OFF, UniFormer, UniFormerLight
+
+__all__ = ["VariantSpec", "create_model", "list_variants", "get_variant", "from_official_config",
+           "official_config_kwargs"]
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    model_cls: Callable[..., nn.Module]
+    kwargs: dict = field(default_factory=dict)
+    description: str = ""
+    # The input the released checkpoints of this variant were trained at (frames, size).
+    default_input: tuple[int, int] = (8, 224)
+
+
+_XS_SCHEDULE = ([], [], [1.0] + [0.5] * 8, [0.5] * 3)
+
+_VARIANTS: dict[str, VariantSpec] = {
+    "xxs": VariantSpec("xxs", UniFormerLight,
+                       dict(embed_dim=(56, 112, 224, 448), depth=(2, 5, 8, 2), head_dim=28,
+                            mlp_ratio=(3, 3, 3, 3)),
+                       "UniFormer-XXS (Uniformer_light), 9.8 M params", (8, 160)),
+    "xs": VariantSpec("xs", UniFormerLight,
+                      dict(embed_dim=(64, 128, 256, 512), depth=(3, 5, 9, 3), head_dim=32,
+                           mlp_ratio=(3, 3, 3, 3), prune_ratio=_XS_SCHEDULE, trade_off=_XS_SCHEDULE),
+                      "UniFormer-XS (Uniformer_light_fp32), 16.1 M params", (32, 192)),
+    "s": VariantSpec("s", UniFormer,
+                     dict(embed_dim=(64, 128, 320, 512), depth=(3, 4, 8, 3), head_dim=64, mlp_ratio=4),
+                     "UniFormer-S (Uniformer), 21.4 M params", (8, 224)),
+    "b": VariantSpec("b", UniFormer,
+                     dict(embed_dim=(64, 128, 320, 512), depth=(5, 8, 20, 7), head_dim=64, mlp_ratio=4),
+                     "UniFormer-B (Uniformer), 49.8 M params", (8, 224)),
+}
+
+
+def list_variants() -> list[str]:
+    return list(_VARIANTS)
+
+
+def get_variant(name: str) -> VariantSpec:
+    key = name.lower().replace("uniformer-", "").replace("uniformer_", "")
+    if key not in _VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(_VARIANTS)}")
+    return _VARIANTS[key]
+
+
+def create_model(name: str, num_classes: int = 400, checkpoint: Optional[Union[str, os.PathLike]] = None,
+                 strict: bool = True, **overrides) -> nn.Module:
+    """Build a registered variant (`list_variants()`), optionally loading a checkpoint.
+
+    Keyword overrides replace the variant's constructor arguments, e.g.
+    `create_model("xxs", layer_scale=0.1)` for the LayerScale XXS checkpoints.
+    """
+    spec = get_variant(name)
+    kwargs = {**copy.deepcopy(spec.kwargs), **overrides, "num_classes": num_classes}
+    model = spec.model_cls(**kwargs)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, strict=strict)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Official configs
+
+_LIGHT_CLASSES = {"Uniformer_light", "Uniformer_light_fp32", "Uniformer_light_ls_fp32"}
+_ALL_CLASSES = {"Uniformer"} | _LIGHT_CLASSES
+
+# Defaults of the official `defaults.py` for fields a config may leave out.
+_OFFICIAL_DEFAULTS = dict(
+    EMBED_DIM=[64, 128, 320, 512], DEPTH=[5, 8, 20, 7], HEAD_DIM=64, MLP_RATIO=4, QKV_BIAS=True,
+    QKV_SCALE=None, REPRESENTATION_SIZE=None, DROPOUT_RATE=0.0, ATTENTION_DROPOUT_RATE=0.0,
+    DROP_DEPTH_RATE=0.1, SPLIT=False, STD=False,
+    PRUNE_RATIO=[list(s) for s in DEFAULT_PRUNE_RATIO], TRADE_OFF=[list(s) for s in DEFAULT_TRADE_OFF],
+    INIT_VALUE=0.1,
+)
+
+
+def _read_yaml(path: Union[str, os.PathLike]) -> dict:
+    import yaml
+
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"official config not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not a valid YAML file ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a mapping with UNIFORMER and MODEL sections")
+    return cfg
+
+
+def official_config_kwargs(cfg: Union[Mapping[str, Any], str, os.PathLike]) -> tuple[type, dict]:
+    """Map an official config (dict or `config.yaml` path) to (model class, constructor kwargs)."""
+    where = str(cfg) if isinstance(cfg, (str, os.PathLike)) else "config"
+    if isinstance(cfg, (str, os.PathLike)):
+        cfg = _read_yaml(cfg)
+    model_sec = dict(cfg.get("MODEL") or {})
+    uni = {**_OFFICIAL_DEFAULTS, **(cfg.get("UNIFORMER") or {})}
+    name = model_sec.get("MODEL_NAME")
+    if name is None:
+        raise ValueError(f"{where}: MODEL.MODEL_NAME is missing; it names the class "
+                         f"({', '.join(sorted(_ALL_CLASSES))})")
+    if name not in _ALL_CLASSES:
+        raise ValueError(f"{where}: MODEL.MODEL_NAME {name!r} is not a UniFormer video class "
+                         f"({', '.join(sorted(_ALL_CLASSES))})")
+    if uni["SPLIT"]:
+        raise ValueError(f"{where}: UNIFORMER.SPLIT=True (split attention) is not supported; "
+                         "no released checkpoint uses it")
+    kwargs = dict(
+        embed_dim=list(uni["EMBED_DIM"]), depth=list(uni["DEPTH"]), head_dim=int(uni["HEAD_DIM"]),
+        qkv_bias=bool(uni["QKV_BIAS"]), qk_scale=uni["QKV_SCALE"] or None,
+        representation_size=uni["REPRESENTATION_SIZE"] or None,
+        num_classes=int(model_sec.get("NUM_CLASSES", 400)),
+        drop_rate=float(uni["DROPOUT_RATE"]), attn_drop_rate=float(uni["ATTENTION_DROPOUT_RATE"]),
+        drop_path_rate=float(uni["DROP_DEPTH_RATE"]), std_patch=bool(uni["STD"]),
+    )
+    ratio = uni["MLP_RATIO"]
+    if name == "Uniformer":
+        if isinstance(ratio, (list, tuple)):
+            raise ValueError(f"{where}: the Uniformer class takes a scalar UNIFORMER.MLP_RATIO, got {ratio} "
+                             "(the official class cannot run this config either)")
+        return UniFormer, {**kwargs, "mlp_ratio": float(ratio)}
+    kwargs.update(
+        mlp_ratio=list(ratio) if isinstance(ratio, (list, tuple)) else [ratio] * 4,
+        prune_ratio=[list(s) for s in uni["PRUNE_RATIO"]],
+        trade_off=[list(s) for s in uni["TRADE_OFF"]],
+        layer_scale=float(uni["INIT_VALUE"]) if name == "Uniformer_light_ls_fp32" else None,
+    )
+    return UniFormerLight, kwargs
+
+
+def from_official_config(cfg: Union[Mapping[str, Any], str, os.PathLike], **overrides) -> nn.Module:
+    """Build the model an official config describes (dict with UNIFORMER / MODEL sections, or the
+    path of an official `config.yaml`). Keyword overrides replace constructor arguments."""
+    model_cls, kwargs = official_config_kwargs(cfg)
+    return model_cls(**{**kwargs, **overrides})
