@@ -17,7 +17,8 @@ from typing import Mapping, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CheckpointError", "LoadReport", "read_state_dict", "load_checkpoint", "inflate_2d_kernel"]
+__all__ = ["CheckpointError", "LoadReport", "read_state_dict", "checkpoint_metadata", "load_checkpoint",
+           "inflate_2d_kernel"]
 
 # Keys a checkpoint may nest its weights under, in the order the official loaders look.
 WRAPPER_KEYS = ("model_state", "model", "state_dict")
@@ -72,10 +73,8 @@ def _unwrap(obj, path: Path) -> dict[str, Tensor]:
     return tensors
 
 
-def read_state_dict(path: Union[str, os.PathLike]) -> dict[str, Tensor]:
-    """Read a state dict from a checkpoint file, unwrapping `model_state` / `model` /
-    `state_dict` and stripping a `module.` (DDP) or `_orig_mod.` (torch.compile) prefix."""
-    path = Path(path)
+def _load_file(path: Path):
+    """torch.load with weights_only=True, every failure turned into a CheckpointError."""
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_file():
@@ -91,7 +90,23 @@ def read_state_dict(path: Union[str, os.PathLike]) -> dict[str, Tensor]:
     except Exception as e:  # the unpickler fails in many ways on files that are not checkpoints
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
-    return _unwrap(obj, path)
+    return obj
+
+
+def read_state_dict(path: Union[str, os.PathLike]) -> dict[str, Tensor]:
+    """Read a state dict from a checkpoint file, unwrapping `model_state` / `model` /
+    `state_dict` and stripping a `module.` (DDP) or `_orig_mod.` (torch.compile) prefix."""
+    path = Path(path)
+    return _unwrap(_load_file(path), path)
+
+
+def checkpoint_metadata(path: Union[str, os.PathLike]) -> dict:
+    """The entries of a checkpoint besides its weights (e.g. `cfg`, `epoch`, `variant` of
+    training checkpoints); empty for a bare state dict."""
+    obj = _load_file(Path(path))
+    if not isinstance(obj, Mapping):
+        return {}
+    return {k: v for k, v in obj.items() if k not in WRAPPER_KEYS and not isinstance(v, Tensor)}
 
 
 def inflate_2d_kernel(weight: Tensor, time_kernel: int) -> Tensor:

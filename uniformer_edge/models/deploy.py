@@ -14,7 +14,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from .uniformer import CBlock, ConvStem, SABlock
+from .uniformer import CBlock, ConvStem, DropPath, SABlock
 
 __all__ = ["deploy", "Conv3dAs2d"]
 
@@ -142,6 +142,15 @@ class Conv3dAs2d(nn.Module):
         return y.reshape(B, t_out, self.out_channels, y.shape[-2], y.shape[-1]).transpose(1, 2)
 
 
+def _drop_training_only(module: nn.Module):
+    """Dropout and stochastic depth are identities in eval: remove them from the graph."""
+    for name, child in module.named_children():
+        if isinstance(child, (nn.Dropout, DropPath)):
+            setattr(module, name, nn.Identity())
+        else:
+            _drop_training_only(child)
+
+
 def _convs_to_2d(module: nn.Module):
     for name, child in module.named_children():
         if isinstance(child, nn.Conv3d):
@@ -164,6 +173,7 @@ def deploy(model: nn.Module, conv3d: str = "native") -> nn.Module:
             _fold_bn_into_prev(module.proj[3], module.proj[4])
             module.proj[1], module.proj[4] = nn.Identity(), nn.Identity()
     _fold_head(out)
+    _drop_training_only(out)
     if hasattr(out, "head_cls"):  # train-only class-token head of the light models
         out.norm_cls, out.head_cls = nn.Identity(), nn.Identity()
     if conv3d == "2d":

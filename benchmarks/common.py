@@ -1,0 +1,69 @@
+"""Shared by the benchmark scripts: the synthetic reference model (trained once, cached
+locally) and result writing."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+CACHE = Path(os.environ.get("UNIFORMER_EDGE_CACHE", Path.home() / ".cache" / "uniformer-edge"))
+
+# The reference model: UniFormer-XXS trained from scratch on the synthetic temporal benchmark.
+REFERENCE_RECIPE = dict(variant="xxs", frames=8, size=64, epochs=3, batch_size=16, lr=1.5e-3, min_lr=1e-5,
+                        weight_decay=0.05, warmup_epochs=0.3, label_smoothing=0.05, drop_path=0.0,
+                        num_train_clips=9600, num_val_clips=600, seed=0)
+
+
+def reference_run_dir() -> Path:
+    r = REFERENCE_RECIPE
+    return CACHE / f"reference-{r['variant']}-{r['frames']}x{r['size']}-e{r['epochs']}-s{r['seed']}"
+
+
+def reference_checkpoint(train_if_missing: bool = True) -> Path:
+    """Path of the reference model's best checkpoint, training it first if it is not cached."""
+    from uniformer_edge.engine import TrainConfig, train
+
+    run = reference_run_dir()
+    best = run / "best.pth"
+    last = run / "last.pth"
+    if best.is_file() and last.is_file() and \
+            torch.load(last, weights_only=True)["epoch"] == REFERENCE_RECIPE["epochs"] - 1:
+        return best
+    if not train_if_missing:
+        raise FileNotFoundError(f"reference model not trained yet: run benchmarks/train_reference.py ({run})")
+    train(TrainConfig(**REFERENCE_RECIPE, out=str(run)), resume=last.is_file(), force=True)
+    return best
+
+
+def environment() -> dict:
+    import numpy
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "machine": platform.machine(), "processor": _cpu_name(), "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(), "platform": platform.platform()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def write_results(name: str, data: dict, markdown: str) -> None:
+    from uniformer_edge._io import atomic_write_json, atomic_write_text
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(RESULTS / f"{name}.json", data)
+    atomic_write_text(RESULTS / f"{name}.md", markdown)
+    print(markdown)
+    print(f"wrote {RESULTS / name}.json and .md", file=sys.stderr)

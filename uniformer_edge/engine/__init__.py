@@ -1,0 +1,9 @@
+"""Training and evaluation loops, single-process or distributed (torchrun)."""
+from .distributed import DistContext, cleanup, init_distributed, shard
+from .evaluation import Metrics, evaluate, iterate_batches, metrics_from_counts
+from .training import (TrainConfig, classification_loss, dataset_num_classes, make_optimizer, train,
+                       train_one_epoch, warmup_cosine)
+
+__all__ = ["DistContext", "init_distributed", "cleanup", "shard", "Metrics", "evaluate", "iterate_batches",
+           "metrics_from_counts", "TrainConfig", "train", "train_one_epoch", "warmup_cosine",
+           "classification_loss", "make_optimizer", "dataset_num_classes"]

@@ -1,0 +1,72 @@
+"""Classification metrics on a dataset: top-1, top-5, per-class accuracy, confusion matrix.
+Under torchrun every rank evaluates its own shard and the counts are summed, so no clip is
+counted twice or missed."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .distributed import DistContext, all_reduce_sum, shard
+
+__all__ = ["Metrics", "evaluate", "iterate_batches", "metrics_from_counts"]
+
+
+@dataclass
+class Metrics:
+    num_clips: int
+    top1: float
+    top5: float
+    per_class: list[Optional[float]]
+    confusion: list[list[int]]
+    classes: Optional[list[str]] = field(default=None)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return f"top-1 {100 * self.top1:.2f}%  top-5 {100 * self.top5:.2f}%  ({self.num_clips} clips)"
+
+
+def iterate_batches(dataset: Dataset, indices: Sequence[int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(indices), batch_size):
+        items = [dataset[i] for i in indices[start:start + batch_size]]
+        yield torch.stack([clip for clip, _ in items]), torch.tensor([label for _, label in items])
+
+
+def metrics_from_counts(confusion: torch.Tensor, top5_hits: int, classes=None) -> Metrics:
+    total = int(confusion.sum())
+    rows = confusion.sum(dim=1)
+    per_class = [float(confusion[c, c] / rows[c]) if rows[c] > 0 else None for c in range(len(confusion))]
+    return Metrics(num_clips=total, top1=float(confusion.diag().sum()) / max(total, 1),
+                   top5=top5_hits / max(total, 1), per_class=per_class, confusion=confusion.tolist(),
+                   classes=list(classes) if classes is not None else None)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, batch_size: int = 8,
+             ctx: Optional[DistContext] = None, progress: bool = True, desc: str = "evaluating") -> Metrics:
+    ctx = ctx or DistContext()
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    top5_hits = torch.zeros((), dtype=torch.int64)
+    indices = shard(len(dataset), ctx)
+    k = min(5, num_classes)
+    bar = tqdm(total=len(indices), desc=desc, disable=not (progress and ctx.is_main), leave=False, unit="clip")
+    for clips, labels in iterate_batches(dataset, indices, batch_size):
+        logits = model(clips.to(ctx.device)).float().cpu()
+        pred = logits.argmax(dim=1)
+        confusion += torch.bincount(labels * num_classes + pred, minlength=num_classes ** 2).reshape(
+            num_classes, num_classes)
+        top5_hits += (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum()
+        bar.update(len(labels))
+    bar.close()
+    model.train(was_training)
+    all_reduce_sum(confusion, ctx)
+    all_reduce_sum(top5_hits, ctx)
+    return metrics_from_counts(confusion, int(top5_hits), getattr(dataset, "classes", None))

@@ -1,0 +1,83 @@
+"""Post-training quantization through torchao's PT2E flow on `torch.export`:
+deploy form -> export -> prepare_pt2e -> calibrate -> convert_pt2e -> export again. The
+result is one quantized graph (quantize/dequantize ops around int8 weights) that every
+exporter consumes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.export import Dim, ExportedProgram
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+from tqdm.auto import tqdm
+
+from ..models import deploy
+from .config import QuantConfig
+from .quantizer import UniformerQuantizer
+
+__all__ = ["export_float", "prepare", "calibrate", "convert", "quantize_ptq", "PreparedModel"]
+
+
+def export_float(model: nn.Module, example: Tensor, conv3d: str = "native") -> ExportedProgram:
+    """Export the deploy form of `model` (BatchNorm folded) with a dynamic batch dimension;
+    frames and frame size stay those of `example` (the light models prune to a static count)."""
+    deployed = deploy(model, conv3d=conv3d)
+    return torch.export.export(deployed, (_batch_of_two(example),), dynamic_shapes=_DYNAMIC_BATCH)
+
+
+# Export traces with two clips: a batch of one would be specialised to a constant.
+_DYNAMIC_BATCH = ({0: Dim("batch", min=1, max=1024)},)
+
+
+def _batch_of_two(example: Tensor) -> Tensor:
+    return example[:1].expand(2, *example.shape[1:]).contiguous()
+
+
+@dataclass
+class PreparedModel:
+    module: torch.fx.GraphModule
+    quantizer: UniformerQuantizer
+    example: Tensor
+    cfg: QuantConfig
+    quantized_layers: list[str] = field(default_factory=list)
+    float_layers: list[str] = field(default_factory=list)
+
+
+def prepare(model: nn.Module, cfg: QuantConfig, example: Tensor, conv3d: str = "native") -> PreparedModel:
+    """Insert observers (PTQ) or fake quantizers (`cfg.qat`) into the exported deploy form."""
+    program = export_float(model, example, conv3d)
+    quantizer = UniformerQuantizer(cfg)
+    prepare_fn = prepare_qat_pt2e if cfg.qat else prepare_pt2e
+    prepared = prepare_fn(program.module(), quantizer)
+    return PreparedModel(prepared, quantizer, example, cfg, list(quantizer.quantized), list(quantizer.kept_float))
+
+
+@torch.no_grad()
+def calibrate(prepared: PreparedModel, batches: Iterable[tuple[Tensor, Tensor]], progress: bool = True,
+              total: Optional[int] = None) -> int:
+    """Run calibration batches through the observers; returns the number of clips seen."""
+    seen = 0
+    for clips, _ in tqdm(batches, desc="calibrating", total=total, disable=not progress, leave=False, unit="batch"):
+        prepared.module(clips)
+        seen += len(clips)
+    return seen
+
+
+def convert(prepared: PreparedModel) -> ExportedProgram:
+    """Replace observers by quantize/dequantize ops and re-export (dynamic batch kept)."""
+    converted = convert_pt2e(prepared.module)
+    return torch.export.export(converted, (_batch_of_two(prepared.example),), dynamic_shapes=_DYNAMIC_BATCH)
+
+
+def quantize_ptq(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: QuantConfig,
+                 example: Tensor, conv3d: str = "native", progress: bool = True) -> tuple[ExportedProgram, PreparedModel]:
+    """Static or weight-only PTQ of `model`; returns the quantized program and the prepared model."""
+    if cfg.qat:
+        raise ValueError("quantize_ptq takes a PTQ config (qat=False)")
+    prepared = prepare(model, cfg, example, conv3d)
+    seen = calibrate(prepared, batches, progress)
+    if seen == 0:
+        raise ValueError("the calibration set is empty")
+    return convert(prepared), prepared
