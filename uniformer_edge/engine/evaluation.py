@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 
 from .distributed import DistContext, all_reduce_sum, shard
 
-__all__ = ["Metrics", "evaluate", "iterate_batches", "metrics_from_counts"]
+__all__ = ["Metrics", "evaluate", "iterate_batches", "metrics_from_counts", "collect_logits", "topk_accuracy",
+           "agreement"]
 
 
 @dataclass
@@ -70,3 +71,35 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, batch_size: i
     all_reduce_sum(confusion, ctx)
     all_reduce_sum(top5_hits, ctx)
     return metrics_from_counts(confusion, int(top5_hits), getattr(dataset, "classes", None))
+
+
+@torch.no_grad()
+def collect_logits(model, dataset: Dataset, batch_size: int = 8, indices: Optional[Sequence[int]] = None,
+                   progress: bool = True, desc: str = "running") -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of `model` (any callable on a clip batch) over `dataset`."""
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    outs, labels = [], []
+    bar = tqdm(total=len(indices), desc=desc, disable=not progress, leave=False, unit="clip")
+    for clips, y in iterate_batches(dataset, indices, batch_size):
+        outs.append(model(clips).float().cpu())
+        labels.append(y)
+        bar.update(len(y))
+    bar.close()
+    return torch.cat(outs), torch.cat(labels)
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
+    k = min(k, logits.shape[1])
+    return float((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean())
+
+
+def agreement(reference: torch.Tensor, other: torch.Tensor) -> dict:
+    """How closely `other` logits follow `reference` logits: SQNR (dB), mean KL divergence of the
+    softmax distributions KL(ref || other), top-1 agreement, cosine similarity."""
+    ref, oth = reference.double(), other.double()
+    noise = (ref - oth).pow(2).sum()
+    sqnr = float("inf") if noise == 0 else float(10 * torch.log10(ref.pow(2).sum() / noise))
+    kl = torch.nn.functional.kl_div(oth.log_softmax(1), ref.log_softmax(1), log_target=True, reduction="batchmean")
+    cos = torch.nn.functional.cosine_similarity(ref.flatten(), oth.flatten(), dim=0)
+    return {"sqnr_db": sqnr, "kl": float(kl), "top1_agreement": float((ref.argmax(1) == oth.argmax(1)).double().mean()),
+            "cosine": float(cos)}

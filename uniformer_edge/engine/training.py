@@ -29,7 +29,7 @@ from .distributed import DistContext, init_distributed
 from .evaluation import Metrics, evaluate
 
 __all__ = ["TrainConfig", "train", "warmup_cosine", "classification_loss", "make_optimizer",
-           "dataset_num_classes", "train_one_epoch"]
+           "dataset_num_classes", "train_one_epoch", "epoch_batches"]
 
 
 @dataclass
@@ -110,7 +110,7 @@ def _datasets(cfg: TrainConfig):
     return train_set, val_set
 
 
-def _epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int, ctx: DistContext) -> list[list[int]]:
+def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int, ctx: DistContext) -> list[list[int]]:
     """This rank's index lists for every step of an epoch: a permutation shared by all ranks,
     cut into global batches, each split across ranks."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -210,7 +210,7 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False, ctx: Opti
     started = time.time()
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
     for epoch in range(start_epoch, end_epoch):
-        batches = _epoch_batches(len(train_set), cfg.batch_size, cfg.seed, epoch, ctx)
+        batches = epoch_batches(len(train_set), cfg.batch_size, cfg.seed, epoch, ctx)
         loader = DataLoader(train_set, batch_sampler=batches, num_workers=cfg.num_workers)
         loss = train_one_epoch(wrapped, loader, optimizer, scheduler, ctx, loss_fn=loss_fn,
                                clip_grad=cfg.clip_grad, desc=f"epoch {epoch + 1}/{cfg.epochs}")

@@ -17,7 +17,15 @@ from ..models import deploy
 from .config import QuantConfig
 from .quantizer import UniformerQuantizer
 
-__all__ = ["export_float", "prepare", "calibrate", "convert", "quantize_ptq", "PreparedModel"]
+__all__ = ["export_float", "prepare", "calibrate", "convert", "quantize_ptq", "PreparedModel", "load_program"]
+
+
+def load_program(path) -> ExportedProgram:
+    """Load a saved quantized program (`quantized.pt2`). Importing torchao's PT2E package first
+    registers the quantize/dequantize ops the program refers to."""
+    import torchao.quantization.pt2e  # noqa: F401
+
+    return torch.export.load(path)
 
 
 def export_float(model: nn.Module, example: Tensor, conv3d: str = "native") -> ExportedProgram:
@@ -65,9 +73,22 @@ def calibrate(prepared: PreparedModel, batches: Iterable[tuple[Tensor, Tensor]],
     return seen
 
 
+def _drop_unused_attributes(gm: torch.fx.GraphModule) -> None:
+    """convert_pt2e folds weights into int8 constants but leaves the float originals on the
+    module; drop every parameter and buffer the graph no longer reads, so they are not saved."""
+    gm.graph.eliminate_dead_code()
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    for name, _ in list(gm.named_parameters()) + list(gm.named_buffers()):
+        if name not in used:
+            owner, _, attr = name.rpartition(".")
+            delattr(gm.get_submodule(owner) if owner else gm, attr)
+    gm.recompile()
+
+
 def convert(prepared: PreparedModel) -> ExportedProgram:
     """Replace observers by quantize/dequantize ops and re-export (dynamic batch kept)."""
     converted = convert_pt2e(prepared.module)
+    _drop_unused_attributes(converted)
     return torch.export.export(converted, (_batch_of_two(prepared.example),), dynamic_shapes=_DYNAMIC_BATCH)
 
 

@@ -1,0 +1,159 @@
+"""Quantization: PT2E quantizer configuration, PTQ recipes, QAT, outputs and bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import TINY, TINY_LIGHT, randomize_batchnorm
+from uniformer_edge.engine import agreement
+from uniformer_edge.models import UniFormer, UniFormerLight
+from uniformer_edge.quantize import QuantConfig, QuantizeJob, load_program, quantize_ptq, run_job
+from uniformer_edge.quantize.qat import distillation_loss
+
+torch.manual_seed(0)
+
+
+def _batches(n=3, batch=4, frames=8, size=64):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(batch, 3, frames, size, size, generator=g), torch.zeros(batch, dtype=torch.long))
+            for _ in range(n)]
+
+
+@pytest.fixture(scope="module", params=["uniformer", "light"])
+def tiny_model(request):
+    torch.manual_seed(0)
+    cls, kw = (UniFormer, TINY) if request.param == "uniformer" else (UniFormerLight, TINY_LIGHT)
+    return randomize_batchnorm(cls(**kw)).eval()
+
+
+def _count_qdq(program):
+    names = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    return sum("quantize_per_tensor" in t and "dequantize" not in t for t in names), \
+        sum("dequantize_per_channel" in t for t in names)
+
+
+@pytest.mark.parametrize("recipe,min_sqnr", [("w8a8", 25), ("w8", 30), ("dynamic", 30), ("w4", 5)])
+def test_ptq_recipes_track_the_float_model(tiny_model, recipe, min_sqnr):
+    x = torch.randn(3, 3, 8, 64, 64)
+    program, prepared = quantize_ptq(tiny_model, _batches(), QuantConfig(recipe=recipe), x[:1], progress=False)
+    with torch.no_grad():
+        ref, out = tiny_model(x), program.module()(x)  # dynamic batch: 3 clips though exported with 2
+    assert agreement(ref, out)["sqnr_db"] > min_sqnr
+    act_q, weight_dq = _count_qdq(program)
+    assert weight_dq >= len(prepared.quantized_layers) - sum("matmul" in n for n in prepared.quantized_layers)
+    if recipe == "w8a8":
+        assert act_q > 0 and any("matmul" in n for n in prepared.quantized_layers)
+        assert not prepared.float_layers
+    else:
+        assert act_q == 0  # weight-only and dynamic graphs hold no static activation quantization
+        assert all("matmul" in n for n in prepared.float_layers)
+
+
+def test_int4_weights_use_sixteen_levels(tiny_model):
+    program, _ = quantize_ptq(tiny_model, _batches(1), QuantConfig(recipe="w4"), torch.randn(1, 3, 8, 64, 64),
+                              progress=False)
+    ints = [t for t in program.state_dict.values() if t.dtype == torch.int8] + \
+           [t for t in program.constants.values() if isinstance(t, torch.Tensor) and t.dtype == torch.int8]
+    assert ints and all(int(t.min()) >= -7 and int(t.max()) <= 7 for t in ints)
+
+
+def test_keep_float_patterns(tiny_model):
+    cfg = QuantConfig(keep_float=("patch_embed1*", "head", "blocks3.*.attn*"))
+    _, prepared = quantize_ptq(tiny_model, _batches(1), cfg, torch.randn(1, 3, 8, 64, 64), progress=False)
+    assert "head" in prepared.float_layers and any(n.startswith("patch_embed1") for n in prepared.float_layers)
+    assert not any(n.startswith("blocks3.") and ".attn" in n for n in prepared.quantized_layers)
+    with pytest.raises(ValueError, match="'nonexistent\\*'? match no quantizable layer|nonexistent"):
+        quantize_ptq(tiny_model, _batches(1), QuantConfig(keep_float=("nonexistent*",)),
+                     torch.randn(1, 3, 8, 64, 64), progress=False)
+
+
+@pytest.mark.parametrize("observer", ["moving_average", "percentile", "mse"])
+def test_observers(tiny_model, observer):
+    x = torch.randn(2, 3, 8, 64, 64)
+    program, _ = quantize_ptq(tiny_model, _batches(2), QuantConfig(observer=observer), x[:1], progress=False)
+    with torch.no_grad():
+        assert agreement(tiny_model(x), program.module()(x))["sqnr_db"] > 20
+
+
+def test_bad_configs():
+    with pytest.raises(ValueError, match="unknown recipe 'w3'"):
+        QuantConfig(recipe="w3")
+    with pytest.raises(ValueError, match="unknown observer 'kl'"):
+        QuantConfig(observer="kl")
+    with pytest.raises(ValueError, match="unknown op group"):
+        QuantConfig(ops=("softmax",))
+
+
+def test_distillation_loss():
+    logits = torch.randn(4, 6)
+    labels = logits.argmax(1)
+    same = distillation_loss(logits, logits, labels, weight=1.0, temperature=2.0)
+    assert same.abs() < 1e-6  # no KL against itself
+    assert distillation_loss(logits, -logits, labels, 1.0, 2.0) > 0.5
+
+
+JOB = dict(variant="xxs", frames=8, size=32, num_calib=4, num_eval=8, batch_size=4)
+
+
+def test_quantize_job_outputs(tmp_path):
+    out = tmp_path / "q"
+    with pytest.warns(UserWarning, match="random weights"):
+        report = run_job(QuantizeJob(**JOB, out=str(out)), progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["quant_config.json", "quantized.pt2", "report.json", "report.md"]
+    assert json.loads((out / "report.json").read_text()) == report
+    assert report["calibration_clips"] == 4 and report["evaluation_clips"] == 8
+    assert report["agreement"]["sqnr_db"] > 15 and report["float"]["top1"] is None
+    program = load_program(out / "quantized.pt2")
+    assert not any(v.dtype == torch.float32 and v.ndim >= 2 and v.numel() > 1000
+                   for v in program.state_dict.values()), "float weights must not be saved beside int8 ones"
+    x = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        assert program.module()(x).shape == (2, 12)
+    config = json.loads((out / "quant_config.json").read_text())
+    assert config["quant_config"]["recipe"] == "w8a8" and config["input_shape"] == [1, 3, 8, 32, 32]
+    with pytest.raises(FileExistsError, match="--force"):
+        run_job(QuantizeJob(**JOB, out=str(out)), progress=False)
+
+
+def test_qat_job_with_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    ckpt = tmp_path / "model.pth"
+    model = UniFormerLight(embed_dim=(56, 112, 224, 448), depth=(2, 5, 8, 2), head_dim=28, num_classes=12)
+    torch.save({"model_state": model.state_dict()}, ckpt)
+    cfg = QuantConfig(recipe="w4a8", qat=True)
+    job = QuantizeJob(**JOB, config=cfg, method="qat", checkpoint=str(ckpt), train_data="synthetic",
+                      qat_clips=8, out=str(tmp_path / "qat"))
+    report = run_job(job, progress=False)
+    assert report["method"] == "qat" and report["qat"]["steps"] == 2
+    assert report["float"]["top1"] is not None  # a checkpoint: labels are meaningful
+    with pytest.raises(ValueError, match="QAT needs training data"):
+        QuantizeJob(**JOB, config=cfg, method="qat")
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "uniformer_edge.quantize", *args], capture_output=True, text=True)
+
+
+def test_cli_bad_input_writes_nothing(tmp_path):
+    cases = [
+        (["--variant", "xl"], "unknown variant 'xl'"),
+        (["--variant", "xxs", "--recipe", "w2"], "unknown recipe 'w2'"),
+        (["--variant", "xxs", "--observer", "magic"], "unknown observer 'magic'"),
+        (["--variant", "xxs", "--checkpoint", str(tmp_path / "none.pth")], "checkpoint not found"),
+        (["--variant", "xxs", "--method", "qat"], "QAT needs training data"),
+        (["--variant", "xxs", "--num-calib", "0"], "--num-calib must be at least 1"),
+    ]
+    for args, message in cases:
+        out = _cli(*args, "--out", str(tmp_path / "out"), "--frames", "8", "--size", "32")
+        assert out.returncode == 2, (args, out.stderr)
+        assert message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+        assert not (tmp_path / "out").exists()
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "exists" / "keep.txt").write_text("x")
+    out = _cli("--variant", "xxs", "--out", str(tmp_path / "exists"))
+    assert out.returncode == 2 and "already exists; pass --force" in out.stderr
+    assert (tmp_path / "exists" / "keep.txt").read_text() == "x"

@@ -1,0 +1,80 @@
+"""`python -m uniformer_edge.quantize`: quantize a UniFormer model and report how it compares
+with the float model."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .._cli import run
+from ..models import list_variants
+from .config import OBSERVERS, RECIPES, QuantConfig
+from .pipeline import QuantizeJob, run_job
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m uniformer_edge.quantize",
+        description="Quantize a UniFormer model with torchao's PT2E flow and compare it with the float model. "
+                    "Writes OUT/quantized.pt2 (torch.export program), quant_config.json, report.json and "
+                    "report.md, atomically. With only --variant it runs on random weights and the built-in "
+                    "synthetic data.")
+    p.add_argument("--variant", required=True, help=f"model variant: {', '.join(list_variants())}")
+    p.add_argument("--checkpoint", help="checkpoint to quantize (default: random weights, with a warning)")
+    p.add_argument("--method", default="ptq", choices=["ptq", "qat"], help="post-training or quantization-aware")
+    p.add_argument("--recipe", default="w8a8", help=f"{', '.join(RECIPES)} (default w8a8)")
+    p.add_argument("--observer", default="minmax", help=f"activation ranges: {', '.join(OBSERVERS)} (default minmax)")
+    p.add_argument("--percentile", type=float, default=99.99, help="for --observer percentile (default 99.99)")
+    p.add_argument("--ops", default="conv,linear,matmul", help="op groups to quantize (default conv,linear,matmul)")
+    p.add_argument("--keep-float", default="", metavar="PATTERNS",
+                   help="comma-separated module-name patterns to leave float, e.g. 'patch_embed1*,head'")
+    p.add_argument("--calib-data", default="synthetic", help="'synthetic' or an annotation list")
+    p.add_argument("--root", help="video folder of --calib-data")
+    p.add_argument("--num-calib", type=int, default=32, help="calibration clips, class-stratified (default 32)")
+    p.add_argument("--eval-data", help="evaluation list (default: the synthetic test split / --calib-data)")
+    p.add_argument("--eval-root", help="video folder of --eval-data")
+    p.add_argument("--num-eval", type=int, default=96, help="synthetic evaluation clips (default 96)")
+    p.add_argument("--train-data", help="QAT training data: 'synthetic' or an annotation list")
+    p.add_argument("--train-root", help="video folder of --train-data")
+    p.add_argument("--qat-epochs", type=int, default=1, help="QAT epochs (default 1)")
+    p.add_argument("--qat-clips", type=int, default=512, help="synthetic QAT training clips per epoch")
+    p.add_argument("--qat-lr", type=float, default=5e-5, help="QAT learning rate (default 5e-5)")
+    p.add_argument("--freeze-observers-after", type=int, metavar="STEPS",
+                   help="freeze QAT activation ranges after this many steps (default: half of training)")
+    p.add_argument("--distill-weight", type=float, default=0.5,
+                   help="weight of the KL distillation loss from the float model (default 0.5)")
+    p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (default 2)")
+    p.add_argument("--frames", type=int, help="frames per clip (default: the variant's usual input)")
+    p.add_argument("--size", type=int, help="frame size (default: the variant's usual input)")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per batch (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed for data selection")
+    p.add_argument("--out", help="output folder (default artifacts/uniformer-<variant>-<recipe>)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    return p
+
+
+def job_from_args(args) -> QuantizeJob:
+    config = QuantConfig(recipe=args.recipe, observer=args.observer, percentile=args.percentile,
+                         ops=tuple(o for o in args.ops.split(",") if o),
+                         keep_float=tuple(p.strip() for p in args.keep_float.split(",") if p.strip()),
+                         qat=args.method == "qat")
+    return QuantizeJob(
+        variant=args.variant, config=config, method=args.method, checkpoint=args.checkpoint,
+        calib_data=args.calib_data, calib_root=args.root, num_calib=args.num_calib, eval_data=args.eval_data,
+        eval_root=args.eval_root, num_eval=args.num_eval, train_data=args.train_data, train_root=args.train_root,
+        frames=args.frames, size=args.size, batch_size=args.batch_size, seed=args.seed, out=args.out,
+        force=args.force, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr, qat_clips=args.qat_clips,
+        freeze_observers_after=args.freeze_observers_after, distill_weight=args.distill_weight,
+        temperature=args.temperature)
+
+
+def main(argv=None) -> int:
+    job = job_from_args(build_parser().parse_args(argv))
+    report = run_job(job)
+    a = report["agreement"]
+    print(f"wrote {job.out}: logit SQNR {a['sqnr_db']:.1f} dB, top-1 agreement {100 * a['top1_agreement']:.1f}%, "
+          f"{report['size_bytes']['quantized_pt2'] / 1e6:.2f} MB, {report['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main, prog="uniformer_edge.quantize"))

@@ -1,0 +1,155 @@
+"""The quantization job behind `python -m uniformer_edge.quantize`: build the model and data,
+quantize (PTQ or QAT), compare with the float model and write the artifacts atomically:
+`quantized.pt2`, `quant_config.json`, `report.json`, `report.md`."""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .. import __version__
+from .._io import atomic_dir, check_output_dir
+from ..calibration import build_dataset, calibration_set
+from ..engine import agreement, collect_logits, dataset_num_classes, topk_accuracy
+from ..models import create_model, get_variant, load_checkpoint, read_state_dict
+from .config import QuantConfig
+from .ptq import quantize_ptq
+from .report import render_markdown
+
+__all__ = ["QuantizeJob", "run_job", "default_out_dir", "REPORT_SCHEMA"]
+
+REPORT_SCHEMA = 1
+
+
+@dataclass
+class QuantizeJob:
+    variant: str
+    config: QuantConfig = field(default_factory=QuantConfig)
+    method: str = "ptq"
+    checkpoint: Optional[str] = None
+    calib_data: str = "synthetic"
+    calib_root: Optional[str] = None
+    num_calib: int = 32
+    eval_data: Optional[str] = None
+    eval_root: Optional[str] = None
+    num_eval: int = 96
+    train_data: Optional[str] = None
+    train_root: Optional[str] = None
+    frames: Optional[int] = None
+    size: Optional[int] = None
+    batch_size: int = 8
+    seed: int = 0
+    out: Optional[str] = None
+    force: bool = False
+    qat_epochs: int = 1
+    qat_lr: float = 5e-5
+    qat_clips: int = 512
+    freeze_observers_after: Optional[int] = None
+    distill_weight: float = 0.5
+    temperature: float = 2.0
+
+    def __post_init__(self):
+        if self.method not in ("ptq", "qat"):
+            raise ValueError(f"unknown method {self.method!r}; choose ptq or qat")
+        spec = get_variant(self.variant)
+        self.variant = spec.name
+        self.frames = self.frames or spec.default_input[0]
+        self.size = self.size or spec.default_input[1]
+        self.out = self.out or default_out_dir(self.variant, self.config.recipe, self.method)
+        if self.method == "qat" and not self.train_data:
+            raise ValueError("QAT needs training data: pass --train-data synthetic, or a video list with --train-root")
+        if self.num_calib < 1:
+            raise ValueError(f"--num-calib must be at least 1, got {self.num_calib}")
+
+
+def default_out_dir(variant: str, recipe: str, method: str = "ptq") -> str:
+    return f"artifacts/uniformer-{variant}-{recipe}" + ("-qat" if method == "qat" else "")
+
+
+def _num_classes(job: QuantizeJob, eval_set) -> int:
+    if job.checkpoint:
+        head = read_state_dict(job.checkpoint).get("head.weight")
+        if head is not None:
+            return int(head.shape[0])
+    return dataset_num_classes(eval_set)
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_job(job: QuantizeJob, progress: bool = True) -> dict:
+    """Run the job end to end and return the report (also written to `job.out`)."""
+    check_output_dir(job.out, job.force)  # refuse early, before any heavy work
+    started = time.time()
+    data_kw = dict(frames=job.frames, size=job.size, seed=job.seed)
+    calib_source = build_dataset(job.calib_data, "train", root=job.calib_root, **data_kw)
+    eval_set = build_dataset(job.eval_data or job.calib_data, "test",
+                             root=job.eval_root if job.eval_data else job.calib_root,
+                             num_clips=job.num_eval if (job.eval_data or job.calib_data) == "synthetic" else None,
+                             **data_kw)
+    calib = calibration_set(calib_source, job.num_calib, seed=job.seed, batch_size=job.batch_size)
+    num_classes = _num_classes(job, eval_set)
+    model = create_model(job.variant, num_classes=num_classes)
+    if job.checkpoint:
+        load_checkpoint(model, job.checkpoint)
+    else:
+        warnings.warn("no --checkpoint: the model has random weights, so top-1 figures are meaningless; "
+                      "the report's agreement with the float model (SQNR, KL, top-1 agreement) still holds",
+                      stacklevel=2)
+    model.eval()
+    example = next(iter(calib))[0][:1]
+
+    if job.method == "ptq":
+        program, prepared = quantize_ptq(model, calib, job.config, example, progress=progress)
+        method_info = {}
+    else:
+        from .qat import run_qat
+        program, prepared, method_info = run_qat(model, calib, job, example, progress=progress)
+    quant_seconds = time.time() - started
+
+    float_logits, labels = collect_logits(model, eval_set, job.batch_size, progress=progress, desc="float model")
+    quant_logits, _ = collect_logits(program.module(), eval_set, job.batch_size, progress=progress,
+                                     desc="quantized model")
+    has_labels = job.checkpoint is not None
+    float_params = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    with atomic_dir(job.out, force=job.force) as tmp:
+        torch.export.save(program, tmp / "quantized.pt2")
+        size = (tmp / "quantized.pt2").stat().st_size
+        config = {"toolkit_version": __version__, "variant": job.variant, "method": job.method,
+                  "quant_config": job.config.as_dict(), "job": {k: v for k, v in asdict(job).items() if k != "config"},
+                  "input_shape": [1, 3, job.frames, job.size, job.size], "num_classes": num_classes,
+                  "checkpoint_sha256": _file_sha256(Path(job.checkpoint)) if job.checkpoint else None,
+                  "torch": torch.__version__}
+        (tmp / "quant_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        report = {
+            "schema": REPORT_SCHEMA, "variant": job.variant, "method": job.method, "recipe": job.config.recipe,
+            "observer": job.config.observer, "calibration_clips": calib.num_clips,
+            "calibration_data": getattr(calib_source, "describe", lambda: job.calib_data)(),
+            "evaluation_data": getattr(eval_set, "describe", lambda: "")(), "evaluation_clips": len(labels),
+            "checkpoint": job.checkpoint, "random_weights": job.checkpoint is None,
+            "seconds": round(quant_seconds, 2),
+            "size_bytes": {"float32_parameters": float_params, "quantized_pt2": size},
+            "float": {"top1": topk_accuracy(float_logits, labels, 1) if has_labels else None,
+                      "top5": topk_accuracy(float_logits, labels, 5) if has_labels else None},
+            "quantized": {"top1": topk_accuracy(quant_logits, labels, 1) if has_labels else None,
+                          "top5": topk_accuracy(quant_logits, labels, 5) if has_labels else None},
+            "agreement": agreement(float_logits, quant_logits),
+            "layers": {"quantized": prepared.quantized_layers, "float": prepared.float_layers},
+            **method_info,
+        }
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / "report.md").write_text(render_markdown(report))
+    return report
