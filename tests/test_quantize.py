@@ -31,9 +31,10 @@ def tiny_model(request):
 
 
 def _count_qdq(program):
+    """(static activation quantize ops, run-time qparam choices, per-channel weight dequantize ops)."""
     names = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
-    return sum("quantize_per_tensor" in t and "dequantize" not in t for t in names), \
-        sum("dequantize_per_channel" in t for t in names)
+    return (sum(t.endswith("quantize_per_tensor.default") and "dequantize" not in t for t in names),
+            sum("choose_qparams" in t for t in names), sum("dequantize_per_channel" in t for t in names))
 
 
 @pytest.mark.parametrize("recipe,min_sqnr", [("w8a8", 25), ("w8", 30), ("dynamic", 30), ("w4", 5)])
@@ -43,13 +44,14 @@ def test_ptq_recipes_track_the_float_model(tiny_model, recipe, min_sqnr):
     with torch.no_grad():
         ref, out = tiny_model(x), program.module()(x)  # dynamic batch: 3 clips though exported with 2
     assert agreement(ref, out)["sqnr_db"] > min_sqnr
-    act_q, weight_dq = _count_qdq(program)
+    static_q, dynamic_q, weight_dq = _count_qdq(program)
     assert weight_dq >= len(prepared.quantized_layers) - sum("matmul" in n for n in prepared.quantized_layers)
     if recipe == "w8a8":
-        assert act_q > 0 and any("matmul" in n for n in prepared.quantized_layers)
+        assert static_q > 0 and dynamic_q == 0 and any("matmul" in n for n in prepared.quantized_layers)
         assert not prepared.float_layers
     else:
-        assert act_q == 0  # weight-only and dynamic graphs hold no static activation quantization
+        assert static_q == 0  # no calibrated activation ranges in weight-only and dynamic graphs
+        assert (dynamic_q > 0) == (recipe == "dynamic")
         assert all("matmul" in n for n in prepared.float_layers)
 
 
@@ -157,3 +159,43 @@ def test_cli_bad_input_writes_nothing(tmp_path):
     out = _cli("--variant", "xxs", "--out", str(tmp_path / "exists"))
     assert out.returncode == 2 and "already exists; pass --force" in out.stderr
     assert (tmp_path / "exists" / "keep.txt").read_text() == "x"
+
+
+def test_switchable_graph_matches_converted_program(tiny_model):
+    """All switches on computes what the converted int8 graph computes; all off is the float model."""
+    from uniformer_edge.quantize import calibrate, convert, prepare
+    from uniformer_edge.quantize.analysis import SwitchableQuantGraph, block_sqnr, sensitivity
+    import copy
+
+    x = torch.randn(3, 3, 8, 64, 64)
+    prepared = prepare(tiny_model, QuantConfig(), x[:1])
+    calibrate(prepared, _batches(), progress=False)
+    graph = SwitchableQuantGraph(type(prepared)(copy.deepcopy(prepared.module), prepared.quantizer, x[:1],
+                                                prepared.cfg))
+    program = convert(prepared)
+    with torch.no_grad():
+        converted = program.module()(x)
+        reference = tiny_model(x)
+    graph.set_quantized(None)
+    assert agreement(converted, graph.logits(x))["sqnr_db"] > 40
+    graph.set_quantized([])
+    assert agreement(reference, graph.logits(x))["sqnr_db"] > 90
+    rows = sensitivity(graph, x, progress=False)
+    assert [r.layer for r in rows] == graph.layers and len(rows) == len(prepared.quantized_layers)
+    # Quantizing one layer disturbs the logits less than quantizing all but one.
+    assert all(r.only_quantized["sqnr_db"] >= r.only_float["sqnr_db"] - 1 for r in rows)
+    blocks = block_sqnr(graph, x)
+    assert "blocks1.0" in blocks and "blocks4.0" in blocks and all(v > 10 for v in blocks.values())
+
+
+def test_mixed_precision_job(tmp_path):
+    job = QuantizeJob(**JOB, config=QuantConfig(recipe="w4a8"), analyze=True, max_drop=0.0, analysis_clips=8,
+                      out=str(tmp_path / "mp"))
+    with pytest.warns(UserWarning, match="random weights"):
+        report = run_job(job, progress=False)
+    mp = report["mixed_precision"]
+    assert mp["simulated_drop_points"] <= 0.0 + 1e-9
+    assert set(mp["kept_float"]) <= set(report["layers"]["float"])
+    assert len(report["analysis"]["layers"]) > 50
+    text = (tmp_path / "mp" / "report.md").read_text()
+    assert "Most sensitive layers" in text and "Mixed precision" in text

@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-weight", type=float, default=0.5,
                    help="weight of the KL distillation loss from the float model (default 0.5)")
     p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (default 2)")
+    p.add_argument("--analyze", action="store_true",
+                   help="per-layer sensitivity (only this layer quantized / only this layer float) and "
+                        "per-block SQNR, in report.json and report.md")
+    p.add_argument("--max-drop", type=float, metavar="POINTS",
+                   help="mixed precision: keep the fewest layers float so that top-1 drops at most POINTS")
+    p.add_argument("--analysis-clips", type=int, default=32, help="evaluation clips used by the analysis")
     p.add_argument("--frames", type=int, help="frames per clip (default: the variant's usual input)")
     p.add_argument("--size", type=int, help="frame size (default: the variant's usual input)")
     p.add_argument("--batch-size", type=int, default=8, help="clips per batch (default 8)")
@@ -64,7 +70,8 @@ def job_from_args(args) -> QuantizeJob:
         frames=args.frames, size=args.size, batch_size=args.batch_size, seed=args.seed, out=args.out,
         force=args.force, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr, qat_clips=args.qat_clips,
         freeze_observers_after=args.freeze_observers_after, distill_weight=args.distill_weight,
-        temperature=args.temperature)
+        temperature=args.temperature, analyze=args.analyze, max_drop=args.max_drop,
+        analysis_clips=args.analysis_clips)
 
 
 def main(argv=None) -> int:

@@ -3,6 +3,8 @@ quantize (PTQ or QAT), compare with the float model and write the artifacts atom
 `quantized.pt2`, `quant_config.json`, `report.json`, `report.md`."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import time
 import warnings
@@ -18,7 +20,7 @@ from ..calibration import build_dataset, calibration_set
 from ..engine import agreement, collect_logits, dataset_num_classes, topk_accuracy
 from ..models import create_model, get_variant, load_checkpoint, read_state_dict
 from .config import QuantConfig
-from .ptq import quantize_ptq
+from .ptq import PreparedModel, calibrate, convert, prepare, quantize_ptq
 from .report import render_markdown
 
 __all__ = ["QuantizeJob", "run_job", "default_out_dir", "REPORT_SCHEMA"]
@@ -52,6 +54,9 @@ class QuantizeJob:
     freeze_observers_after: Optional[int] = None
     distill_weight: float = 0.5
     temperature: float = 2.0
+    analyze: bool = False
+    max_drop: Optional[float] = None
+    analysis_clips: int = 32
 
     def __post_init__(self):
         if self.method not in ("ptq", "qat"):
@@ -65,6 +70,10 @@ class QuantizeJob:
             raise ValueError("QAT needs training data: pass --train-data synthetic, or a video list with --train-root")
         if self.num_calib < 1:
             raise ValueError(f"--num-calib must be at least 1, got {self.num_calib}")
+        if (self.analyze or self.max_drop is not None) and self.method != "ptq":
+            raise ValueError("--analyze and --max-drop work with --method ptq")
+        if self.max_drop is not None and self.max_drop < 0:
+            raise ValueError(f"--max-drop must be non-negative, got {self.max_drop}")
 
 
 def default_out_dir(variant: str, recipe: str, method: str = "ptq") -> str:
@@ -89,6 +98,44 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _analyze_and_quantize(model, calib, eval_set, job: QuantizeJob, example, progress: bool):
+    """Sensitivity analysis on a switchable copy of the calibrated graph; with `max_drop`, the
+    fewest layers left float to stay within the top-1 budget, then the real PTQ with them."""
+    from .analysis import SwitchableQuantGraph, block_sqnr, choose_float_layers, sensitivity
+
+    prepared = prepare(model, job.config, example)
+    calibrate(prepared, calib, progress)
+    graph = SwitchableQuantGraph(PreparedModel(copy.deepcopy(prepared.module), prepared.quantizer, example,
+                                               job.config))
+    n = min(job.analysis_clips, len(eval_set))
+    items = [eval_set[i] for i in range(n)]
+    clips, labels = torch.stack([c for c, _ in items]), torch.tensor([y for _, y in items])
+    labels = labels if job.checkpoint else None
+    rows = sensitivity(graph, clips, labels, progress)
+    info = {"analysis": {"clips": n, "criterion": "top1" if labels is not None else "top1_agreement",
+                         "layers": [{"layer": r.layer, "only_quantized": r.only_quantized,
+                                     "only_float": r.only_float} for r in rows],
+                         "block_sqnr_db": block_sqnr(graph, clips)}}
+    if job.max_drop is None:
+        return convert(prepared), prepared, info
+    graph.set_quantized([])
+    float_out = graph.logits(clips)
+    if labels is not None:
+        baseline = topk_accuracy(float_out, labels, 1)
+        evaluate = lambda: topk_accuracy(graph.logits(clips), labels, 1)  # noqa: E731
+    else:
+        baseline = 1.0
+        evaluate = lambda: agreement(float_out, graph.logits(clips))["top1_agreement"]  # noqa: E731
+    kept, score = choose_float_layers(graph, rows, evaluate, baseline, job.max_drop, progress)
+    info["mixed_precision"] = {"max_drop_points": job.max_drop, "kept_float": kept,
+                               "simulated_drop_points": 100 * (baseline - score)}
+    if kept:
+        cfg = dataclasses.replace(job.config, keep_float=tuple(job.config.keep_float) + tuple(kept))
+        prepared = prepare(model, cfg, example)
+        calibrate(prepared, calib, progress)
+    return convert(prepared), prepared, info
+
+
 def run_job(job: QuantizeJob, progress: bool = True) -> dict:
     """Run the job end to end and return the report (also written to `job.out`)."""
     check_output_dir(job.out, job.force)  # refuse early, before any heavy work
@@ -111,7 +158,9 @@ def run_job(job: QuantizeJob, progress: bool = True) -> dict:
     model.eval()
     example = next(iter(calib))[0][:1]
 
-    if job.method == "ptq":
+    if job.method == "ptq" and (job.analyze or job.max_drop is not None):
+        program, prepared, method_info = _analyze_and_quantize(model, calib, eval_set, job, example, progress)
+    elif job.method == "ptq":
         program, prepared = quantize_ptq(model, calib, job.config, example, progress=progress)
         method_info = {}
     else:
@@ -150,6 +199,6 @@ def run_job(job: QuantizeJob, progress: bool = True) -> dict:
             "layers": {"quantized": prepared.quantized_layers, "float": prepared.float_layers},
             **method_info,
         }
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
         (tmp / "report.md").write_text(render_markdown(report))
     return report

@@ -33,4 +33,23 @@ def render_markdown(r: dict) -> str:
         + (f" ({', '.join(r['layers']['float'][:12])}{', ...' if len(r['layers']['float']) > 12 else ''})"
            if r["layers"]["float"] else ""),
     ]
+    if "qat" in r:
+        q = r["qat"]
+        lines += ["", f"QAT: {q['epochs']} epoch(s), {q['steps']} steps on {q['train_clips']} clips, lr {q['lr']}, "
+                      f"distillation weight {q['distill_weight']} at T={q['temperature']}, observers frozen after "
+                      f"step {q['observers_frozen_after_step']}"]
+    if "mixed_precision" in r:
+        m = r["mixed_precision"]
+        lines += ["", f"Mixed precision (max drop {m['max_drop_points']} points): kept float "
+                      f"{', '.join(m['kept_float']) or 'nothing'}; simulated drop {m['simulated_drop_points']:.2f} points"]
+    if "analysis" in r:
+        a = r["analysis"]
+        key = a["criterion"]
+        rows = sorted(a["layers"], key=lambda x: x["only_quantized"]["sqnr_db"])[:15]
+        lines += ["", f"## Most sensitive layers ({a['clips']} clips)", "",
+                  f"| layer | SQNR alone (dB) | KL alone | {key} alone | {key} with it float |", "|---|---|---|---|---|"]
+        lines += [f"| {x['layer']} | {x['only_quantized']['sqnr_db']:.1f} | {x['only_quantized']['kl']:.5f} | "
+                  f"{_pct(x['only_quantized'][key])} | {_pct(x['only_float'][key])} |" for x in rows]
+        lines += ["", "## Block outputs, quantized vs float", "", "| block | SQNR (dB) |", "|---|---|"]
+        lines += [f"| {b} | {v:.1f} |" for b, v in a["block_sqnr_db"].items()]
     return "\n".join(lines) + "\n"
