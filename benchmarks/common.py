@@ -21,8 +21,12 @@ REFERENCE_RECIPE = dict(variant="xxs", frames=8, size=64, epochs=3, batch_size=8
 
 
 def reference_run_dir() -> Path:
+    """Cache folder named after the recipe, so a changed recipe never reuses an old model."""
+    import hashlib
+
     r = REFERENCE_RECIPE
-    return CACHE / f"reference-{r['variant']}-{r['frames']}x{r['size']}-e{r['epochs']}-s{r['seed']}"
+    digest = hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest()[:10]
+    return CACHE / f"reference-{r['variant']}-{r['frames']}x{r['size']}-{digest}"
 
 
 def reference_checkpoint(train_if_missing: bool = True) -> Path:
