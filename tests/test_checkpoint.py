@@ -6,7 +6,7 @@ import collections
 import pytest
 import torch
 
-from conftest import TINY, TINY_LIGHT, rel_err
+from conftest import TINY, TINY_LIGHT
 from uniformer_edge.models import (CheckpointError, UniFormer, UniFormerLight, create_model, load_checkpoint,
                                    read_state_dict)
 

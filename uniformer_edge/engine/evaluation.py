@@ -54,20 +54,14 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, batch_size: i
     ctx = ctx or DistContext()
     was_training = model.training
     model.eval()
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    top5_hits = torch.zeros((), dtype=torch.int64)
-    indices = shard(len(dataset), ctx)
-    k = min(5, num_classes)
-    bar = tqdm(total=len(indices), desc=desc, disable=not (progress and ctx.is_main), leave=False, unit="clip")
-    for clips, labels in iterate_batches(dataset, indices, batch_size):
-        logits = model(clips.to(ctx.device)).float().cpu()
-        pred = logits.argmax(dim=1)
-        confusion += torch.bincount(labels * num_classes + pred, minlength=num_classes ** 2).reshape(
-            num_classes, num_classes)
-        top5_hits += (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum()
-        bar.update(len(labels))
-    bar.close()
+    logits, labels = collect_logits(lambda clips: model(clips.to(ctx.device)), dataset, batch_size,
+                                    indices=shard(len(dataset), ctx), progress=progress and ctx.is_main, desc=desc)
     model.train(was_training)
+    if len(labels) == 0:
+        logits = torch.empty(0, num_classes)
+    confusion = torch.bincount(labels * num_classes + logits.argmax(dim=1), minlength=num_classes ** 2)
+    confusion = confusion.reshape(num_classes, num_classes)
+    top5_hits = (logits.topk(min(5, num_classes), dim=1).indices == labels[:, None]).any(dim=1).sum()
     all_reduce_sum(confusion, ctx)
     all_reduce_sum(top5_hits, ctx)
     return metrics_from_counts(confusion, int(top5_hits), getattr(dataset, "classes", None))
@@ -85,6 +79,8 @@ def collect_logits(model, dataset: Dataset, batch_size: int = 8, indices: Option
         labels.append(y)
         bar.update(len(y))
     bar.close()
+    if not outs:  # an empty shard (more ranks than clips)
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
     return torch.cat(outs), torch.cat(labels)
 
 

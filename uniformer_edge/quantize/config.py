@@ -1,7 +1,7 @@
 """Quantization configuration: one small dataclass that says what is quantized and how."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 __all__ = ["QuantConfig", "RECIPES", "OBSERVERS", "QUANTIZABLE_OPS"]
 

@@ -9,13 +9,12 @@ import json
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import torch
 
 from .. import __version__
-from .._io import atomic_dir, check_output_dir
+from .._io import atomic_dir, check_output_dir, sha256_file
 from ..calibration import build_dataset, calibration_set
 from ..engine import agreement, collect_logits, dataset_num_classes, topk_accuracy
 from ..models import create_model, get_variant, load_checkpoint, read_state_dict
@@ -86,16 +85,6 @@ def _num_classes(job: QuantizeJob, eval_set) -> int:
         if head is not None:
             return int(head.shape[0])
     return dataset_num_classes(eval_set)
-
-
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _analyze_and_quantize(model, calib, eval_set, job: QuantizeJob, example, progress: bool):
@@ -180,7 +169,7 @@ def run_job(job: QuantizeJob, progress: bool = True) -> dict:
         config = {"toolkit_version": __version__, "variant": job.variant, "method": job.method,
                   "quant_config": job.config.as_dict(), "job": {k: v for k, v in asdict(job).items() if k != "config"},
                   "input_shape": [1, 3, job.frames, job.size, job.size], "num_classes": num_classes,
-                  "checkpoint_sha256": _file_sha256(Path(job.checkpoint)) if job.checkpoint else None,
+                  "checkpoint_sha256": sha256_file(job.checkpoint) if job.checkpoint else None,
                   "torch": torch.__version__}
         (tmp / "quant_config.json").write_text(json.dumps(config, indent=2) + "\n")
         report = {
