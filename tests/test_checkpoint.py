@@ -160,6 +160,17 @@ def test_layer_scale_hint(tmp_path):
         load_checkpoint(UniFormerLight(**TINY_LIGHT), tmp_path / "ls.pth")
 
 
+def test_create_model_detects_layer_scale_checkpoints(tmp_path):
+    source = create_model("xxs", num_classes=4, layer_scale=0.1)
+    with torch.no_grad():
+        source.blocks1[0].gamma_1.fill_(0.37)
+    torch.save({"model_state": source.state_dict()}, tmp_path / "xxs_ls.pth")
+    loaded = create_model("xxs", num_classes=4, checkpoint=tmp_path / "xxs_ls.pth")
+    assert torch.all(loaded.blocks1[0].gamma_1 == 0.37)
+    with pytest.raises(CheckpointError, match="LayerScale parameters"):
+        create_model("xxs", num_classes=4, checkpoint=tmp_path / "xxs_ls.pth", layer_scale=None)
+
+
 def test_read_state_dict_strips_compile_prefix(tmp_path, source):
     sd = {f"_orig_mod.{k}": v for k, v in source.state_dict().items()}
     loaded = read_state_dict(_save(tmp_path, "compiled.pth", sd))

@@ -9,7 +9,7 @@ from ._cli import run
 from ._io import atomic_write_json
 from .calibration import build_dataset
 from .engine import cleanup, dataset_num_classes, evaluate, init_distributed
-from .models import checkpoint_metadata, create_model, load_checkpoint
+from .models import checkpoint_metadata, create_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,8 +48,7 @@ def main(argv=None) -> int:
                                 num_clips=args.num_clips, seed=args.seed, class_names=args.class_names,
                                 sampling=args.sampling, sampling_rate=args.sampling_rate)
         num_classes = dataset_num_classes(dataset)
-        model = create_model(variant, num_classes=num_classes)
-        load_checkpoint(model, args.checkpoint)
+        model = create_model(variant, num_classes=num_classes, checkpoint=args.checkpoint)
         model.to(ctx.device)
         metrics = evaluate(model, dataset, num_classes, args.batch_size, ctx)
     finally:

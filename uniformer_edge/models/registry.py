@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from torch import nn
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, read_state_dict
 from .uniformer import DEFAULT_PRUNE_RATIO, DEFAULT_TRADE_OFF, UniFormer, UniFormerLight
 
 __all__ = ["VariantSpec", "create_model", "list_variants", "get_variant", "from_official_config",
@@ -61,10 +61,15 @@ def create_model(name: str, num_classes: int = 400, checkpoint: Optional[Union[s
     """Build a registered variant (`list_variants()`), optionally loading a checkpoint.
 
     Keyword overrides replace the variant's constructor arguments, e.g.
-    `create_model("xxs", layer_scale=0.1)` for the LayerScale XXS checkpoints.
+    `create_model("xxs", layer_scale=0.1)`. Given a light-model checkpoint with LayerScale
+    parameters (`gamma_1`/`gamma_2`, as in the released XXS 4x128, 4x160 and 8x128 models) and
+    no `layer_scale` override, the LayerScale form is built so the checkpoint loads strictly.
     """
     spec = get_variant(name)
     kwargs = {**copy.deepcopy(spec.kwargs), **overrides, "num_classes": num_classes}
+    if checkpoint is not None and spec.model_cls is UniFormerLight and "layer_scale" not in overrides:
+        if any(".gamma_1" in key for key in read_state_dict(checkpoint)):
+            kwargs["layer_scale"] = 0.1  # initial value only; the checkpoint's values are loaded
     model = spec.model_cls(**kwargs)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, strict=strict)

@@ -17,7 +17,7 @@ from .. import __version__
 from .._io import atomic_dir, check_output_dir, sha256_file
 from ..calibration import build_dataset, calibration_set
 from ..engine import agreement, collect_logits, dataset_num_classes, topk_accuracy
-from ..models import create_model, get_variant, load_checkpoint, read_state_dict
+from ..models import create_model, get_variant, read_state_dict
 from .config import QuantConfig
 from .ptq import PreparedModel, calibrate, convert, prepare, quantize_ptq
 from .report import render_markdown
@@ -137,10 +137,8 @@ def run_job(job: QuantizeJob, progress: bool = True) -> dict:
                              **data_kw)
     calib = calibration_set(calib_source, job.num_calib, seed=job.seed, batch_size=job.batch_size)
     num_classes = _num_classes(job, eval_set)
-    model = create_model(job.variant, num_classes=num_classes)
-    if job.checkpoint:
-        load_checkpoint(model, job.checkpoint)
-    else:
+    model = create_model(job.variant, num_classes=num_classes, checkpoint=job.checkpoint)
+    if not job.checkpoint:
         warnings.warn("no --checkpoint: the model has random weights, so top-1 figures are meaningless; "
                       "the report's agreement with the float model (SQNR, KL, top-1 agreement) still holds",
                       stacklevel=2)
