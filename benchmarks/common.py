@@ -16,7 +16,7 @@ CACHE = Path(os.environ.get("UNIFORMER_EDGE_CACHE", Path.home() / ".cache" / "un
 
 # The reference model: UniFormer-XXS trained from scratch on the synthetic temporal benchmark.
 REFERENCE_RECIPE = dict(variant="xxs", frames=8, size=64, epochs=3, batch_size=8, lr=8e-4, min_lr=1e-5,
-                        weight_decay=0.05, warmup_epochs=0.2, label_smoothing=0.05, drop_path=0.0,
+                        weight_decay=0.05, warmup_epochs=0.2, label_smoothing=0.05, drop_path=0.0, layer_scale=0.1,
                         num_train_clips=8800, num_val_clips=600, seed=0)
 
 

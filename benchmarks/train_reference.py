@@ -18,7 +18,7 @@ import torch
 from common import REFERENCE_RECIPE, environment, reference_checkpoint, reference_run_dir, write_results
 from uniformer_edge.calibration import SyntheticMotion
 from uniformer_edge.engine import evaluate
-from uniformer_edge.models import create_model, load_checkpoint
+from uniformer_edge.models import create_model
 
 
 def main():
@@ -32,8 +32,7 @@ def main():
     train_seconds = time.time() - started
     history = torch.load(reference_run_dir() / "last.pth", weights_only=True)["history"]
     r = REFERENCE_RECIPE
-    model = create_model(r["variant"], num_classes=12)
-    load_checkpoint(model, ckpt)
+    model = create_model(r["variant"], num_classes=12, checkpoint=ckpt)
     rows = {}
     for view, kw in (("test", {}), ("test, time-reversed", {"reverse": True}),
                      ("test, single frame repeated", {"single_frame": True})):
@@ -46,7 +45,8 @@ def main():
     lines = ["# Synthetic reference model", "",
              f"UniFormer-{r['variant'].upper()} at {r['frames']}x{r['size']}x{r['size']}, trained from scratch "
              f"on {r['num_train_clips']} synthetic clips for {r['epochs']} epochs "
-             f"(batch {r['batch_size']}, AdamW lr {r['lr']}, cosine, label smoothing {r['label_smoothing']}).",
+             f"(batch {r['batch_size']}, AdamW lr {r['lr']}, cosine, label smoothing {r['label_smoothing']}"
+             + (f", LayerScale {r['layer_scale']}" if r.get("layer_scale") else "") + ").",
              f"Training time on this machine: {data['train_seconds'] / 60:.1f} min"
              + ("" if trained_here else " (from the cached run)") + ".", "",
              "| test view | top-1 | top-5 |", "|---|---|---|"]

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="linear warm-up length")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="label smoothing")
     p.add_argument("--drop-path", type=float, default=d.drop_path, help="stochastic depth rate")
+    p.add_argument("--layer-scale", type=float, metavar="INIT",
+                   help="light models: LayerScale with this initial value (the official _ls form, e.g. 0.1)")
     p.add_argument("--clip-grad", type=float, default=d.clip_grad, help="gradient-norm clip (0: off)")
     p.add_argument("--checkpoint", help="initialise from this checkpoint (a head of another size is re-sized)")
     p.add_argument("--out", default=d.out, help="output folder (default %(default)s)")

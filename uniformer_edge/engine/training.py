@@ -54,6 +54,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     drop_path: float = 0.0
+    layer_scale: Optional[float] = None
     clip_grad: Optional[float] = 1.0
     checkpoint: Optional[str] = None
     out: str = "runs/train"
@@ -185,7 +186,8 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False, ctx: Opti
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by {ctx.world_size} processes")
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = create_model(cfg.variant, num_classes=num_classes, drop_path_rate=cfg.drop_path)
+    extra = {} if cfg.layer_scale is None else {"layer_scale": cfg.layer_scale}
+    model = create_model(cfg.variant, num_classes=num_classes, drop_path_rate=cfg.drop_path, **extra)
     if cfg.checkpoint and state is None:
         load_checkpoint(model, cfg.checkpoint)
     model.to(ctx.device, memory_format=torch.channels_last_3d)
