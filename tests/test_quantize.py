@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -134,6 +135,49 @@ def test_qat_job_with_checkpoint(tmp_path):
     assert report["float"]["top1"] is not None  # a checkpoint: labels are meaningful
     with pytest.raises(ValueError, match="QAT needs training data"):
         QuantizeJob(**JOB, config=cfg, method="qat")
+
+
+SMALL_LIGHT = {k: v for k, v in TINY_LIGHT.items() if k != "num_classes"}
+
+
+def test_qat_resume_reproduces_uninterrupted_run(tmp_path):
+    from uniformer_edge.quantize.qat import QATStopped, qat_state_path
+
+    def job(out, **kw):
+        return QuantizeJob(**dict(JOB, num_eval=4), model_overrides=SMALL_LIGHT, config=QuantConfig(qat=True),
+                           method="qat", train_data="synthetic", qat_clips=8, qat_epochs=2, out=str(tmp_path / out),
+                           **kw)
+
+    straight = run_job(job("straight"), progress=False)
+    with pytest.raises(QATStopped, match="after epoch 1/2"):
+        run_job(job("split", stop_after=1), progress=False)
+    assert qat_state_path(tmp_path / "split").is_file() and not (tmp_path / "split").exists()
+    with pytest.raises(ValueError, match="other settings .*qat_lr"):
+        run_job(job("split", resume=True, qat_lr=1e-3), progress=False)
+    resumed = run_job(job("split", resume=True), progress=False)
+    assert not qat_state_path(tmp_path / "split").exists()  # removed once the job is complete
+    assert resumed["qat"]["epoch_losses"] == straight["qat"]["epoch_losses"]
+    x = torch.randn(2, 3, 8, 32, 32)
+    a, b = (load_program(tmp_path / d / "quantized.pt2").module() for d in ("straight", "split"))
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+    with pytest.raises(FileNotFoundError, match="no QAT state"):
+        run_job(job("other", resume=True), progress=False)
+
+
+def test_qat_under_torchrun(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+         str(29600 + os.getpid() % 1000), "-m", "uniformer_edge.quantize", "--variant", "xxs", "--method", "qat",
+         "--train-data", "synthetic", "--qat-clips", "16", "--frames", "4", "--size", "32", "--num-calib", "4",
+         "--num-eval", "4", "--batch-size", "8", "--out", str(out)], capture_output=True, text=True, env=env,
+        timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "qat" and report["qat"]["steps"] == 2  # 16 clips / global batch 8
+    assert load_program(out / "quantized.pt2").module()(torch.randn(1, 3, 4, 32, 32)).shape == (1, 12)
 
 
 def _cli(*args):

@@ -52,6 +52,18 @@ def sha256_file(path: PathLike) -> str:
     return digest.hexdigest()
 
 
+def sha256_tree(path: PathLike) -> str:
+    """SHA-256 of a directory (e.g. an .mlpackage): every file's relative path and bytes, in order."""
+    import hashlib
+
+    root = Path(path)
+    digest = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(f.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(bytes.fromhex(sha256_file(f)))
+    return digest.hexdigest()
+
+
 def _json_default(obj):
     if hasattr(obj, "tolist"):
         return obj.tolist()

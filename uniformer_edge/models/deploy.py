@@ -4,6 +4,8 @@
 weight: BatchNorm into the following 1x1x1 convolution (or the preceding convolution in
 the light stem, or the classifier after pooling), the position-embedding residual into
 its depthwise kernel, and LayerScale into the branch's last projection. With
+`per_channel_safe=True` only the folds that scale whole output channels are made (the
+form that quantizes well per channel). With
 `conv3d="2d"` every Conv3d also becomes Conv2d over temporal taps, for runtimes without
 5-D convolution (ExecuTorch XNNPACK).
 """
@@ -60,13 +62,15 @@ def _fold_identity_into_depthwise(conv: nn.Conv3d):
     conv.weight[:, 0, kt // 2, kh // 2, kw // 2] += 1.0
 
 
-def _fold_block(blk: nn.Module):
-    _fold_identity_into_depthwise(blk.pos_embed)
-    blk.pos_embed_residual = False
+def _fold_block(blk: nn.Module, per_channel_safe: bool):
+    if not per_channel_safe:
+        _fold_identity_into_depthwise(blk.pos_embed)
+        blk.pos_embed_residual = False
     if isinstance(blk, CBlock):
-        _fold_bn_into_next(blk.norm1, blk.conv1)
-        _fold_bn_into_next(blk.norm2, blk.mlp.fc1)
-        blk.norm1, blk.norm2 = nn.Identity(), nn.Identity()
+        if not per_channel_safe:
+            _fold_bn_into_next(blk.norm1, blk.conv1)
+            _fold_bn_into_next(blk.norm2, blk.mlp.fc1)
+            blk.norm1, blk.norm2 = nn.Identity(), nn.Identity()
         last_of_branch = (blk.conv2, blk.mlp.fc2)
     else:
         last_of_branch = (blk.attn.proj, blk.mlp.fc2)
@@ -159,20 +163,26 @@ def _convs_to_2d(module: nn.Module):
             _convs_to_2d(child)
 
 
-def deploy(model: nn.Module, conv3d: str = "native") -> nn.Module:
+def deploy(model: nn.Module, conv3d: str = "native", per_channel_safe: bool = False) -> nn.Module:
     """Return an inference-only copy of a UniFormer / UniFormerLight with eval-time affines
-    folded (see module docstring). The input model is left untouched."""
+    folded (see module docstring). The input model is left untouched.
+
+    `per_channel_safe` keeps only the folds that scale whole output channels (BatchNorm into
+    the preceding convolution, LayerScale). The others scale input channels or add 1 to one
+    tap of each depthwise kernel, which stretches the per-output-channel weight range and
+    costs int8 precision; quantized graphs use this form."""
     if conv3d not in CONV3D_MODES:
         raise ValueError(f"conv3d must be one of {CONV3D_MODES}, got {conv3d!r}")
     out = copy.deepcopy(model).eval()
     for module in list(out.modules()):
         if isinstance(module, (CBlock, SABlock)):
-            _fold_block(module)
+            _fold_block(module, per_channel_safe)
         elif isinstance(module, ConvStem):
             _fold_bn_into_prev(module.proj[0], module.proj[1])
             _fold_bn_into_prev(module.proj[3], module.proj[4])
             module.proj[1], module.proj[4] = nn.Identity(), nn.Identity()
-    _fold_head(out)
+    if not per_channel_safe:
+        _fold_head(out)
     _drop_training_only(out)
     if hasattr(out, "head_cls"):  # train-only class-token head of the light models
         out.norm_cls, out.head_cls = nn.Identity(), nn.Identity()

@@ -250,7 +250,9 @@ class EvoSABlock(SABlock):
             raise RuntimeError("a pruning block needs token scores from an earlier block")
         B, N, C = tokens.shape
         keep = int(N * self.prune_ratio)
-        order = torch.argsort(scores, dim=1, descending=True)
+        # A full descending topk is argsort by another name, and one that mobile runtimes
+        # (ExecuTorch's portable kernels) implement.
+        order = torch.topk(scores, N, dim=1).indices
         token_index = order.unsqueeze(-1).expand(B, N, C)
         sorted_tokens = torch.gather(tokens, 1, token_index)
         sorted_scores = torch.gather(scores, 1, order)
@@ -284,11 +286,11 @@ class EvoSABlock(SABlock):
     def _pool(scores: Tensor, total: Tensor, shape: Sequence[int]) -> Tensor:
         """2x2 spatial average pooling (floor) of the scores onto the next stage's grid,
         rescaled to keep the total mass. Written as reshape+mean rather than avg_pool3d so
-        that runtimes without 5-D pooling can run it."""
+        that runtimes without 5-D pooling can run it, with tensors of rank <= 5 (Core ML)."""
         B, _, T, H, W = shape
         Ho, Wo = H // 2, W // 2
         grid = scores.reshape(B, T, H, W)[:, :, :2 * Ho, :2 * Wo]
-        pooled = grid.reshape(B, T, Ho, 2, Wo, 2).mean(dim=(3, 5)).reshape(B, -1)
+        pooled = grid.reshape(B * T, Ho, 2, Wo, 2).mean(dim=(2, 4)).reshape(B, -1)
         return pooled * total / pooled.sum(dim=1, keepdim=True)
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .._cli import run
 from ..models import list_variants
 from .config import OBSERVERS, RECIPES, QuantConfig
 from .pipeline import QuantizeJob, run_job
+from .qat import QATStopped
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-weight", type=float, default=0.5,
                    help="weight of the KL distillation loss from the float model (default 0.5)")
     p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (default 2)")
+    p.add_argument("--resume", action="store_true",
+                   help="QAT: continue an interrupted job from OUT.qat-state.pth (saved after every epoch)")
+    p.add_argument("--stop-after", type=int, metavar="EPOCHS",
+                   help="QAT: end this invocation after that many epochs, state saved (time-limited jobs)")
     p.add_argument("--analyze", action="store_true",
                    help="per-layer sensitivity (only this layer quantized / only this layer float) and "
                         "per-block SQNR, in report.json and report.md")
@@ -55,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for data selection")
     p.add_argument("--out", help="output folder (default artifacts/uniformer-<variant>-<recipe>)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--export", nargs="+", metavar="FORMAT", choices=["onnx", "coreml", "executorch"],
+                   help="then export the quantized graph (onnx, coreml; executorch re-quantizes the 2-D form) "
+                        "into OUT/export with a manifest")
+    p.add_argument("--target", default="ios17", help="Core ML target for --export coreml (default ios17)")
     return p
 
 
@@ -71,16 +81,46 @@ def job_from_args(args) -> QuantizeJob:
         force=args.force, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr, qat_clips=args.qat_clips,
         freeze_observers_after=args.freeze_observers_after, distill_weight=args.distill_weight,
         temperature=args.temperature, analyze=args.analyze, max_drop=args.max_drop,
-        analysis_clips=args.analysis_clips)
+        analysis_clips=args.analysis_clips, resume=args.resume, stop_after=args.stop_after)
 
 
 def main(argv=None) -> int:
-    job = job_from_args(build_parser().parse_args(argv))
-    report = run_job(job)
+    args = build_parser().parse_args(argv)
+    job = job_from_args(args)
+    if args.export:
+        _check_exportable(job, args)
+    try:
+        report = run_job(job)
+    except QATStopped as stopped:
+        print(stopped)
+        return 0
+    if not report:  # a non-main torchrun rank
+        return 0
     a = report["agreement"]
     print(f"wrote {job.out}: logit SQNR {a['sqnr_db']:.1f} dB, top-1 agreement {100 * a['top1_agreement']:.1f}%, "
           f"{report['size_bytes']['quantized_pt2'] / 1e6:.2f} MB, {report['seconds']:.0f} s")
+    if args.export:
+        from ..export.__main__ import main as export_main
+
+        export_main(["--quantized", job.out, "--format", *args.export, "--target", args.target,
+                     "--out", str(Path(job.out) / "export"), "--num-calib", str(job.num_calib)])
     return 0
+
+
+def _check_exportable(job: QuantizeJob, args) -> None:
+    """Refuse before quantizing when the export step would refuse afterwards."""
+    from ..export.pipeline import PT2E_RECIPE
+
+    if job.config.recipe not in PT2E_RECIPE.values():
+        raise ValueError(f"--export: recipe {job.config.recipe} cannot be exported "
+                         f"(exportable: {', '.join(PT2E_RECIPE.values())})")
+    precision = {v: k for k, v in PT2E_RECIPE.items()}[job.config.recipe]
+    from ..export.pipeline import SUPPORTED
+
+    lacking = [f for f in args.export if precision not in SUPPORTED[f]]
+    if lacking:
+        raise ValueError(f"--export: a {job.config.recipe} graph (precision {precision}) cannot be exported to "
+                         f"{', '.join(lacking)}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 from .. import __version__
 from .._io import atomic_dir, check_output_dir, sha256_file
 from ..calibration import build_dataset, calibration_set
-from ..engine import agreement, collect_logits, dataset_num_classes, topk_accuracy
+from ..engine import agreement, collect_logits, dataset_num_classes, init_distributed, topk_accuracy
 from ..models import create_model, get_variant, read_state_dict
 from .config import QuantConfig
 from .ptq import PreparedModel, calibrate, convert, prepare, quantize_ptq
@@ -56,6 +56,9 @@ class QuantizeJob:
     analyze: bool = False
     max_drop: Optional[float] = None
     analysis_clips: int = 32
+    model_overrides: dict = field(default_factory=dict)  # constructor arguments, e.g. for small test models
+    resume: bool = False                  # QAT: continue from <out>.qat-state.pth
+    stop_after: Optional[int] = None      # QAT: end this invocation after that many epochs (state saved)
 
     def __post_init__(self):
         if self.method not in ("ptq", "qat"):
@@ -69,6 +72,8 @@ class QuantizeJob:
             raise ValueError("QAT needs training data: pass --train-data synthetic, or a video list with --train-root")
         if self.num_calib < 1:
             raise ValueError(f"--num-calib must be at least 1, got {self.num_calib}")
+        if (self.resume or self.stop_after is not None) and self.method != "qat":
+            raise ValueError("--resume and --stop-after apply to --method qat")
         if (self.analyze or self.max_drop is not None) and self.method != "ptq":
             raise ValueError("--analyze and --max-drop work with --method ptq")
         if self.max_drop is not None and self.max_drop < 0:
@@ -137,7 +142,8 @@ def run_job(job: QuantizeJob, progress: bool = True) -> dict:
                              **data_kw)
     calib = calibration_set(calib_source, job.num_calib, seed=job.seed, batch_size=job.batch_size)
     num_classes = _num_classes(job, eval_set)
-    model = create_model(job.variant, num_classes=num_classes, checkpoint=job.checkpoint)
+    torch.manual_seed(job.seed)  # the random-weight model is the same on every run (and every rank)
+    model = create_model(job.variant, num_classes=num_classes, checkpoint=job.checkpoint, **job.model_overrides)
     if not job.checkpoint:
         warnings.warn("no --checkpoint: the model has random weights, so top-1 figures are meaningless; "
                       "the report's agreement with the float model (SQNR, KL, top-1 agreement) still holds",
@@ -152,8 +158,12 @@ def run_job(job: QuantizeJob, progress: bool = True) -> dict:
         method_info = {}
     else:
         from .qat import run_qat
-        program, prepared, method_info = run_qat(model, calib, job, example, progress=progress)
+        program, prepared, method_info = run_qat(model, calib, job, example, progress=progress, resume=job.resume,
+                                                 stop_after=job.stop_after)
     quant_seconds = time.time() - started
+    ctx = init_distributed()
+    if not ctx.is_main:  # under torchrun, rank 0 evaluates and writes the outputs
+        return {}
 
     float_logits, labels = collect_logits(model, eval_set, job.batch_size, progress=progress, desc="float model")
     quant_logits, _ = collect_logits(program.module(), eval_set, job.batch_size, progress=progress,
@@ -167,6 +177,7 @@ def run_job(job: QuantizeJob, progress: bool = True) -> dict:
         config = {"toolkit_version": __version__, "variant": job.variant, "method": job.method,
                   "quant_config": job.config.as_dict(), "job": {k: v for k, v in asdict(job).items() if k != "config"},
                   "input_shape": [1, 3, job.frames, job.size, job.size], "num_classes": num_classes,
+                  "model_overrides": job.model_overrides,
                   "checkpoint_sha256": sha256_file(job.checkpoint) if job.checkpoint else None,
                   "torch": torch.__version__}
         (tmp / "quant_config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -188,4 +199,8 @@ def run_job(job: QuantizeJob, progress: bool = True) -> dict:
         }
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
         (tmp / "report.md").write_text(render_markdown(report))
+    if job.method == "qat":
+        from .qat import qat_state_path
+
+        qat_state_path(job.out).unlink(missing_ok=True)  # the job is complete: its state is no longer needed
     return report

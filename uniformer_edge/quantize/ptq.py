@@ -29,9 +29,10 @@ def load_program(path) -> ExportedProgram:
 
 
 def export_float(model: nn.Module, example: Tensor, conv3d: str = "native") -> ExportedProgram:
-    """Export the deploy form of `model` (BatchNorm folded) with a dynamic batch dimension;
-    frames and frame size stay those of `example` (the light models prune to a static count)."""
-    deployed = deploy(model, conv3d=conv3d)
+    """Export the quantization-friendly deploy form of `model` (only output-channel folds, see
+    `deploy(per_channel_safe=True)`) with a dynamic batch dimension; frames and frame size stay
+    those of `example` (the light models prune to a static count)."""
+    deployed = deploy(model, conv3d=conv3d, per_channel_safe=True)
     return torch.export.export(deployed, (_batch_of_two(example),), dynamic_shapes=_DYNAMIC_BATCH)
 
 

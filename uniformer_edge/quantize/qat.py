@@ -2,6 +2,8 @@
 quantizer configuration as PTQ, knowledge distillation from the float model, activation
 ranges initialised on the calibration set and frozen after a configurable step. Runs
 single-process or under torchrun (DDP) with the training loop of `uniformer_edge.engine`.
+After every epoch the fake-quantized model, optimizer and schedule are saved (atomically) to
+`<out>.qat-state.pth`, so an interrupted job continues with `resume=True` exactly where it was.
 
 The deploy form is quantized, so BatchNorm is already folded into the convolutions and
 its statistics cannot drift during QAT.
@@ -9,6 +11,7 @@ its statistics cannot drift during QAT.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -16,12 +19,31 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchao.quantization.pt2e import allow_exported_model_train_eval, disable_observer
 
+from .._io import atomic_torch_save
 from ..calibration import build_dataset
 from ..engine import classification_loss, epoch_batches, init_distributed, train_one_epoch
 from ..models import deploy
 from .ptq import calibrate, convert, prepare
 
-__all__ = ["distillation_loss", "run_qat"]
+__all__ = ["distillation_loss", "run_qat", "qat_state_path", "QATStopped"]
+
+# Settings a resumed job must share with the interrupted one.
+_RESUME_KEYS = ("variant", "method", "checkpoint", "train_data", "train_root", "frames", "size", "batch_size",
+                "seed", "qat_epochs", "qat_lr", "qat_clips", "freeze_observers_after", "distill_weight",
+                "temperature", "num_calib", "calib_data", "calib_root")
+
+
+class QATStopped(Exception):
+    """Raised when a QAT job ends early on purpose (`stop_after`); its state is saved."""
+
+
+def qat_state_path(out) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".qat-state.pth")
+
+
+def _fingerprint(job) -> dict:
+    return {k: getattr(job, k) for k in _RESUME_KEYS} | {"quant_config": job.config.as_dict()}
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, weight: float,
@@ -32,15 +54,31 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
     return (1 - weight) * classification_loss(student, labels, 0.0) + weight * kl
 
 
-def run_qat(model: nn.Module, calib, job, example: torch.Tensor, progress: bool = True):
-    """Fine-tune a fake-quantized copy of `model` and convert it. Returns (program, prepared, info)."""
+def run_qat(model: nn.Module, calib, job, example: torch.Tensor, progress: bool = True, resume: bool = False,
+            stop_after: int | None = None):
+    """Fine-tune a fake-quantized copy of `model` and convert it. Returns (program, prepared, info).
+    `resume` continues from the state file of an interrupted run of the same job; `stop_after`
+    ends this invocation after that many epochs by raising `QATStopped` (state saved)."""
     ctx = init_distributed()
+    state_path = qat_state_path(job.out)
+    state = None
+    if resume:
+        if not state_path.is_file():
+            raise FileNotFoundError(f"--resume: no QAT state {state_path} to continue from")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state["job"] != _fingerprint(job):
+            diff = sorted(k for k in state["job"] if state["job"][k] != _fingerprint(job).get(k))
+            raise ValueError(f"--resume: {state_path} comes from a job with other settings ({', '.join(diff)})")
     cfg = job.config
     if not cfg.qat:
         raise ValueError("run_qat needs a QAT config (qat=True)")
     prepared = prepare(model, cfg, example)
     student = prepared.module
     allow_exported_model_train_eval(student)
+    # The quantized graph keeps some BatchNorms unfolded (deploy(per_channel_safe=True)); in train
+    # mode they would normalise with batch statistics and move their running statistics. QAT
+    # fine-tunes with BatchNorm frozen: the graph always runs in eval semantics.
+    student.train = lambda mode=True: student.eval()
     for p in student.parameters():
         p.requires_grad_(True)
     calibrate(prepared, calib, progress=progress and ctx.is_main)  # start from calibrated ranges
@@ -57,8 +95,13 @@ def run_qat(model: nn.Module, calib, job, example: torch.Tensor, progress: bool 
                                   weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+    step, start_epoch, losses = 0, 0, []
+    if state is not None:  # observer ranges, fake-quant switches and weights all live in the state dict
+        student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, start_epoch, losses = state["step"], state["epoch"] + 1, list(state["losses"])
     wrapped = nn.parallel.DistributedDataParallel(student) if ctx.distributed else student
-    step = 0
 
     def loss_fn(m, clips, labels):
         nonlocal step
@@ -69,12 +112,19 @@ def run_qat(model: nn.Module, calib, job, example: torch.Tensor, progress: bool 
             target = teacher(clips)
         return distillation_loss(m(clips), target, labels, job.distill_weight, job.temperature)
 
-    losses = []
-    for epoch in range(job.qat_epochs):
+    end_epoch = job.qat_epochs if stop_after is None else min(job.qat_epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, end_epoch):
         batches = epoch_batches(len(train_set), job.batch_size, job.seed, epoch, ctx)
         loader = DataLoader(train_set, batch_sampler=batches)
         losses.append(train_one_epoch(wrapped, loader, optimizer, scheduler, ctx, loss_fn=loss_fn, clip_grad=1.0,
                                       desc=f"QAT epoch {epoch + 1}/{job.qat_epochs}"))
+        if ctx.is_main:
+            atomic_torch_save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
+                               "losses": losses, "job": _fingerprint(job)}, state_path)
+    if end_epoch < job.qat_epochs:
+        raise QATStopped(f"QAT stopped after epoch {end_epoch}/{job.qat_epochs}; state in {state_path}, "
+                         f"continue with --resume")
     student.apply(disable_observer)
     student.eval()
     info = {"qat": {"epochs": job.qat_epochs, "steps": step, "lr": job.qat_lr, "train_clips": len(train_set),

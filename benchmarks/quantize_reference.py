@@ -1,0 +1,212 @@
+"""Quantization accuracy on the synthetic reference model, beside the peers, in one run.
+
+    python benchmarks/quantize_reference.py [--num-calib 32] [--num-eval 1200] [--skip-qat]
+
+Every method sees the same calibration clips (class-stratified from the training split) and
+is scored on the same evaluation clips (the test split): our PT2E recipes (w8a8 with each
+observer, weight-only w8/w4, w4a8) and QAT, ONNX Runtime's `quantize_static` (QDQ,
+per-channel, MinMax and Entropy, after `quant_pre_process`) and torchao's stock X86 PT2E
+quantizer applied directly to the same deploy-form graph. Reports top-1/top-5 and the drop
+against the float model, logit SQNR, KL and top-1 agreement with it, and the time taken.
+Writes benchmarks/results/quantize_reference.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common import REFERENCE_RECIPE, environment, reference_checkpoint, write_results
+from uniformer_edge.calibration import build_dataset, calibration_set
+from uniformer_edge.engine import agreement, collect_logits, topk_accuracy
+from uniformer_edge.export.onnx import export_onnx, ort_quantize_static, ort_session, run_onnx
+from uniformer_edge.models import create_model, deploy
+from uniformer_edge.models.uniformer import EvoSABlock
+from uniformer_edge.quantize import QuantConfig, QuantizeJob, quantize_ptq
+from uniformer_edge.quantize.ptq import calibrate, export_float
+from uniformer_edge.quantize.qat import run_qat
+
+R = REFERENCE_RECIPE
+
+
+def torchao_x86(model, calib, example):
+    """torchao's stock X86 Inductor quantizer (its default static config), as a user would apply it."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(export_float(model, example).module(), quantizer)
+
+    class _Prepared:  # calibrate() only needs `.module`
+        module = prepared
+    calibrate(_Prepared, calib, progress=False)
+    return convert_pt2e(prepared)
+
+
+def without_pruning(model):
+    """The same weights with every token kept (no top-k selection)."""
+    model = copy.deepcopy(model)
+    for block in model.modules():
+        if isinstance(block, EvoSABlock):
+            block.prune_ratio = 1.0
+    return model
+
+
+def weight_noise_sqnr(model, clips, rel: float) -> float:
+    """Logit SQNR after adding Gaussian noise of `rel` x (per-output-channel max |w|) to every
+    weight matrix: how chaotic the model is, whatever the quantizer."""
+    noisy = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in noisy.parameters():
+            if p.ndim > 1:
+                scale = p.abs().amax(dim=tuple(range(1, p.ndim)), keepdim=True)
+                p.add_(torch.randn(p.shape, generator=g) * scale * rel)
+        return agreement(model(clips), noisy(clips))["sqnr_db"]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num-calib", type=int, default=32)
+    p.add_argument("--num-eval", type=int, default=1200, help="test clips (the whole split is 1200)")
+    p.add_argument("--qat-epochs", type=int, default=2)
+    p.add_argument("--qat-clips", type=int, default=1024)
+    p.add_argument("--qat-lr", type=float, default=1e-4)
+    p.add_argument("--skip-qat", action="store_true")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    ckpt = reference_checkpoint()
+    model = create_model(R["variant"], num_classes=12, checkpoint=ckpt).eval()
+    data = dict(frames=R["frames"], size=R["size"], seed=0)
+    calib = calibration_set(build_dataset("synthetic", "train", **data), args.num_calib, seed=0, batch_size=8)
+    eval_set = build_dataset("synthetic", "test", num_clips=args.num_eval, **data)
+    example = next(iter(calib))[0][:1]
+
+    def run_torch(fn):
+        with torch.no_grad():
+            return collect_logits(fn, eval_set, batch_size=32, desc="evaluating")
+
+    float_logits, labels = run_torch(model)
+    rows = {}
+
+    def record(name, logits, seconds, group, note=""):
+        top1 = topk_accuracy(logits, labels, 1)
+        rows[name] = {"group": group, "top1": top1, "top5": topk_accuracy(logits, labels, 5),
+                      "drop_points": 100 * (topk_accuracy(float_logits, labels, 1) - top1),
+                      "seconds": round(seconds, 1), "note": note, **agreement(float_logits, logits)}
+        r = rows[name]
+        print(f"{name:34s} top-1 {100 * r['top1']:6.2f}%  drop {r['drop_points']:5.2f}  "
+              f"SQNR {r['sqnr_db']:5.1f} dB  agree {100 * r['top1_agreement']:.1f}%  {seconds:.0f} s", flush=True)
+
+    record("float (fp32)", float_logits, 0.0, "float")
+    for recipe, observer in (("w8a8", "minmax"), ("w8a8", "percentile"), ("w8a8", "mse"),
+                             ("w8a8", "moving_average"), ("w8", "minmax"), ("w4a8", "minmax"), ("w4", "minmax")):
+        started = time.time()
+        program, _ = quantize_ptq(model, calib, QuantConfig(recipe=recipe, observer=observer), example,
+                                  progress=False)
+        name = f"ours PTQ {recipe}" + (f" ({observer})" if recipe.endswith("a8") else "")
+        record(name, run_torch(program.module())[0], time.time() - started, "ours")
+
+    started = time.time()
+    x86 = torchao_x86(model, calib, example)
+    record("torchao X86InductorQuantizer (default)", run_torch(x86)[0], time.time() - started, "peer")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        float_onnx = export_onnx(deploy(model, per_channel_safe=True), Path(tmp) / "float.onnx", example)
+        for method in ("minmax", "entropy"):
+            started = time.time()
+            path = ort_quantize_static(float_onnx, Path(tmp) / f"{method}.onnx", calib, method)
+            session = ort_session(path)
+            seconds = time.time() - started
+            record(f"ORT quantize_static QDQ per-channel ({method})",
+                   collect_logits(lambda x: run_onnx(session, x), eval_set, batch_size=32, desc="ORT")[0],
+                   seconds, "peer")
+
+    qat_info = None
+    if not args.skip_qat:
+        # QAT at the lowest bit width where PTQ loses more than a point.
+        lossy = [n for n in ("ours PTQ w4a8 (minmax)", "ours PTQ w4") if rows[n]["drop_points"] > 1.0]
+        recipe = "w4a8" if "ours PTQ w4a8 (minmax)" in lossy else ("w4" if lossy else "w4a8")
+        with tempfile.TemporaryDirectory() as tmp:
+            job = QuantizeJob(variant=R["variant"], config=QuantConfig(recipe=recipe, qat=True), method="qat",
+                              checkpoint=str(ckpt), train_data="synthetic", frames=R["frames"], size=R["size"],
+                              num_calib=args.num_calib, qat_epochs=args.qat_epochs, qat_clips=args.qat_clips,
+                              qat_lr=args.qat_lr, out=str(Path(tmp) / "qat"))
+            started = time.time()
+            program, _, info = run_qat(model, calib, job, example)
+            qat_info = info["qat"]
+            record(f"ours QAT {recipe}", run_torch(program.module())[0], time.time() - started, "ours",
+                   f"{args.qat_epochs} epochs x {args.qat_clips} clips, lr {args.qat_lr}, distillation")
+        ptq_drop = rows[f"ours PTQ {recipe}" + (" (minmax)" if recipe == "w4a8" else "")]["drop_points"]
+        qat_info["ptq_drop_points"] = ptq_drop
+        qat_info["recovered_fraction"] = (ptq_drop - rows[f"ours QAT {recipe}"]["drop_points"]) / ptq_drop \
+            if ptq_drop > 0 else None
+
+    # Token pruning is a discrete top-k choice: any perturbation that reorders tokens near the cut
+    # changes what later blocks see. Measure that sensitivity, and the same PTQ without pruning.
+    clips = torch.stack([eval_set[i][0] for i in range(min(96, len(eval_set)))])
+    unpruned = without_pruning(model)
+    sensitivity = {"clips": len(clips), "weight_noise_sqnr_db": {
+        f"{rel:g}": {"pruning": weight_noise_sqnr(model, clips, rel), "no_pruning": weight_noise_sqnr(unpruned, clips, rel)}
+        for rel in (1e-3, 4e-3)}}
+    with torch.no_grad():
+        unpruned_logits = collect_logits(unpruned, eval_set, batch_size=32, desc="no pruning")[0]
+    sensitivity["no_pruning_float_top1"] = topk_accuracy(unpruned_logits, labels, 1)
+    for recipe in ("w8a8", "w8"):
+        program, _ = quantize_ptq(unpruned, calib, QuantConfig(recipe=recipe), example, progress=False)
+        with torch.no_grad():
+            q = collect_logits(program.module(), eval_set, batch_size=32, desc="no pruning, quantized")[0]
+        sensitivity[f"no_pruning_{recipe}"] = {"top1": topk_accuracy(q, labels, 1), **agreement(unpruned_logits, q)}
+    print(sensitivity, flush=True)
+
+    ours = rows["ours PTQ w8a8 (minmax)"]
+    best_peer = max((r for r in rows.values() if r["group"] == "peer"), key=lambda r: r["top1"])
+    targets = {"w8a8_drop_at_most_0.5": ours["drop_points"] <= 0.5, "w8a8_sqnr_at_least_20db": ours["sqnr_db"] >= 20,
+               "w8a8_at_least_as_accurate_as_every_peer": ours["top1"] >= best_peer["top1"]}
+    if qat_info and qat_info["recovered_fraction"] is not None:
+        targets["qat_closes_half_of_ptq_drop"] = qat_info["recovered_fraction"] >= 0.5
+    result = {"recipe": R, "checkpoint": str(ckpt), "calibration_clips": calib.num_clips,
+              "evaluation_clips": len(labels), "rows": rows, "qat": qat_info, "pruning_sensitivity": sensitivity, "targets": targets,
+              "environment": environment()}
+    lines = ["# Quantization of the synthetic reference model, beside the peers", "",
+             f"UniFormer-{R['variant'].upper()} {R['frames']}x{R['size']} reference model; every method calibrated "
+             f"on the same {calib.num_clips} training clips and scored on the same {len(labels)} test clips.", "",
+             "| method | top-1 | top-5 | drop (pts) | logit SQNR (dB) | KL | top-1 agreement | time (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {100 * r['top1']:.2f}% | {100 * r['top5']:.2f}% | {r['drop_points']:.2f} | "
+                     f"{r['sqnr_db']:.1f} | {r['kl']:.2e} | {100 * r['top1_agreement']:.2f}% | {r['seconds']:.0f} |")
+    lines += ["", "Targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in targets.items()) + "."]
+    if qat_info:
+        lines += ["", f"QAT: {qat_info['epochs']} epochs x {qat_info['train_clips']} clips, lr {qat_info['lr']}, "
+                  f"distillation weight {qat_info['distill_weight']} at T={qat_info['temperature']}; "
+                  f"PTQ drop {qat_info['ptq_drop_points']:.2f} pts, fraction recovered "
+                  + (f"{100 * qat_info['recovered_fraction']:.0f}%" if qat_info['recovered_fraction'] is not None
+                     else "n/a") + "."]
+    ns = sensitivity["weight_noise_sqnr_db"]
+    lines += ["", "## Why the logit SQNR of the light model is low", "",
+              "UniFormer-XXS prunes tokens by a top-k on attention scores: a tiny perturbation reorders tokens "
+              "near the cut, and later blocks see different tokens. Gaussian weight noise of 0.1% / 0.4% of each "
+              f"channel's range gives a logit SQNR of {ns['0.001']['pruning']:.1f} / {ns['0.004']['pruning']:.1f} dB "
+              f"with pruning and {ns['0.001']['no_pruning']:.1f} / {ns['0.004']['no_pruning']:.1f} dB with every "
+              "token kept (int8 rounding noise is about 0.23% of the range). The same weights with pruning "
+              f"switched off (float top-1 {100 * sensitivity['no_pruning_float_top1']:.2f}%) quantize to "
+              f"{sensitivity['no_pruning_w8a8']['sqnr_db']:.1f} dB (w8a8, top-1 "
+              f"{100 * sensitivity['no_pruning_w8a8']['top1']:.2f}%) and {sensitivity['no_pruning_w8']['sqnr_db']:.1f} dB "
+              f"(w8, top-1 {100 * sensitivity['no_pruning_w8']['top1']:.2f}%) against that float model."]
+    lines += ["", "Peers: ORT `quantize_static` runs on the float ONNX export of the same deploy form "
+              "(BatchNorm folded) and quantizes every op it supports, LayerNorm/Softmax/residual adds included; "
+              "torchao's X86 quantizer quantizes convolutions, linear layers and adds but not the attention "
+              "products.", "",
+              f"Command: `python benchmarks/quantize_reference.py` ({environment()['processor']}, "
+              f"{environment()['threads']} threads, torch {torch.__version__})."]
+    write_results("quantize_reference", result, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Export: every format and precision on tiny configs, parity executed by ONNX Runtime and
+ExecuTorch, Core ML spec inspection, manifest hashes, and the refusals."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import TINY, TINY_LIGHT
+from uniformer_edge.export import ExportJob, run_export, verify_manifest
+from uniformer_edge.export.onnx import ort_session, run_onnx
+
+LIGHT = {k: v for k, v in TINY_LIGHT.items() if k != "num_classes"}
+PLAIN = {k: v for k, v in TINY.items() if k != "num_classes"}
+INPUT = dict(frames=8, size=32, num_classes=10, num_calib=8, check_clips=3)
+
+
+@pytest.fixture(scope="module")
+def light_float(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "float"
+    labels = out.parent / "labels.txt"
+    labels.write_text("\n".join(f"class {i}" for i in range(10)) + "\n")
+    manifest = run_export(ExportJob(variant="xxs", model_overrides=LIGHT, formats=("onnx", "coreml"),
+                                    precisions=("fp32", "fp16"), labels=str(labels), out=str(out), **INPUT),
+                          progress=False)
+    return out, manifest
+
+
+def _by(manifest, fmt, precision):
+    return next(a for a in manifest["artifacts"] if a["format"] == fmt and a["precision"] == precision)
+
+
+def test_float_exports_meet_parity_and_manifest_verifies(light_float):
+    out, manifest = light_float
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert verify_manifest(out)["variant"] == "xxs"
+    onnx32 = _by(manifest, "onnx", "fp32")
+    assert onnx32["parity"]["passed"] and onnx32["parity"]["vs_float"]["max_rel_err"] <= 1e-4
+    assert onnx32["parity"]["runtime"].startswith("onnxruntime")
+    onnx16 = _by(manifest, "onnx", "fp16")
+    assert onnx16["parity"]["vs_float"]["cosine"] >= 0.999 and onnx16["size_bytes"] < 0.75 * onnx32["size_bytes"]
+    for art in manifest["artifacts"]:
+        path = out / art["path"]
+        assert path.exists() and art["size_bytes"] > 0 and len(art["sha256"]) == 64
+    assert manifest["source"]["random_weights"] and manifest["input"]["preprocessing"]["mean"] == [0.45] * 3
+    assert manifest["versions"]["torch"] == torch.__version__
+
+
+def test_coreml_spec_inspection(light_float):
+    import coremltools as ct
+
+    out, manifest = light_float
+    art = _by(manifest, "coreml", "fp16")
+    io = art["io"]
+    assert io["inputs"]["video"] == {"shape": [1, 3, 8, 32, 32], "dtype": "float32"}
+    assert io["outputs"]["logits"]["dtype"] == "float32" and io["outputs"]["probabilities"]["shape"] == [1, 10]
+    assert art["census"]["conv"] > 0 and art["census"]["linear"] > 0
+    model = ct.models.MLModel(str(out / art["path"]), skip_model_load=True)
+    meta = model.get_spec().description.metadata
+    assert meta.author == "uniformer-edge" and json.loads(meta.userDefined["preprocessing"])["frames"] == 8
+    assert json.loads(meta.userDefined["classes"]) == [f"class {i}" for i in range(10)]
+    if platform.system() != "Darwin":
+        assert "macOS" in art["parity"]["not run"] and "passed" not in art["parity"]
+    else:
+        assert art["parity"]["passed"]
+
+
+def test_tampered_artifact_fails_verification(light_float, tmp_path):
+    import shutil
+
+    out, manifest = light_float
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    onnx_file = copy / _by(manifest, "onnx", "fp32")["path"]
+    onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match="does not match its manifest"):
+        verify_manifest(copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        verify_manifest(copy)
+
+
+def test_light_model_refuses_another_input_size(light_float):
+    out, manifest = light_float
+    session = ort_session(out / _by(manifest, "onnx", "fp32")["path"])
+    assert run_onnx(session, torch.randn(2, 3, 8, 32, 32)).shape == (2, 10)  # dynamic batch
+    with pytest.raises(Exception, match="(?i)dimension|shape"):
+        run_onnx(session, torch.randn(1, 3, 8, 64, 64))
+
+
+@pytest.fixture(scope="module")
+def light_quantized(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "quantized"
+    return out, run_export(ExportJob(variant="xxs", model_overrides=LIGHT, formats=("onnx",),
+                                     precisions=("int8", "w8", "w4", "int8-ort"), out=str(out), **INPUT),
+                           progress=False)
+
+
+def test_onnx_quantized_exports_keep_qdq_and_match_pytorch_graph(light_quantized):
+    out, manifest = light_quantized
+    for precision in ("int8", "w8", "w4"):
+        art = _by(manifest, "onnx", precision)
+        assert art["census"]["DequantizeLinear"] > 0
+        assert (art["census"].get("QuantizeLinear", 0) > 0) == (precision == "int8")
+        assert art["parity"]["vs_pytorch_quantized"]["cosine"] >= 0.999 and art["parity"]["passed"]
+    ort = _by(manifest, "onnx", "int8-ort")
+    assert ort["census"]["QuantizeLinear"] > 0 and "vs_float" in ort["parity"]
+    verify_manifest(out)
+
+
+def test_coreml_compressed_and_w8a8(tmp_path):
+    manifest = run_export(ExportJob(variant="xxs", model_overrides=LIGHT, formats=("coreml",),
+                                    precisions=("int8", "w8", "w4", "palettize4", "palettize6"), target="ios18",
+                                    out=str(tmp_path / "c"), **INPUT), progress=False)
+    census = {a["precision"]: a["census"] for a in manifest["artifacts"]}
+    assert census["int8"]["quantize"] > 0 and census["int8"]["dequantize"] > 0
+    # iOS18 programs use the newer blockwise op for int8 as well
+    assert census["w8"].get("constexpr_affine_dequantize", 0) + census["w8"].get("constexpr_blockwise_shift_scale", 0) > 0
+    assert census["w4"].get("constexpr_blockwise_shift_scale", 0) > 0
+    assert census["palettize4"]["constexpr_lut_to_dense"] > 0 and census["palettize6"]["constexpr_lut_to_dense"] > 0
+    sizes = {a["precision"]: a["size_bytes"] for a in manifest["artifacts"]}
+    assert sizes["palettize4"] < sizes["palettize6"] < sizes["w8"]
+
+
+def test_executorch_fp32_and_int8_run_on_the_runtime(tmp_path):
+    pytest.importorskip("executorch.runtime", reason="ExecuTorch is an optional extra")
+    manifest = run_export(ExportJob(variant="s", model_overrides=PLAIN, formats=("executorch",),
+                                    precisions=("fp32", "int8"), out=str(tmp_path / "e"), **INPUT), progress=False)
+    fp32, int8 = _by(manifest, "executorch", "fp32"), _by(manifest, "executorch", "int8")
+    assert fp32["parity"]["vs_float"]["max_rel_err"] <= 1e-4 and "executorch" in fp32["parity"]["runtime"]
+    assert int8["parity"]["vs_pytorch_quantized"]["cosine"] >= 0.999
+    assert not any("conv3d" in op for op in fp32["census"])  # every 5-D convolution rewritten for XNNPACK
+    assert int8["size_bytes"] < 0.5 * fp32["size_bytes"]
+
+
+def test_export_from_quantize_output(tmp_path):
+    from uniformer_edge.quantize import QuantizeJob, run_job
+
+    qdir = tmp_path / "q"
+    run_job(QuantizeJob(variant="xxs", model_overrides=LIGHT, frames=8, size=32, num_calib=4, num_eval=4,
+                        out=str(qdir)), progress=False)
+    manifest = run_export(ExportJob(quantized=str(qdir), formats=("onnx",), out=str(tmp_path / "x"), check_clips=2),
+                          progress=False)
+    art = manifest["artifacts"][0]
+    assert art["precision"] == "int8" and manifest["source"]["quantized_recipe"] == "w8a8"
+    assert art["parity"]["vs_pytorch_quantized"]["cosine"] >= 0.999
+    with pytest.raises(ValueError, match="XXS model, not --variant s"):
+        ExportJob(quantized=str(qdir), variant="s", out=str(tmp_path / "y"))
+    with pytest.raises(ValueError, match="cannot provide w8"):
+        ExportJob(quantized=str(qdir), precisions=("w8",), out=str(tmp_path / "y"))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(formats=("coreml",), precisions=("w4",), target="ios16"), "needs --target ios18"),
+    (dict(formats=("onnx",), precisions=("palettize4",)), "not available for onnx .*coreml"),
+    (dict(formats=("tflite",)), "unknown format"),
+    (dict(quantized="/nonexistent/dir"), "directory not found"),
+])
+def test_refusals(kwargs, message, tmp_path):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        ExportJob(**{"variant": "xxs", "out": str(tmp_path / "o"), **kwargs})
+
+
+def test_labels_with_wrong_count_and_cli_errors(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\n")
+    with pytest.raises(ValueError, match="has 3 classes, the model 10"):
+        run_export(ExportJob(variant="xxs", model_overrides=LIGHT, labels=str(labels), out=str(tmp_path / "o"),
+                             **INPUT), progress=False)
+    assert not (tmp_path / "o").exists()
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    result = subprocess.run([sys.executable, "-m", "uniformer_edge.export", "--variant", "xxs", "--format", "coreml",
+                             "--precision", "w4", "--target", "ios17", "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and "needs --target ios18" in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()

@@ -1,0 +1,63 @@
+"""`python -m uniformer_edge.export`: Core ML, ONNX and ExecuTorch artifacts with a manifest."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .._cli import run
+from ..models import list_variants
+from .coreml import MIN_TARGET, TARGETS
+from .pipeline import FORMATS, PRECISIONS, SUPPORTED, ExportJob, run_export
+
+
+def build_parser() -> argparse.ArgumentParser:
+    support = "; ".join(f"{f}: {' '.join(SUPPORTED[f])}" for f in FORMATS)
+    targets = ", ".join(f"{p} {t}" for p, t in MIN_TARGET.items() if t != "ios16")
+    p = argparse.ArgumentParser(
+        prog="python -m uniformer_edge.export",
+        description="Export a UniFormer model to ONNX, Core ML (.mlpackage) and ExecuTorch (.pte). Every artifact "
+                    "is run against PyTorch where a runtime exists here (ONNX Runtime, ExecuTorch; Core ML only on "
+                    "macOS) and must meet its parity threshold; OUT/manifest.json lists sizes, SHA-256 and parity.",
+        epilog=f"Precisions per format: {support}. int8/w8/w4 in ONNX and int8 in Core ML come from the PT2E "
+               f"graph (--quantized, or quantized here on --calib-data); int8-ort is ONNX Runtime's quantize_static. "
+               f"Core ML targets: {targets} need at least that target.")
+    p.add_argument("--variant", help=f"model variant: {', '.join(list_variants())} (implied by --quantized)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="float checkpoint (default: random weights)")
+    src.add_argument("--quantized", metavar="DIR", help="output folder of `python -m uniformer_edge.quantize`")
+    p.add_argument("--format", nargs="+", default=["onnx"], choices=FORMATS, help="formats (default onnx)")
+    p.add_argument("--precision", nargs="+", default=None, choices=PRECISIONS,
+                   help="precisions (default fp32, or the --quantized graph's)")
+    p.add_argument("--frames", type=int, help="frames per clip (default: the variant's usual input)")
+    p.add_argument("--size", type=int, help="frame size (default: the variant's usual input)")
+    p.add_argument("--labels", help="class names, one per line: Core ML gets a probabilities output and the names in its metadata")
+    p.add_argument("--num-classes", type=int, help="classes of a model without checkpoint (default 400)")
+    p.add_argument("--target", default="ios17", choices=TARGETS, help="Core ML deployment target (default ios17)")
+    p.add_argument("--calib-data", default="synthetic", help="calibration data for int8 exports made here")
+    p.add_argument("--root", help="video folder of --calib-data")
+    p.add_argument("--num-calib", type=int, default=32, help="calibration clips (default 32)")
+    p.add_argument("--check-clips", type=int, default=4, help="clips used for the parity checks (default 4)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    job = ExportJob(variant=args.variant, checkpoint=args.checkpoint, quantized=args.quantized,
+                    formats=tuple(args.format), precisions=tuple(args.precision or ()), frames=args.frames,
+                    size=args.size, labels=args.labels, target=args.target, out=args.out, force=args.force,
+                    num_classes=args.num_classes, calib_data=args.calib_data, calib_root=args.root,
+                    num_calib=args.num_calib, check_clips=args.check_clips)
+    manifest = run_export(job)
+    for art in manifest["artifacts"]:
+        parity = art["parity"]
+        figure = (f"not run: {parity['not run']}" if "not run" in parity else
+                  f"cosine {parity.get('vs_pytorch_quantized', parity['vs_float'])['cosine']:.6f} on {parity['runtime']}")
+        print(f"{art['path']}: {art['size_bytes'] / 1e6:.2f} MB, {figure}")
+    print(f"wrote {job.out}/manifest.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main, prog="uniformer_edge.export"))

@@ -1,0 +1,77 @@
+"""ExecuTorch export: XNNPACK-delegated `.pte` programs, fp32 and int8, from the deploy form with
+`conv3d="2d"` (XNNPACK has no 5-D convolution), run with the ExecuTorch runtime for parity."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .._io import atomic_write
+from ..models import deploy
+
+__all__ = ["EXECUTORCH_PRECISIONS", "executorch_available", "lower_executorch", "xnnpack_quantize",
+           "load_executorch", "run_executorch"]
+
+EXECUTORCH_PRECISIONS = ("fp32", "int8")
+
+
+def executorch_available() -> Optional[str]:
+    """None when ExecuTorch can export and run here, else the reason it cannot."""
+    try:
+        import executorch.exir  # noqa: F401
+        from executorch.runtime import Runtime  # noqa: F401
+    except Exception as err:  # ImportError, or a runtime library that fails to load
+        return f"ExecuTorch is not installed ({err.__class__.__name__}: {err}); pip install 'uniformer-edge[executorch]'"
+    return None
+
+
+def xnnpack_quantize(model: nn.Module, example: Tensor, batches: Iterable[tuple[Tensor, Tensor]]):
+    """int8 PT2E quantization of the 2-D deploy form with ExecuTorch's XNNPACK quantizer
+    (symmetric per-channel weights, the patterns XNNPACK runs in int8), calibrated clip by clip."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    deployed = deploy(model, conv3d="2d", per_channel_safe=True)
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(deployed, (example[:1],)).module(), quantizer)
+    seen = 0
+    with torch.no_grad():
+        for clips, _ in batches:
+            for clip in clips:  # the program has a static batch of one
+                prepared(clip[None])
+                seen += 1
+    if seen == 0:
+        raise ValueError("the calibration set is empty")
+    return convert_pt2e(prepared)
+
+
+def lower_executorch(model: nn.Module, example: Tensor, path) -> dict[str, int]:
+    """Lower `model` (the 2-D deploy form, float or PT2E-converted) to an XNNPACK `.pte` at
+    `path`; returns the op census of the lowered graph (delegate calls and any ops left on
+    ExecuTorch's portable kernels)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    edge = to_edge_transform_and_lower(torch.export.export(model, (example[:1],)), partitioner=[XnnpackPartitioner()])
+    counts: dict[str, int] = {}
+    for node in edge.exported_program().graph.nodes:
+        if node.op == "call_function":
+            name = getattr(node.target, "__name__", str(node.target))
+            counts[name] = counts.get(name, 0) + 1
+    buffer = edge.to_executorch().buffer
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer))
+    return dict(sorted(counts.items()))
+
+
+def load_executorch(path):
+    from executorch.runtime import Runtime
+
+    return Runtime.get().load_program(Path(path)).load_method("forward")
+
+
+def run_executorch(method, clips: Tensor) -> Tensor:
+    """Logits for `clips`, one clip per call (the program's batch is one)."""
+    return torch.cat([method.execute((clip[None].contiguous(),))[0] for clip in clips]).float()

@@ -1,0 +1,141 @@
+"""ONNX export (fp32, fp16, int8 QDQ from the PT2E graph) through the dynamo exporter, the
+alternative int8 route through ONNX Runtime's `quantize_static`, and ONNX Runtime sessions.
+
+Every model has one input `video` (float32, B x 3 x T x H x W, dynamic batch) and one output
+`logits`; fp16 models keep float32 I/O and cast inside, so apps feed the same tensor."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.export import Dim, ExportedProgram
+
+from .._io import atomic_write
+
+__all__ = ["OPSET", "export_onnx", "half_precision", "ort_session", "run_onnx", "ort_quantize_static",
+           "onnx_op_census"]
+
+OPSET = 18  # the dynamo exporter's native opset; QDQ with per-channel axes needs >= 13
+
+
+class _HalfPrecision(nn.Module):
+    """fp16 weights and compute behind float32 input and output."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.half()
+
+    def forward(self, video: Tensor) -> Tensor:
+        return self.model(video.half()).float()
+
+
+def half_precision(model: nn.Module) -> nn.Module:
+    return _HalfPrecision(model)
+
+
+def _program(model, example: Optional[Tensor]) -> ExportedProgram:
+    if isinstance(model, ExportedProgram):
+        return model
+    if example is None:
+        raise ValueError("exporting an nn.Module needs an example input")
+    two = example[:1].expand(2, *example.shape[1:]).contiguous()  # batch 1 would be specialised
+    return torch.export.export(model, (two,), dynamic_shapes=({0: Dim("batch", min=1, max=1024)},))
+
+
+def export_onnx(model, path, example: Optional[Tensor] = None, opset: int = OPSET) -> Path:
+    """Write `model` (an ExportedProgram, e.g. a PT2E-quantized one, or an nn.Module with
+    `example`) as a single-file ONNX model; weights are embedded, so one file is the artifact."""
+    import onnx
+
+    program = _program(model, example)
+    log = io.StringIO()
+    # The exporter prints progress lines and warnings on stdout; keep them for error messages only.
+    with contextlib.redirect_stdout(log), _quiet_loggers("torch.onnx", "onnxscript"):
+        onnx_program = torch.onnx.export(program, (), None, input_names=["video"], output_names=["logits"],
+                                         opset_version=opset, dynamo=True, external_data=False)
+    proto = onnx_program.model_proto
+    onnx.checker.check_model(proto)
+
+    def write(tmp):
+        onnx.save_model(proto, tmp)
+
+    return atomic_write(path, write)
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names):
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def ort_session(path, threads: Optional[int] = None, providers: Optional[list[str]] = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+
+
+def run_onnx(session, clips: Tensor) -> Tensor:
+    return torch.from_numpy(session.run(["logits"], {"video": clips.numpy().astype(np.float32)})[0])
+
+
+def onnx_op_census(path) -> dict[str, int]:
+    """How many nodes of each op type the model holds (QuantizeLinear/DequantizeLinear included:
+    some exporter versions silently drop them)."""
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+class _CalibrationReader:
+    """Feeds calibration batches to ONNX Runtime's calibrators, one clip at a time (the same clips
+    our PT2E calibration sees)."""
+
+    def __init__(self, batches: Iterable[tuple[Tensor, Tensor]]):
+        self._clips = (clip[None].numpy() for clips, _ in batches for clip in clips)
+
+    def get_next(self):
+        clip = next(self._clips, None)
+        return None if clip is None else {"video": clip}
+
+
+def ort_quantize_static(float_onnx, path, batches: Iterable[tuple[Tensor, Tensor]], method: str = "minmax",
+                        per_channel: bool = True) -> Path:
+    """ONNX Runtime's own static int8 quantization (QDQ format, int8 weights and activations) of a
+    float ONNX model, calibrated on `batches`; `method` is minmax, entropy or percentile."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise ValueError(f"unknown ONNX Runtime calibration method {method!r}; choose from {', '.join(methods)}")
+    with tempfile.TemporaryDirectory() as tmp, _quiet_loggers("root"), contextlib.redirect_stdout(io.StringIO()):
+        pre = Path(tmp) / "preprocessed.onnx"
+        quant_pre_process(str(float_onnx), str(pre))  # shape inference + graph optimisation, as ORT asks
+        out = Path(tmp) / "quantized.onnx"
+        quantize_static(str(pre), str(out), _CalibrationReader(batches), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=methods[method])
+        return atomic_write(path, lambda t: Path(t).write_bytes(out.read_bytes()))

@@ -1,0 +1,369 @@
+"""The export job behind `python -m uniformer_edge.export`: every requested format x precision,
+each checked against PyTorch on a runtime where one exists, listed in `manifest.json`.
+
+Parity thresholds (an artifact that misses its threshold fails the job; nothing is written):
+fp32: relative max error <= 1e-4 against the float model; fp16: cosine >= 0.999 and the
+same top-1; exports of a PT2E-quantized graph: cosine >= 0.999 against that graph in PyTorch.
+Every artifact also reports SQNR, KL and top-1 agreement against the float model."""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .. import __version__
+from .._cli import UserError
+from .._io import atomic_dir, check_output_dir, sha256_file, sha256_tree
+from ..calibration import MEAN, STD, build_dataset, calibration_set, read_class_names
+from ..engine import agreement
+from ..models import create_model, deploy, get_variant, read_state_dict
+from ..quantize import QuantConfig, load_program, quantize_ptq
+
+__all__ = ["ExportJob", "run_export", "FORMATS", "PRECISIONS", "SUPPORTED", "MANIFEST_SCHEMA", "verify_manifest",
+           "ExportError"]
+
+MANIFEST_SCHEMA = 1
+FORMATS = ("onnx", "coreml", "executorch")
+PRECISIONS = ("fp32", "fp16", "int8", "w8", "w4", "palettize4", "palettize6", "int8-ort")
+SUPPORTED = {
+    "onnx": ("fp32", "fp16", "int8", "w8", "w4", "int8-ort"),
+    "coreml": ("fp32", "fp16", "int8", "w8", "w4", "palettize4", "palettize6"),
+    "executorch": ("fp32", "int8"),
+}
+# Precisions exported from our PT2E-quantized graph, and the quantization recipe behind each.
+PT2E_RECIPE = {"int8": "w8a8", "w8": "w8", "w4": "w4"}
+FP32_MAX_REL_ERR, FP16_MIN_COSINE, QUANT_MIN_COSINE = 1e-4, 0.999, 0.999
+_SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage", "executorch": ".pte"}
+
+
+class ExportError(UserError):
+    """An artifact missed its parity threshold (reported as one line by the CLI)."""
+
+
+@dataclass
+class ExportJob:
+    variant: Optional[str] = None
+    checkpoint: Optional[str] = None
+    quantized: Optional[str] = None
+    formats: tuple[str, ...] = ("onnx",)
+    precisions: tuple[str, ...] = ("fp32",)
+    frames: Optional[int] = None
+    size: Optional[int] = None
+    labels: Optional[str] = None
+    target: str = "ios17"
+    out: str = "exports"
+    force: bool = False
+    num_classes: Optional[int] = None
+    calib_data: str = "synthetic"
+    calib_root: Optional[str] = None
+    num_calib: int = 32
+    check_clips: int = 4
+    seed: int = 0
+    model_overrides: dict = field(default_factory=dict)  # constructor arguments, e.g. for small test models
+    quant_config: dict = field(default_factory=dict, init=False)
+
+    def __post_init__(self):
+        from .coreml import MIN_TARGET, TARGETS
+
+        if self.quantized:
+            self._read_quantized()
+        if not self.precisions:
+            self.precisions = (self.quant_config["precision"],) if self.quantized else ("fp32",)
+        if not self.variant:
+            raise ValueError("--variant is required (or --quantized, which names its variant)")
+        spec = get_variant(self.variant)
+        self.variant = spec.name
+        self.frames = self.frames or spec.default_input[0]
+        self.size = self.size or spec.default_input[1]
+        self.formats, self.precisions = tuple(dict.fromkeys(self.formats)), tuple(dict.fromkeys(self.precisions))
+        for fmt in self.formats:
+            if fmt not in FORMATS:
+                raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+        for prec in self.precisions:
+            if prec not in PRECISIONS:
+                raise ValueError(f"unknown precision {prec!r}; choose from {', '.join(PRECISIONS)}")
+            lacking = [f for f in self.formats if prec not in SUPPORTED[f]]
+            if lacking:
+                having = [f for f in FORMATS if prec in SUPPORTED[f]]
+                raise ValueError(f"precision {prec} is not available for {', '.join(lacking)} "
+                                 f"(formats with {prec}: {', '.join(having)})")
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown --target {self.target!r}; choose from {', '.join(TARGETS)}")
+        if "coreml" in self.formats:
+            for prec in self.precisions:
+                if TARGETS.index(self.target) < TARGETS.index(MIN_TARGET[prec]):
+                    raise ValueError(f"Core ML {prec} needs --target {MIN_TARGET[prec]} or later (got {self.target})")
+        if self.quantized:
+            mine = self.quant_config["precision"]
+            other = [p for p in self.precisions if p in PT2E_RECIPE and p != mine and p != "int8-ort"]
+            if other:
+                raise ValueError(f"--quantized {self.quantized} holds a {self.quant_config['recipe']} graph "
+                                 f"(precision {mine}); it cannot provide {', '.join(other)}")
+        if self.check_clips < 1:
+            raise ValueError("check_clips must be at least 1")
+
+    def _read_quantized(self):
+        folder = Path(self.quantized)
+        config_path, program_path = folder / "quant_config.json", folder / "quantized.pt2"
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--quantized directory not found: {folder}")
+        for p in (config_path, program_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"--quantized {folder} has no {p.name}: is it the output of "
+                                        f"`python -m uniformer_edge.quantize`?")
+        cfg = json.loads(config_path.read_text())
+        recipe = cfg["quant_config"]["recipe"]
+        inverse = {v: k for k, v in PT2E_RECIPE.items()}
+        if recipe not in inverse:
+            raise ValueError(f"--quantized {folder}: recipe {recipe} cannot be exported "
+                             f"(exportable: {', '.join(PT2E_RECIPE.values())})")
+        if self.variant and get_variant(self.variant).name != cfg["variant"]:
+            raise ValueError(f"--quantized {folder} holds a UniFormer-{cfg['variant'].upper()} model, "
+                             f"not --variant {self.variant}")
+        _, _, frames, size, _ = cfg["input_shape"]
+        if (self.frames and self.frames != frames) or (self.size and self.size != size):
+            raise ValueError(f"--quantized {folder} was quantized at {frames}x{size}; "
+                             f"it cannot be exported at {self.frames or frames}x{self.size or size}")
+        self.variant, self.frames, self.size = cfg["variant"], frames, size
+        self.checkpoint = self.checkpoint or cfg["job"].get("checkpoint")
+        if self.checkpoint and cfg.get("checkpoint_sha256") and Path(self.checkpoint).is_file() \
+                and sha256_file(self.checkpoint) != cfg["checkpoint_sha256"]:
+            raise ValueError(f"checkpoint {self.checkpoint} is not the one {folder} was quantized from "
+                             f"(SHA-256 differs)")
+        self.num_classes = self.num_classes or cfg.get("num_classes")
+        self.model_overrides = self.model_overrides or cfg.get("model_overrides") or {}
+        self.quant_config = {**cfg, "recipe": recipe, "precision": inverse[recipe]}
+
+
+def _library_versions() -> dict:
+    out = {"python": platform.python_version(), "uniformer_edge": __version__}
+    for name in ("torch", "torchao", "onnx", "onnxruntime", "onnxscript", "coremltools", "executorch", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _num_classes(job: ExportJob, labels) -> int:
+    if job.checkpoint:
+        head = read_state_dict(job.checkpoint).get("head.weight")
+        if head is not None:
+            return int(head.shape[0])
+    if job.num_classes:
+        return job.num_classes
+    return len(labels) if labels else 400
+
+
+def _compare(reference: torch.Tensor, output: torch.Tensor) -> dict:
+    rel = float((output - reference).abs().max() / reference.abs().max().clamp_min(1e-12))
+    return {"max_rel_err": rel, **agreement(reference, output)}
+
+
+class _Exporter:
+    """Builds the artifacts of one job inside a temporary output folder."""
+
+    def __init__(self, job: ExportJob, progress: bool):
+        self.job, self.progress = job, progress
+        self.labels = read_class_names(job.labels) if job.labels else None
+        num_classes = _num_classes(job, self.labels)
+        if self.labels and len(self.labels) != num_classes:
+            raise ValueError(f"labels file {job.labels} has {len(self.labels)} classes, the model {num_classes}")
+        self.model = create_model(job.variant, num_classes=num_classes, checkpoint=job.checkpoint,
+                                  **job.model_overrides).eval()
+        self.num_classes = num_classes
+        data = dict(frames=job.frames, size=job.size, seed=job.seed)
+        check = build_dataset("synthetic", "test", num_clips=job.check_clips, **data)
+        self.clips = torch.stack([check[i][0] for i in range(len(check))])
+        self.example = self.clips[:1]
+        with torch.no_grad():
+            self.float_logits = self.model(self.clips)
+        self._calib, self._programs = None, {}
+        if job.quantized:
+            self._programs[job.quant_config["precision"]] = load_program(Path(job.quantized) / "quantized.pt2")
+
+    def calibration(self):
+        if self._calib is None:
+            j = self.job
+            source = build_dataset(j.calib_data, "train", frames=j.frames, size=j.size, root=j.calib_root, seed=j.seed)
+            self._calib = calibration_set(source, j.num_calib, seed=j.seed, batch_size=8)
+        return self._calib
+
+    def program(self, precision: str):
+        """The PT2E-quantized program for `precision` (from --quantized, or quantized here)."""
+        if precision not in self._programs:
+            cfg = QuantConfig(recipe=PT2E_RECIPE[precision])
+            self._programs[precision], _ = quantize_ptq(self.model, self.calibration(), cfg, self.example,
+                                                        progress=self.progress)
+        return self._programs[precision]
+
+    def preprocessing(self) -> dict:
+        return {"frames": self.job.frames, "size": self.job.size, "channels": "RGB", "layout": "B,3,T,H,W",
+                "pixel_scale": "divide 8-bit values by 255", "mean": [MEAN] * 3, "std": [STD] * 3,
+                "sampling": "uniform: T frames evenly spaced over the clip, short side resized to size, "
+                            "centre crop size x size"}
+
+    def _parity(self, runtime: str, output: torch.Tensor, precision: str, fmt: str) -> dict:
+        vs_float = _compare(self.float_logits, output)
+        entry = {"runtime": runtime, "clips": len(self.clips), "vs_float": vs_float}
+        if precision == "fp32":
+            entry.update(threshold=f"max_rel_err <= {FP32_MAX_REL_ERR} vs float", passed=vs_float["max_rel_err"] <= FP32_MAX_REL_ERR)
+        elif precision == "fp16":
+            entry.update(threshold=f"cosine >= {FP16_MIN_COSINE} and same top-1 vs float",
+                         passed=vs_float["cosine"] >= FP16_MIN_COSINE and vs_float["top1_agreement"] == 1.0)
+        elif precision in PT2E_RECIPE and not (fmt == "coreml" and precision != "int8"):
+            reference = self._quantized_reference(fmt, precision)
+            vs_torch = _compare(reference, output)
+            entry.update(vs_pytorch_quantized=vs_torch, threshold=f"cosine >= {QUANT_MIN_COSINE} vs the PyTorch "
+                         "quantized graph", passed=vs_torch["cosine"] >= QUANT_MIN_COSINE)
+        else:
+            entry.update(threshold="none: no PyTorch counterpart, compared with the float model", passed=True)
+        return entry
+
+    def _quantized_reference(self, fmt: str, precision: str) -> torch.Tensor:
+        with torch.no_grad():
+            if fmt == "executorch":  # a static batch of one, like the .pte
+                return torch.cat([self._et_int8(clip[None]) for clip in self.clips])
+            return self.program(precision).module()(self.clips)
+
+    # -- formats -------------------------------------------------------------------------
+    def onnx(self, precision: str, path: Path) -> dict:
+        from .onnx import export_onnx, half_precision, onnx_op_census, ort_quantize_static, ort_session, run_onnx
+
+        if precision == "int8-ort":
+            float_path = path.with_name(path.stem + ".float.tmp.onnx")
+            export_onnx(deploy(self.model, per_channel_safe=True), float_path, self.example)
+            try:
+                ort_quantize_static(float_path, path, self.calibration(), "minmax")
+            finally:
+                float_path.unlink(missing_ok=True)
+        elif precision in PT2E_RECIPE:
+            export_onnx(self.program(precision), path)
+        else:
+            model = deploy(self.model)
+            export_onnx(half_precision(model) if precision == "fp16" else model, path, self.example)
+        census = onnx_op_census(path)
+        if precision in ("int8", "w8", "w4", "int8-ort") and not census.get("DequantizeLinear"):
+            raise ExportError(f"{path.name}: the exporter dropped every QuantizeLinear/DequantizeLinear node")
+        import onnxruntime
+
+        output = run_onnx(ort_session(path), self.clips)
+        parity = self._parity(f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider", output, precision, "onnx")
+        return {"census": census, "parity": parity, "input": {"name": "video", "shape": ["batch", 3, *self._thw()],
+                                                              "dtype": "float32"}}
+
+    def coreml(self, precision: str, path: Path) -> dict:
+        from .coreml import can_predict, convert_coreml, coreml_io, coreml_op_census, predict_coreml, save_mlpackage
+
+        source = self.program("int8").module() if precision == "int8" else deploy(self.model)
+        mlmodel = convert_coreml(source, self.example, precision, self.job.target, self.labels,
+                                 self.preprocessing(), f"UniFormer-{self.job.variant.upper()} "
+                                 f"{self.job.frames}x{self.job.size}, {precision}")
+        save_mlpackage(mlmodel, path)
+        census, io = coreml_op_census(path), coreml_io(path)
+        if io["inputs"].get("video", {}).get("shape") != [1, 3, *self._thw()] or "logits" not in io["outputs"]:
+            raise ExportError(f"{path.name}: unexpected inputs/outputs {io}")
+        if precision == "int8" and not census.get("quantize"):
+            raise ExportError(f"{path.name}: no activation quantize ops in the converted program")
+        reason = can_predict()
+        if reason:
+            parity = {"not run": reason, "inspected": "spec reloaded with skip_model_load=True: op census, I/O names, "
+                                                      "shapes and dtypes"}
+        else:
+            parity = self._parity("coremltools (macOS, compute units ALL)", predict_coreml(path, self.clips),
+                                  precision, "coreml")
+        return {"census": census, "io": io, "parity": parity, "target": self.job.target,
+                "input": {"name": "video", "shape": [1, 3, *self._thw()], "dtype": "float32"}}
+
+    def executorch(self, precision: str, path: Path) -> dict:
+        from .executorch import executorch_available, load_executorch, lower_executorch, run_executorch, xnnpack_quantize
+
+        reason = executorch_available()
+        if reason:
+            raise ValueError(reason)
+        if precision == "int8":
+            self._et_int8 = xnnpack_quantize(self.model, self.example, self.calibration())
+            model = self._et_int8
+        else:
+            model = deploy(self.model, conv3d="2d")
+        census = lower_executorch(model, self.example, path)
+        output = run_executorch(load_executorch(path), self.clips)
+        parity = self._parity(f"executorch {metadata.version('executorch')} runtime (XNNPACK)", output,
+                              precision, "executorch")
+        return {"census": census, "parity": parity, "input": {"name": "video", "shape": [1, 3, *self._thw()],
+                                                              "dtype": "float32"}}
+
+    def _thw(self):
+        return [self.job.frames, self.job.size, self.job.size]
+
+
+def run_export(job: ExportJob, progress: bool = True) -> dict:
+    """Export every format x precision of `job` into `job.out` (atomically) and return the manifest."""
+    check_output_dir(job.out, job.force)
+    exporter = _Exporter(job, progress)
+    artifacts = []
+    with atomic_dir(job.out, force=job.force) as tmp:
+        for fmt in job.formats:
+            for precision in job.precisions:
+                name = f"uniformer-{job.variant}-{job.frames}x{job.size}-{precision}{_SUFFIX[fmt]}"
+                if progress:
+                    print(f"exporting {name} ...", flush=True)
+                started = time.time()
+                info = getattr(exporter, fmt)(precision, tmp / name)
+                parity = info["parity"]
+                if parity.get("passed") is False:
+                    raise ExportError(f"{name} misses its parity threshold ({parity['threshold']}): "
+                                      f"{json.dumps({k: v for k, v in parity.items() if k.startswith('vs_')})}")
+                path = tmp / name
+                artifacts.append({"path": name, "format": fmt, "precision": precision,
+                                  "target": info.get("target"), "export_seconds": round(time.time() - started, 2),
+                                  "size_bytes": _size(path), "sha256": sha256_tree(path) if path.is_dir() else sha256_file(path),
+                                  **{k: v for k, v in info.items() if k != "target"}})
+        manifest = {
+            "schema": MANIFEST_SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "variant": job.variant, "num_classes": exporter.num_classes, "labels": exporter.labels,
+            "source": {"checkpoint": job.checkpoint,
+                       "checkpoint_sha256": sha256_file(job.checkpoint) if job.checkpoint else None,
+                       "random_weights": job.checkpoint is None, "quantized": job.quantized,
+                       "quantized_recipe": job.quant_config.get("recipe")},
+            "input": {"name": "video", "dtype": "float32", "layout": "B,3,T,H,W", "frames": job.frames,
+                      "size": job.size, "preprocessing": exporter.preprocessing()},
+            "output": {"name": "logits", "dtype": "float32", "classes": exporter.num_classes},
+            "artifacts": artifacts, "versions": _library_versions(), "platform": platform.platform(),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def verify_manifest(folder) -> dict:
+    """Re-read `folder/manifest.json` and re-hash every artifact; raises ValueError naming the
+    first artifact that is missing or whose SHA-256 no longer matches."""
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no manifest.json: is it the output of `python -m uniformer_edge.export`?")
+    manifest = json.loads(path.read_text())
+    if manifest.get("schema", 0) > MANIFEST_SCHEMA:
+        raise ValueError(f"{path} has manifest schema {manifest['schema']}, newer than this toolkit reads "
+                         f"({MANIFEST_SCHEMA}); upgrade uniformer-edge")
+    for art in manifest["artifacts"]:
+        p = folder / art["path"]
+        if not p.exists():
+            raise ValueError(f"artifact {p} listed in {path} is missing")
+        digest = sha256_tree(p) if p.is_dir() else sha256_file(p)
+        if digest != art["sha256"]:
+            raise ValueError(f"artifact {p} does not match its manifest (SHA-256 {digest[:12]}..., "
+                             f"manifest {art['sha256'][:12]}...): it was modified after export")
+    return manifest
