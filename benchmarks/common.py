@@ -13,6 +13,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 CACHE = Path(os.environ.get("UNIFORMER_EDGE_CACHE", Path.home() / ".cache" / "uniformer-edge"))
+EXPORTS = CACHE / "exports"  # export_models.py writes <variant>-<format>/ here; run_suite.py reuses them
 
 # The reference model: UniFormer-XXS trained from scratch on the synthetic temporal benchmark.
 REFERENCE_RECIPE = dict(variant="xxs", frames=8, size=64, epochs=3, batch_size=8, lr=8e-4, min_lr=1e-5,

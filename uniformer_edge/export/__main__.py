@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "is run against PyTorch where a runtime exists here (ONNX Runtime, ExecuTorch; Core ML only on "
                     "macOS) and must meet its parity threshold; OUT/manifest.json lists sizes, SHA-256 and parity.",
         epilog=f"Precisions per format: {support}. int8/w8/w4 in ONNX and int8 in Core ML come from the PT2E "
-               f"graph (--quantized, or quantized here on --calib-data); int8-ort is ONNX Runtime's quantize_static. "
+               f"graph (--quantized, or quantized here on --calib-data); int8-ort and int8-ort-entropy are ONNX "
+               f"Runtime's quantize_static (MinMax or Entropy calibration). "
                f"Core ML targets: {targets} need at least that target.")
     p.add_argument("--variant", help=f"model variant: {', '.join(list_variants())} (implied by --quantized)")
     src = p.add_mutually_exclusive_group()

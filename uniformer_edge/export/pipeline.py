@@ -30,9 +30,9 @@ __all__ = ["ExportJob", "run_export", "FORMATS", "PRECISIONS", "SUPPORTED", "MAN
 
 MANIFEST_SCHEMA = 1
 FORMATS = ("onnx", "coreml", "executorch")
-PRECISIONS = ("fp32", "fp16", "int8", "w8", "w4", "palettize4", "palettize6", "int8-ort")
+PRECISIONS = ("fp32", "fp16", "int8", "w8", "w4", "palettize4", "palettize6", "int8-ort", "int8-ort-entropy")
 SUPPORTED = {
-    "onnx": ("fp32", "fp16", "int8", "w8", "w4", "int8-ort"),
+    "onnx": ("fp32", "fp16", "int8", "w8", "w4", "int8-ort", "int8-ort-entropy"),
     "coreml": ("fp32", "fp16", "int8", "w8", "w4", "palettize4", "palettize6"),
     "executorch": ("fp32", "int8"),
 }
@@ -52,7 +52,7 @@ class ExportJob:
     checkpoint: Optional[str] = None
     quantized: Optional[str] = None
     formats: tuple[str, ...] = ("onnx",)
-    precisions: tuple[str, ...] = ("fp32",)
+    precisions: tuple[str, ...] = ()  # empty: fp32, or the --quantized graph's precision
     frames: Optional[int] = None
     size: Optional[int] = None
     labels: Optional[str] = None
@@ -175,6 +175,7 @@ class _Exporter:
         num_classes = _num_classes(job, self.labels)
         if self.labels and len(self.labels) != num_classes:
             raise ValueError(f"labels file {job.labels} has {len(self.labels)} classes, the model {num_classes}")
+        torch.manual_seed(job.seed)  # random-weight models are reproducible from the manifest
         self.model = create_model(job.variant, num_classes=num_classes, checkpoint=job.checkpoint,
                                   **job.model_overrides).eval()
         self.num_classes = num_classes
@@ -236,11 +237,12 @@ class _Exporter:
     def onnx(self, precision: str, path: Path) -> dict:
         from .onnx import export_onnx, half_precision, onnx_op_census, ort_quantize_static, ort_session, run_onnx
 
-        if precision == "int8-ort":
+        if precision.startswith("int8-ort"):
             float_path = path.with_name(path.stem + ".float.tmp.onnx")
             export_onnx(deploy(self.model, per_channel_safe=True), float_path, self.example)
             try:
-                ort_quantize_static(float_path, path, self.calibration(), "minmax")
+                ort_quantize_static(float_path, path, self.calibration(),
+                                    "entropy" if precision.endswith("entropy") else "minmax")
             finally:
                 float_path.unlink(missing_ok=True)
         elif precision in PT2E_RECIPE:
@@ -249,7 +251,7 @@ class _Exporter:
             model = deploy(self.model)
             export_onnx(half_precision(model) if precision == "fp16" else model, path, self.example)
         census = onnx_op_census(path)
-        if precision in ("int8", "w8", "w4", "int8-ort") and not census.get("DequantizeLinear"):
+        if precision != "fp32" and precision != "fp16" and not census.get("DequantizeLinear"):
             raise ExportError(f"{path.name}: the exporter dropped every QuantizeLinear/DequantizeLinear node")
         import onnxruntime
 
@@ -330,15 +332,17 @@ def run_export(job: ExportJob, progress: bool = True) -> dict:
             "variant": job.variant, "num_classes": exporter.num_classes, "labels": exporter.labels,
             "source": {"checkpoint": job.checkpoint,
                        "checkpoint_sha256": sha256_file(job.checkpoint) if job.checkpoint else None,
-                       "random_weights": job.checkpoint is None, "quantized": job.quantized,
+                       "random_weights": job.checkpoint is None, "seed": job.seed,
+                       "model_overrides": job.model_overrides, "quantized": job.quantized,
                        "quantized_recipe": job.quant_config.get("recipe")},
             "input": {"name": "video", "dtype": "float32", "layout": "B,3,T,H,W", "frames": job.frames,
                       "size": job.size, "preprocessing": exporter.preprocessing()},
             "output": {"name": "logits", "dtype": "float32", "classes": exporter.num_classes},
             "artifacts": artifacts, "versions": _library_versions(), "platform": platform.platform(),
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+        text = json.dumps(manifest, indent=2) + "\n"
+        (tmp / "manifest.json").write_text(text)
+    return json.loads(text)  # exactly what manifest.json holds (tuples become lists)
 
 
 def _size(path: Path) -> int:

@@ -5,7 +5,8 @@ weight: BatchNorm into the following 1x1x1 convolution (or the preceding convolu
 the light stem, or the classifier after pooling), the position-embedding residual into
 its depthwise kernel, and LayerScale into the branch's last projection. With
 `per_channel_safe=True` only the folds that scale whole output channels are made (the
-form that quantizes well per channel). With
+form that quantizes well per channel); the BatchNorms it keeps become plain per-channel
+multiply-adds (`ChannelAffine`). With
 `conv3d="2d"` every Conv3d also becomes Conv2d over temporal taps, for runtimes without
 5-D convolution (ExecuTorch XNNPACK).
 """
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from .uniformer import CBlock, ConvStem, DropPath, SABlock
 
-__all__ = ["deploy", "Conv3dAs2d"]
+__all__ = ["deploy", "Conv3dAs2d", "ChannelAffine"]
 
 CONV3D_MODES = ("native", "2d")
 
@@ -62,12 +63,30 @@ def _fold_identity_into_depthwise(conv: nn.Conv3d):
     conv.weight[:, 0, kt // 2, kh // 2, kw // 2] += 1.0
 
 
+class ChannelAffine(nn.Module):
+    """An eval-mode BatchNorm3d as y = scale * x + shift. Same arithmetic, but a graph without
+    batch_norm nodes skips torchao's conv-BatchNorm QAT folding in `convert_pt2e` (about a
+    hundred pattern exports, tens of seconds, and nothing to match in a 3-D model) and has no
+    train-mode statistics that QAT could move."""
+
+    def __init__(self, bn: nn.BatchNorm3d):
+        super().__init__()
+        scale, shift = _bn_affine(bn)
+        self.scale = nn.Parameter(scale.detach().reshape(-1, 1, 1, 1))
+        self.shift = nn.Parameter(shift.detach().reshape(-1, 1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale + self.shift
+
+
 def _fold_block(blk: nn.Module, per_channel_safe: bool):
     if not per_channel_safe:
         _fold_identity_into_depthwise(blk.pos_embed)
         blk.pos_embed_residual = False
     if isinstance(blk, CBlock):
-        if not per_channel_safe:
+        if per_channel_safe:
+            blk.norm1, blk.norm2 = ChannelAffine(blk.norm1), ChannelAffine(blk.norm2)
+        else:
             _fold_bn_into_next(blk.norm1, blk.conv1)
             _fold_bn_into_next(blk.norm2, blk.mlp.fc1)
             blk.norm1, blk.norm2 = nn.Identity(), nn.Identity()
@@ -183,6 +202,8 @@ def deploy(model: nn.Module, conv3d: str = "native", per_channel_safe: bool = Fa
             module.proj[1], module.proj[4] = nn.Identity(), nn.Identity()
     if not per_channel_safe:
         _fold_head(out)
+    elif isinstance(out.norm, nn.BatchNorm3d):
+        out.norm = ChannelAffine(out.norm)
     _drop_training_only(out)
     if hasattr(out, "head_cls"):  # train-only class-token head of the light models
         out.norm_cls, out.head_cls = nn.Identity(), nn.Identity()

@@ -86,9 +86,55 @@ def _drop_unused_attributes(gm: torch.fx.GraphModule) -> None:
     gm.recompile()
 
 
+def pack_int4(q: Tensor) -> Tensor:
+    """int8 values in [-8, 7] -> uint8 bytes holding two values each (low nibble first)."""
+    flat = (q.flatten().to(torch.int16) & 0xF).to(torch.uint8)
+    if flat.numel() % 2:
+        flat = torch.cat([flat, flat.new_zeros(1)])
+    return flat[0::2] | (flat[1::2] << 4)
+
+
+def _unpack_int4(packed: Tensor, shape: list[int]) -> Tensor:
+    """Inverse of `pack_int4`, written with plain tensor ops so it exports to every runtime."""
+    low = torch.bitwise_and(packed, 15).to(torch.int8)
+    high = torch.bitwise_right_shift(packed, 4).to(torch.int8)
+    nibbles = torch.stack([low, high], dim=1).flatten()
+    values = torch.where(nibbles > 7, nibbles - 16, nibbles)  # two's complement sign
+    numel = 1
+    for d in shape:
+        numel *= d
+    return values[:numel].reshape(shape)
+
+
+def _pack_int4_weights(gm: torch.fx.GraphModule) -> int:
+    """Store every int4 weight (an int8 constant in [-7, 7] feeding a per-channel dequantize)
+    as packed nibbles, halving its size; the graph unpacks it on the fly. Returns the count."""
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or "dequantize_per_channel" not in str(node.target):
+            continue
+        source = node.args[0]
+        if source.op != "get_attr" or node.args[4:6] != (-7, 7):
+            continue
+        weight = getattr(gm, source.target)
+        name = f"{source.target}_int4"
+        gm.register_buffer(name, pack_int4(weight))
+        with gm.graph.inserting_before(node):
+            packed = gm.graph.get_attr(name)
+            unpacked = gm.graph.call_function(_unpack_int4, (packed, list(weight.shape)))
+        node.replace_input_with(source, unpacked)
+        count += 1
+    gm.graph.lint()
+    gm.recompile()
+    return count
+
+
 def convert(prepared: PreparedModel) -> ExportedProgram:
-    """Replace observers by quantize/dequantize ops and re-export (dynamic batch kept)."""
+    """Replace observers by quantize/dequantize ops and re-export (dynamic batch kept). int4
+    weights are stored packed, two per byte."""
     converted = convert_pt2e(prepared.module)
+    if prepared.cfg.weight_bits == 4:
+        _pack_int4_weights(converted)
     _drop_unused_attributes(converted)
     return torch.export.export(converted, (_batch_of_two(prepared.example),), dynamic_shapes=_DYNAMIC_BATCH)
 

@@ -5,8 +5,8 @@ single-process or under torchrun (DDP) with the training loop of `uniformer_edge
 After every epoch the fake-quantized model, optimizer and schedule are saved (atomically) to
 `<out>.qat-state.pth`, so an interrupted job continues with `resume=True` exactly where it was.
 
-The deploy form is quantized, so BatchNorm is already folded into the convolutions and
-its statistics cannot drift during QAT.
+The deploy form is quantized: every BatchNorm is folded into a convolution or frozen into a
+per-channel multiply-add (`ChannelAffine`), so no statistics drift during QAT.
 """
 from __future__ import annotations
 
@@ -75,10 +75,6 @@ def run_qat(model: nn.Module, calib, job, example: torch.Tensor, progress: bool 
     prepared = prepare(model, cfg, example)
     student = prepared.module
     allow_exported_model_train_eval(student)
-    # The quantized graph keeps some BatchNorms unfolded (deploy(per_channel_safe=True)); in train
-    # mode they would normalise with batch statistics and move their running statistics. QAT
-    # fine-tunes with BatchNorm frozen: the graph always runs in eval semantics.
-    student.train = lambda mode=True: student.eval()
     for p in student.parameters():
         p.requires_grad_(True)
     calibrate(prepared, calib, progress=progress and ctx.is_main)  # start from calibrated ranges

@@ -1,0 +1,151 @@
+"""The project's benchmark suite: speed of every precision on every backend, beside the peers,
+with this machine's roofline, and the accuracy columns of the synthetic reference model.
+
+    python benchmarks/run_suite.py [--models s xxs] [--runs 20] [--qat-clips 16]
+
+For each model (UniFormer-S 8x224, XXS 8x160; random weights, speed only) it exports ONNX
+(fp32, fp16, PT2E int8/w8/w4, ORT quantize_static MinMax and Entropy), ExecuTorch XNNPACK
+(fp32, int8) and Core ML weight compression (w8, palettize4: size only off macOS), quantizes
+PT2E w8a8 by PTQ and by QAT (for speed; QAT accuracy comes from the reference model) and
+measures torchao's stock X86 PT2E flow in PyTorch; then runs `uniformer_edge.benchmark` over
+everything. Writes benchmarks/RESULTS.md and benchmarks/results/suite/ (report.json, plots).
+Run it on an otherwise idle machine: latencies of concurrent jobs mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common import EXPORTS, REPO, RESULTS, environment
+from uniformer_edge.benchmark import BenchmarkJob, run_benchmark, write_report
+from uniformer_edge.benchmark.run import latency_stats
+from uniformer_edge.export import ExportJob, run_export
+from uniformer_edge.models import create_model, get_variant
+from uniformer_edge.quantize import QuantConfig, QuantizeJob, run_job
+
+
+SUITE_EXPORTS = {"onnx": ("fp32", "fp16", "int8", "w8", "w4", "int8-ort", "int8-ort-entropy"),
+                 "executorch": ("fp32", "int8"), "coreml": ("fp16", "w8", "palettize4")}
+
+
+def roofline(threads: int) -> dict:
+    """fp32 and int8 matrix-product ceilings of this CPU (2048^3, best of 5)."""
+    torch.set_num_threads(threads)
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    qa, qb = torch.randint(-128, 127, (n, n), dtype=torch.int8), torch.randint(-128, 127, (n, n), dtype=torch.int8)
+    out = {}
+    for name, fn in (("fp32_gflops", lambda: a @ b), ("int8_gops", lambda: torch._int_mm(qa, qb))):
+        fn()
+        best = min(_time(fn) for _ in range(5))
+        out[name] = 2 * n ** 3 / best / 1e9
+    return out
+
+
+def _time(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def torchao_x86_latency(variant: str, frames: int, size: int, runs: int) -> dict:
+    """torchao's stock X86 PT2E flow as documented: X86InductorQuantizer, convert, torch.compile."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+
+    from uniformer_edge.models import deploy
+
+    torch.manual_seed(0)
+    model = deploy(create_model(variant).eval())
+    x = torch.randn(1, 3, frames, size, size)
+    prepared = prepare_pt2e(torch.export.export(model, (x,)).module(),
+                            X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config()))
+    with torch.no_grad():
+        prepared(x)
+        converted = convert_pt2e(prepared)
+        compiled = torch.compile(converted)
+        started = time.perf_counter()
+        compiled(x)
+        compile_s = time.perf_counter() - started
+        for _ in range(2):
+            compiled(x)
+        times = [_time(lambda: compiled(x)) for _ in range(runs)]
+    return {**latency_stats(times, 1), "compile_s": compile_s}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["s", "xxs"])
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--exports", type=Path, default=EXPORTS,
+                   help="folder of <variant>-<format>/ exports to reuse, e.g. from export_models.py; missing ones "
+                        f"are exported there (default {EXPORTS})")
+    p.add_argument("--qat-clips", type=int, default=16, help="QAT clips (speed rows only; default 16)")
+    args = p.parse_args()
+    ceilings = roofline(args.threads)
+    print(f"roofline: {ceilings}", flush=True)
+    extra = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = []
+        for variant in args.models:
+            frames, size = get_variant(variant).default_input
+            base = Path(tmp) / variant
+            common = dict(variant=variant, frames=frames, size=size, check_clips=1)
+            exported = []
+            for fmt, precisions in SUITE_EXPORTS.items():
+                folder = args.exports / f"{variant}-{fmt}"
+                if not (folder / "manifest.json").is_file():  # else reuse benchmarks/export_models.py output
+                    run_export(ExportJob(**common, formats=(fmt,), precisions=precisions, target="ios18",
+                                         out=str(folder), force=True))
+                exported.append(str(folder))
+            run_job(QuantizeJob(variant=variant, frames=frames, size=size, num_eval=2, out=str(base / "ptq")))
+            run_job(QuantizeJob(variant=variant, frames=frames, size=size, num_eval=2, method="qat",
+                                config=QuantConfig(qat=True), train_data="synthetic", qat_clips=args.qat_clips,
+                                out=str(base / "qat")))
+            folders += exported + [str(base / d) for d in ("ptq", "qat")]
+            extra[f"{variant} torchao X86 PT2E + torch.compile"] = torchao_x86_latency(variant, frames, size,
+                                                                                      args.runs)
+        report = run_benchmark(BenchmarkJob(artifacts=tuple(folders), threads=args.threads, runs=args.runs,
+                                            warmup=3, num_clips=8, out=str(RESULTS / "suite")))
+    report["roofline"] = ceilings
+    report["peers_measured_in_torch"] = extra
+    write_report(report, RESULTS / "suite", force=True)
+    reference = RESULTS / "quantize_reference.md"
+    lines = ["# Benchmark results", "",
+             f"Measured by `python benchmarks/run_suite.py` on {environment()['processor']} "
+             f"({args.threads} threads). Speed rows use random weights (speed does not depend on them); the "
+             "accuracy of each method on the trained reference model is in "
+             f"[results/quantize_reference.md]({reference.relative_to(REPO / 'benchmarks')}).", "",
+             f"Roofline here: fp32 matrix product {ceilings['fp32_gflops']:.0f} GFLOP/s, int8 "
+             f"{ceilings['int8_gops']:.0f} GOP/s (`torch._int_mm`), both 2048^3.", ""]
+    for variant in args.models:
+        rows = [r for r in report["rows"] if r["variant"] == variant and "latency" in r]
+        if not rows:
+            continue
+        base = next(r for r in rows if r["format"] == "torch eager")["latency"]["median_ms"]
+        lines += [f"## UniFormer-{variant.upper()} {rows[0]['input']}", "",
+                  "| artifact | backend | median ms | x torch eager fp32 | size MB | SQNR vs float (dB) |",
+                  "|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: r["latency"]["median_ms"]):
+            lines.append(f"| {r['artifact']} ({r['precision']}) | {r['backend']} {r['setting']} | "
+                         f"{r['latency']['median_ms']:.1f} | {base / r['latency']['median_ms']:.2f} | "
+                         f"{r['size_bytes'] / 1e6:.1f} | {r['accuracy']['vs_float']['sqnr_db']:.1f} |")
+        x86 = extra[f"{variant} torchao X86 PT2E + torch.compile"]
+        lines.append(f"| torchao X86 PT2E int8 + torch.compile (peer) | torch inductor | {x86['median_ms']:.1f} | "
+                     f"{base / x86['median_ms']:.2f} | - | - |")
+        lines.append("")
+    lines += ["Full per-device report: [results/suite/report.md](results/suite/report.md).", ""]
+    (REPO / "benchmarks" / "RESULTS.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    print(json.dumps({"environment": environment()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Benchmark: real latency/accuracy runs on tiny artifacts for every backend here, reports and
+plots written and re-read, merging, the not-available path and bad input."""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+
+import pytest
+
+from conftest import TINY
+from uniformer_edge.benchmark import BenchmarkJob, latency_stats, merge_reports, read_report, run_benchmark, write_report
+from uniformer_edge.benchmark.report import pareto_front
+from uniformer_edge.export import ExportJob, run_export
+from uniformer_edge.quantize import QuantizeJob, run_job
+
+PLAIN = {k: v for k, v in TINY.items() if k != "num_classes"}
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    pytest.importorskip("executorch.runtime", reason="ExecuTorch is an optional extra")
+    run_export(ExportJob(variant="s", model_overrides=PLAIN, formats=("onnx", "coreml", "executorch"), precisions=("fp32",), frames=8,
+                         size=32, num_classes=10, check_clips=2, out=str(root / "export")), progress=False)
+    run_job(QuantizeJob(variant="s", model_overrides=PLAIN, frames=8, size=32, num_calib=4, num_eval=4,
+                        out=str(root / "quant")), progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(artifacts):
+    job = BenchmarkJob(artifacts=(str(artifacts / "export"), str(artifacts / "quant")), runs=3, warmup=1,
+                       num_clips=4, out=str(artifacts / "report"))
+    return run_benchmark(job, progress=False)
+
+
+def test_every_backend_measured_or_explained(report):
+    rows = report["rows"]
+    measured = {(r["backend"], r["format"]) for r in rows if "latency" in r}
+    assert {("torch", "torch eager"), ("onnxruntime", "onnx"), ("executorch", "executorch"), ("torch", "pt2")} <= measured
+    for r in rows:
+        if "latency" in r:
+            lat = r["latency"]
+            assert 0 < lat["min_ms"] <= lat["median_ms"] <= lat["p90_ms"] <= lat["p99_ms"] and lat["runs"] == 3
+            assert r["peak_rss_bytes"] > 0 and r["size_bytes"] > 0 and r["speedup_vs_torch_fp32"] > 0
+    onnx = next(r for r in rows if r["backend"] == "onnxruntime")
+    assert onnx["accuracy"]["vs_float"]["sqnr_db"] > 80  # fp32 export of the same random model
+    quant = next(r for r in rows if r["format"] == "pt2")
+    assert 10 < quant["accuracy"]["vs_float"]["sqnr_db"] < 80 and "top1" not in quant["accuracy"]
+    coreml = [r for r in rows if r["backend"] == "coreml"]
+    if platform.system() != "Darwin":
+        assert coreml and all("not available here: Core ML prediction needs macOS" in r["not_available"]
+                              for r in coreml)
+    assert report["complete"] and report["groups"][0]["float_reference"].startswith("float PyTorch model on")
+    assert report["device"]["cores"] and report["device"]["versions"]["torch"]
+
+
+def test_report_files_and_merge(report, tmp_path):
+    files = write_report(report, tmp_path / "a")
+    assert read_report(tmp_path / "a" / "report.json")["rows"] == json.loads(json.dumps(report["rows"], default=str))
+    for png in (f for f in files if f.endswith(".png")):
+        assert (tmp_path / "a" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert "| onnxruntime | CPUExecutionProvider |" in md and "x torch fp32" in md
+    other = dict(report, device=dict(report["device"], hostname="macbook"))
+    write_report(other, tmp_path / "b")
+    merged = merge_reports([tmp_path / "a" / "report.json", tmp_path / "b" / "report.json"])
+    assert [d["device"]["hostname"] for d in merged["devices"]][1] == "macbook"
+    files = write_report(merged, tmp_path / "m")
+    assert "latency_vs_accuracy-1.png" in files
+    assert (tmp_path / "m" / "report.md").read_text().count("## ") == 2
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps({**report, "schema": 99}))
+    with pytest.raises(ValueError, match="schema 99, newer"):
+        merge_reports([newer])
+
+
+def test_bad_input(artifacts, tmp_path):
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        BenchmarkJob(artifacts=(str(artifacts / "export"),), backends=("tensorrt",))
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        run_benchmark(BenchmarkJob(artifacts=(str(tmp_path),)), progress=False)
+    copy = tmp_path / "tampered"
+    shutil.copytree(artifacts / "export", copy)
+    onnx_file = next(copy.glob("*.onnx"))
+    onnx_file.write_bytes(onnx_file.read_bytes()[:-1])
+    with pytest.raises(ValueError, match="does not match its manifest"):
+        run_benchmark(BenchmarkJob(artifacts=(str(copy),)), progress=False)
+
+
+def test_latency_stats_and_pareto():
+    stats = latency_stats([0.010, 0.020, 0.030, 0.040, 0.100], batch=2)
+    assert stats["median_ms"] == pytest.approx(30) and stats["min_ms"] == pytest.approx(10)
+    assert stats["p90_ms"] == pytest.approx(100) and stats["throughput_clips_per_s"] == pytest.approx(2000 / 30)
+    assert pareto_front([(10, 0.9), (20, 0.95), (30, 0.94), (5, 0.5)]) == [0, 1, 3]
