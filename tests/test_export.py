@@ -97,7 +97,8 @@ def test_light_model_refuses_another_input_size(light_float):
 def light_quantized(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "quantized"
     return out, run_export(ExportJob(variant="xxs", model_overrides=LIGHT, formats=("onnx",),
-                                     precisions=("int8", "w8", "w4", "int8-ort"), out=str(out), **INPUT),
+                                     precisions=("int8", "w8", "w4", "int8-ort", "int8-ort-entropy"), out=str(out),
+                                     **INPUT),
                            progress=False)
 
 
@@ -110,6 +111,17 @@ def test_onnx_quantized_exports_keep_qdq_and_match_pytorch_graph(light_quantized
         assert art["parity"]["vs_pytorch_quantized"]["cosine"] >= 0.999 and art["parity"]["passed"]
     ort = _by(manifest, "onnx", "int8-ort")
     assert ort["census"]["QuantizeLinear"] > 0 and "vs_float" in ort["parity"]
+    # Entropy calibration really chooses other ranges than MinMax (ORT's default bins would not).
+    import onnx
+
+    def scales(precision):
+        model = onnx.load(str(out / _by(manifest, "onnx", precision)["path"]))
+        return {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer
+                if i.name.endswith("_scale") and len(i.dims) == 0}
+
+    minmax, entropy = scales("int8-ort"), scales("int8-ort-entropy")
+    assert minmax.keys() == entropy.keys()
+    assert sum(float(minmax[k]) != float(entropy[k]) for k in minmax) > len(minmax) // 4
     verify_manifest(out)
 
 
@@ -173,6 +185,10 @@ def test_labels_with_wrong_count_and_cli_errors(tmp_path):
         run_export(ExportJob(variant="xxs", model_overrides=LIGHT, labels=str(labels), out=str(tmp_path / "o"),
                              **INPUT), progress=False)
     assert not (tmp_path / "o").exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(NotADirectoryError, match="file is not a directory"):
+        run_export(ExportJob(variant="xxs", model_overrides=LIGHT, out=str(blocker / "o"), **INPUT), progress=False)
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     result = subprocess.run([sys.executable, "-m", "uniformer_edge.export", "--variant", "xxs", "--format", "coreml",
                              "--precision", "w4", "--target", "ios17", "--out", str(tmp_path / "o")],

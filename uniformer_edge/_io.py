@@ -83,8 +83,13 @@ def check_output_dir(path: PathLike, force: bool) -> Path:
     probe = parent
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise PermissionError(f"cannot write to {probe} (for output {path})")
+    if not probe.is_dir():
+        raise NotADirectoryError(f"cannot create output {path}: {probe} is not a directory")
+    try:  # a real write: os.access says yes to root even where writing fails (/proc, read-only mounts)
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise PermissionError(f"cannot write to {probe} (for output {path}): {e.strerror}") from None
     return path
 
 

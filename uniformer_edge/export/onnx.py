@@ -6,6 +6,7 @@ Every model has one input `video` (float32, B x 3 x T x H x W, dynamic batch) an
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import tempfile
@@ -108,6 +109,29 @@ def onnx_op_census(path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def _entropy_ranges(model: Path, clips: Iterable[Tensor], tmp: Path) -> Path:
+    """KL-divergence ranges over a 2048-bin histogram (TensorRT's recipe), as a calibration cache.
+    `quantize_static` cannot pass bin counts to its Entropy calibrator, whose default of 128 bins
+    into 128 quantized bins leaves one candidate, the full range: the same ranges as MinMax."""
+    import onnxruntime
+    from onnxruntime.quantization import CalibrationMethod, quantize_static
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        raise ValueError(f"ONNX Runtime Entropy calibration needs onnxruntime>=1.32 (calibration caches); "
+                         f"this is {onnxruntime.__version__}, whose Entropy ranges equal MinMax")
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    calibrator = create_calibrator(model, augmented_model_path=str(tmp / "augmented.onnx"),
+                                   calibrate_method=CalibrationMethod.Entropy,
+                                   extra_options={"num_bins": 2048, "num_quantized_bins": 128})
+    for clip in clips:  # one clip per call: the calibrator holds every intermediate output of a call
+        calibrator.collect_data(_CalibrationReader([(clip[None], None)]))
+    cache = tmp / "entropy-ranges.json"
+    save_tensors_data(calibrator.compute_data(), cache)
+    return cache
+
+
 class _CalibrationReader:
     """Feeds calibration batches to ONNX Runtime's calibrators, one clip at a time (the same clips
     our PT2E calibration sees)."""
@@ -135,7 +159,10 @@ def ort_quantize_static(float_onnx, path, batches: Iterable[tuple[Tensor, Tensor
         pre = Path(tmp) / "preprocessed.onnx"
         quant_pre_process(str(float_onnx), str(pre))  # shape inference + graph optimisation, as ORT asks
         out = Path(tmp) / "quantized.onnx"
-        quantize_static(str(pre), str(out), _CalibrationReader(batches), quant_format=QuantFormat.QDQ,
+        reader, cache = _CalibrationReader(batches), None
+        if method == "entropy":
+            reader, cache = None, _entropy_ranges(pre, (c for clips, _ in batches for c in clips), Path(tmp))
+        quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method])
+                        calibrate_method=methods[method], **({"calibration_cache_path": cache} if cache else {}))
         return atomic_write(path, lambda t: Path(t).write_bytes(out.read_bytes()))
