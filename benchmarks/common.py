@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from uniformer_edge.benchmark.device import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 CACHE = Path(os.environ.get("UNIFORMER_EDGE_CACHE", Path.home() / ".cache" / "uniformer-edge"))
@@ -50,18 +52,8 @@ def environment() -> dict:
     import numpy
 
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-            "machine": platform.machine(), "processor": _cpu_name(), "cores": os.cpu_count(),
+            "machine": platform.machine(), "processor": cpu_name(), "cores": os.cpu_count(),
             "threads": torch.get_num_threads(), "platform": platform.platform()}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write_results(name: str, data: dict, markdown: str) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["fingerprint"]
+__all__ = ["fingerprint", "cpu_name"]
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -44,6 +44,6 @@ def fingerprint(threads: int) -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return {"hostname": platform.node(), "os": platform.platform(), "machine": platform.machine(),
-            "cpu": _cpu_name(), "cores": os.cpu_count(), "threads": threads,
+            "cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "memory_bytes": _memory_bytes(), "python": platform.python_version(), "versions": versions}

@@ -101,25 +101,11 @@ def _plots(report: dict, folder: Path) -> list[str]:
         fig.tight_layout()
         fig.savefig(folder / f"latency_vs_accuracy{suffix}.png", dpi=120)
         plt.close(fig)
-        fig, ax = plt.subplots(figsize=(8, 5))
-        ax.barh(names, lat)
-        ax.set_xlabel("median latency (ms)")
-        ax.set_title(f"Latency per backend and precision: {label}", fontsize=8)
-        ax.tick_params(axis="y", labelsize=6)
-        fig.tight_layout()
-        fig.savefig(folder / f"latency{suffix}.png", dpi=120)
-        plt.close(fig)
-        sizes = {}
-        for r in entry["rows"]:
-            sizes[f"{r['variant']} {r['format']} {r['precision']}"] = r["size_bytes"] / 1e6
-        fig, ax = plt.subplots(figsize=(8, 5))
-        ax.barh(list(sizes), list(sizes.values()))
-        ax.set_xlabel("size (MB)")
-        ax.set_title(f"Size per precision: {label}", fontsize=8)
-        ax.tick_params(axis="y", labelsize=6)
-        fig.tight_layout()
-        fig.savefig(folder / f"size{suffix}.png", dpi=120)
-        plt.close(fig)
+        _bar_chart(plt, folder / f"latency{suffix}.png", names, lat, "median latency (ms)",
+                   f"Latency per backend and precision: {label}")
+        sizes = {f"{r['variant']} {r['format']} {r['precision']}": r["size_bytes"] / 1e6 for r in entry["rows"]}
+        _bar_chart(plt, folder / f"size{suffix}.png", list(sizes), list(sizes.values()), "size (MB)",
+                   f"Size per precision: {label}")
         written += [f"latency_vs_accuracy{suffix}.png", f"latency{suffix}.png", f"size{suffix}.png"]
     return written
 
@@ -158,3 +144,14 @@ def merge_reports(paths) -> dict:
         devices += r.get("devices") or [{"device": r["device"], "rows": r["rows"], "groups": r["groups"],
                                          "backends": r["backends"], "complete": r.get("complete", True)}]
     return {"schema": REPORT_SCHEMA, "merged_from": [str(p) for p in paths], "devices": devices, "complete": True}
+
+
+def _bar_chart(plt, path: Path, names: list, values: list, xlabel: str, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.barh(names, values)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=8)
+    ax.tick_params(axis="y", labelsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
