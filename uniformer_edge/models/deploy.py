@@ -7,19 +7,20 @@ its depthwise kernel, and LayerScale into the branch's last projection. With
 `per_channel_safe=True` only the folds that scale whole output channels are made (the
 form that quantizes well per channel); the BatchNorms it keeps become plain per-channel
 multiply-adds (`ChannelAffine`). With
-`conv3d="2d"` every Conv3d also becomes Conv2d over temporal taps, for runtimes without
-5-D convolution (ExecuTorch XNNPACK).
+`conv3d="2d"` every Conv3d also becomes Conv2d over temporal taps and attention uses 3-D
+batched matrix products, for runtimes without 5-D convolution (ExecuTorch XNNPACK).
 """
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from .uniformer import CBlock, ConvStem, DropPath, SABlock
+from .uniformer import Attention, CBlock, ConvStem, DropPath, SABlock
 
-__all__ = ["deploy", "Conv3dAs2d", "ChannelAffine"]
+__all__ = ["deploy", "Conv3dAs2d", "BatchedAttention", "ChannelAffine"]
 
 CONV3D_MODES = ("native", "2d")
 
@@ -113,7 +114,7 @@ class Conv3dAs2d(nn.Module):
 
     Dense kernels concatenate the taps along channels into one Conv2d; grouped (depthwise)
     kernels sum one Conv2d per tap, which keeps channel groups contiguous. Temporal zero
-    padding is built with `cat` (XNNPACK's int8 path rejects 5-D padding).
+    padding is built with `cat`.
     """
 
     def __init__(self, conv: nn.Conv3d):
@@ -127,6 +128,7 @@ class Conv3dAs2d(nn.Module):
         spatial = dict(kernel_size=(kh, kw), stride=conv.stride[1:], padding=conv.padding[1:])
         has_bias = conv.bias is not None
         self.dense = conv.groups == 1
+        self.pointwise = conv.kernel_size == (1, 1, 1) and conv.stride == (1, 1, 1) and conv.padding == (0, 0, 0)
         if self.dense:
             # Input channels ordered tap-major: channel tau * C + c.
             fused = nn.Conv2d(conv.in_channels * kt, conv.out_channels, bias=has_bias, **spatial)
@@ -148,10 +150,15 @@ class Conv3dAs2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, T, H, W = x.shape
+        if self.pointwise:  # a 1x1x1 kernel needs no frame split: (B, C, T*H, W) keeps the layout
+            y = self.taps[0](x.reshape(B, C, T * H, W))
+            return y.reshape(B, self.out_channels, T, H, W)
         frames = x.transpose(1, 2)  # (B, T, C, H, W)
         if self.time_pad:
-            pad = frames.new_zeros(B, self.time_pad, C, H, W)
-            frames = torch.cat([pad, frames, pad], dim=1)
+            # Zero frames made from the input (a multiply by 0) rather than `new_zeros` or `F.pad`:
+            # XNNPACK runs neither 5-D int8 padding nor tensor creation, which would split the graph.
+            zero = [frames[:, :1] * 0.0] * self.time_pad
+            frames = torch.cat(zero + [frames] + zero, dim=1)
         kt, st = self.time_kernel, self.time_stride
         t_out = (frames.shape[1] - kt) // st + 1
         span = st * (t_out - 1) + 1
@@ -165,6 +172,36 @@ class Conv3dAs2d(nn.Module):
         return y.reshape(B, t_out, self.out_channels, y.shape[-2], y.shape[-1]).transpose(1, 2)
 
 
+class BatchedAttention(nn.Module):
+    """`Attention` for runtimes that run 3-D batched matrix products (XNNPACK): separate q, k, v
+    projections with the attention scale folded into q, heads merged into the batch and plain
+    `bmm`, so no strided head selection or 4-D broadcasting matmul reaches the runtime (both
+    fall back to slow portable kernels and split the delegated graph)."""
+
+    def __init__(self, attn: Attention):
+        super().__init__()
+        C = attn.proj.in_features
+        self.num_heads = attn.num_heads
+        self.q, self.k, self.v = (nn.Linear(C, C, bias=attn.qkv.bias is not None) for _ in range(3))
+        with torch.no_grad():
+            for i, (layer, scale) in enumerate(zip((self.q, self.k, self.v), (attn.scale, 1.0, 1.0))):
+                layer.weight.copy_(attn.qkv.weight[i * C:(i + 1) * C] * scale)
+                if layer.bias is not None:
+                    layer.bias.copy_(attn.qkv.bias[i * C:(i + 1) * C] * scale)
+        self.proj = attn.proj
+
+    def forward(self, x: Tensor, want_cls_scores: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+        B, M, C = x.shape
+        h, d = self.num_heads, C // self.num_heads
+        q = self.q(x).reshape(B, M, h, d).transpose(1, 2).reshape(B * h, M, d)
+        k_t = self.k(x).reshape(B, M, h, d).permute(0, 2, 3, 1).reshape(B * h, d, M)
+        v = self.v(x).reshape(B, M, h, d).transpose(1, 2).reshape(B * h, M, d)
+        attn = torch.bmm(q, k_t).softmax(dim=-1)
+        cls_scores = attn.reshape(B, h, M, M)[:, :, 0, 1:].mean(dim=1) if want_cls_scores else None
+        out = torch.bmm(attn, v)
+        return self.proj(out.reshape(B, h, M, C // h).permute(0, 2, 1, 3).reshape(B, M, C)), cls_scores
+
+
 def _drop_training_only(module: nn.Module):
     """Dropout and stochastic depth are identities in eval: remove them from the graph."""
     for name, child in module.named_children():
@@ -174,12 +211,14 @@ def _drop_training_only(module: nn.Module):
             _drop_training_only(child)
 
 
-def _convs_to_2d(module: nn.Module):
+def _to_2d(module: nn.Module):
     for name, child in module.named_children():
         if isinstance(child, nn.Conv3d):
             setattr(module, name, Conv3dAs2d(child))
+        elif isinstance(child, Attention):
+            setattr(module, name, BatchedAttention(child))
         else:
-            _convs_to_2d(child)
+            _to_2d(child)
 
 
 def deploy(model: nn.Module, conv3d: str = "native", per_channel_safe: bool = False) -> nn.Module:
@@ -208,6 +247,6 @@ def deploy(model: nn.Module, conv3d: str = "native", per_channel_safe: bool = Fa
     if hasattr(out, "head_cls"):  # train-only class-token head of the light models
         out.norm_cls, out.head_cls = nn.Identity(), nn.Identity()
     if conv3d == "2d":
-        _convs_to_2d(out)
+        _to_2d(out)
     out.requires_grad_(False)
     return out
