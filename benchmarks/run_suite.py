@@ -79,6 +79,46 @@ def torchao_x86_latency(variant: str, frames: int, size: int, runs: int) -> dict
     return {**latency_stats(times, 1), "compile_s": compile_s}
 
 
+OURS_INT8 = ("int8", "int8-qat")  # our PT2E W8A8 graphs, whatever runtime runs them
+ORT_STATIC = ("int8-ort", "int8-ort-entropy")
+
+
+def performance_targets(rows: list[dict], variant: str = "s") -> list[str]:
+    """The issue's targets for UniFormer-S: best int8 path >= 2.5x torch eager fp32 and >= 1.5x
+    the faster ORT quantize_static output, all measured in this run."""
+    timed = [r for r in rows if r["variant"] == variant and "latency" in r]
+    if not timed:
+        return []
+    median = lambda r: r["latency"]["median_ms"]  # noqa: E731
+    eager = next(r for r in timed if r["format"] == "torch eager")
+    best = min((r for r in timed if r["precision"] in OURS_INT8), key=median)
+    ort = min((r for r in timed if r["precision"] in ORT_STATIC), key=median)
+    vs_eager, vs_ort = median(eager) / median(best), median(ort) / median(best)
+    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    return ["## Performance targets (UniFormer-S 8x224, this run)", "",
+            f"Best int8 path: {best['artifact']} on {best['backend']}, {median(best):.1f} ms "
+            f"(SQNR vs float {best['accuracy']['vs_float']['sqnr_db']:.1f} dB).", "",
+            f"- at least 2.5x torch eager fp32 ({median(eager):.1f} ms): {vs_eager:.2f}x, {verdict(vs_eager >= 2.5)}",
+            f"- at least 1.5x ORT quantize_static ({ort['artifact']}, {median(ort):.1f} ms): {vs_ort:.2f}x, "
+            f"{verdict(vs_ort >= 1.5)}", ""]
+
+
+def reference_accuracy(path: Path) -> list[str]:
+    """Accuracy columns of every method on the trained synthetic reference model."""
+    if not path.with_suffix(".json").is_file():
+        return [f"(no accuracy table: run `python benchmarks/quantize_reference.py` to write {path.name})", ""]
+    data = json.loads(path.with_suffix(".json").read_text())
+    lines = ["## Accuracy on the synthetic reference model", "",
+             f"From [{path.name}](results/{path.name}): {data['evaluation_clips']} test clips, "
+             f"{data['calibration_clips']} calibration clips.", "",
+             "| method | top-1 | drop (pts) | logit SQNR (dB) | top-1 agreement with float | note |",
+             "|---|---|---|---|---|---|"]
+    for name, row in data["rows"].items():
+        lines.append(f"| {name} | {100 * row['top1']:.2f}% | {row['drop_points']:.2f} | {row['sqnr_db']:.1f} | "
+                     f"{100 * row['top1_agreement']:.2f}% | {row.get('note', '')} |")
+    return lines + [""]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["s", "xxs"])
@@ -141,6 +181,7 @@ def main():
         lines.append(f"| torchao X86 PT2E int8 + torch.compile (peer) | torch inductor | {x86['median_ms']:.1f} | "
                      f"{base / x86['median_ms']:.2f} | - | - |")
         lines.append("")
+    lines += performance_targets(report["rows"]) + reference_accuracy(reference)
     lines += ["Full per-device report: [results/suite/report.md](results/suite/report.md).", ""]
     (REPO / "benchmarks" / "RESULTS.md").write_text("\n".join(lines))
     print("\n".join(lines))
