@@ -13,7 +13,7 @@ import torch
 
 from conftest import TINY, TINY_LIGHT
 from uniformer_edge.export import ExportJob, run_export, verify_manifest
-from uniformer_edge.export.onnx import ort_session, run_onnx
+from uniformer_edge.export.onnx import kl_threshold, ort_session, run_onnx
 
 LIGHT = {k: v for k, v in TINY_LIGHT.items() if k != "num_classes"}
 PLAIN = {k: v for k, v in TINY.items() if k != "num_classes"}
@@ -123,6 +123,23 @@ def test_onnx_quantized_exports_keep_qdq_and_match_pytorch_graph(light_quantized
     assert minmax.keys() == entropy.keys()
     assert sum(float(minmax[k]) != float(entropy[k]) for k in minmax) > len(minmax) // 4
     verify_manifest(out)
+
+
+@pytest.mark.parametrize("shape", ["gaussian", "heavy_tail", "sparse"])
+def test_kl_threshold_equals_onnxruntime_entropy_search(shape):
+    """Our array version of ORT's KL threshold search returns exactly ORT's range."""
+    import numpy as np
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    rng = np.random.default_rng(0)
+    data = {"gaussian": rng.normal(0.3, 1.0, 20000),
+            "heavy_tail": rng.standard_t(2, 20000),
+            "sparse": np.where(rng.random(20000) < 0.9, 0.0, rng.exponential(2.0, 20000))}[shape].astype(np.float32)
+    bound = np.abs(data).max()
+    hist, edges = np.histogram(data, 512, range=(-bound, bound))
+    histogram = (hist, edges, data.min(), data.max())
+    collector = HistogramCollector("entropy", False, 512, 128, 99.99, "same")
+    assert kl_threshold(*histogram, num_quantized_bins=128) == collector.get_entropy_threshold(histogram, 128)
 
 
 def test_coreml_compressed_and_w8a8(tmp_path):
