@@ -167,6 +167,29 @@ def test_executorch_fp32_and_int8_run_on_the_runtime(tmp_path):
     assert int8["size_bytes"] < 0.5 * fp32["size_bytes"]
 
 
+def test_xnnpack_quantization_keeps_depthwise_convolutions_float():
+    pytest.importorskip("executorch.runtime", reason="ExecuTorch is an optional extra")
+    from uniformer_edge.export.executorch import xnnpack_quantize
+    from uniformer_edge.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("s", **TINY).eval()
+    clips = torch.randn(2, 3, 8, 32, 32)
+    converted = xnnpack_quantize(model, clips[:1], [(clips, None)])
+    kinds = {"depthwise": [], "other": []}
+    for node in converted.graph.nodes:
+        if node.target == torch.ops.aten.conv2d.default:
+            depthwise = len(node.args) > 6 and node.args[6] == node.args[1].meta["val"].shape[0] > 1
+            weight_is_int8 = "dequantize" in str(node.args[1].target)
+            kinds["depthwise" if depthwise else "other"].append(weight_is_int8)
+    assert kinds["depthwise"] and not any(kinds["depthwise"])  # fp32: XNNPACK runs those faster
+    assert kinds["other"] and all(kinds["other"])
+    with torch.no_grad():
+        expected = model(clips[:1])
+        got = converted(clips[:1])
+    assert torch.nn.functional.cosine_similarity(got.flatten(), expected.flatten(), dim=0) > 0.99
+
+
 def test_export_from_quantize_output(tmp_path):
     from uniformer_edge.quantize import QuantizeJob, run_job
 

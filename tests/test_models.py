@@ -118,12 +118,19 @@ def test_deploy_parity_and_form(case, conv3d):
     ((3, 3, 3), (1, 1, 1), (1, 1, 1), 4),   # grouped, not depthwise
 ])
 @pytest.mark.parametrize("frames", [1, 5, 8])
-def test_conv3d_as_2d(kernel, stride, padding, groups, frames):
+@pytest.mark.parametrize("batch", [1, 2])
+def test_conv3d_as_2d(kernel, stride, padding, groups, frames, batch):
     torch.manual_seed(1)
     conv = nn.Conv3d(8, 16, kernel, stride, padding, groups=groups)
-    x = torch.randn(2, 8, frames, 20, 20)
+    x = torch.randn(batch, 8, frames, 20, 20)
+
+    def frame_batched(clip):  # (B, C, T, H, W) -> (B*T, C, H, W)
+        return clip.transpose(1, 2).flatten(0, 1)
+
     with torch.no_grad():
-        assert rel_err(Conv3dAs2d(conv)(x), conv(x)) < 1e-5
+        expected = conv(x)
+        assert rel_err(Conv3dAs2d(conv)(x), expected) < 1e-5
+        assert rel_err(Conv3dAs2d(conv)(frame_batched(x), batch), frame_batched(expected)) < 1e-5
 
 
 @pytest.mark.parametrize("variant", ["s", "xxs"])
@@ -141,10 +148,19 @@ def test_torch_export(variant):
         return
     # The XNNPACK form: no 5-D convolution, and none of the ops that XNNPACK leaves to slow portable
     # kernels in attention (strided head selection, broadcasting 4-D matmul, tensor creation).
-    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    nodes = [n for n in program.graph.nodes if n.op == "call_function"]
+    ops = {str(n.target) for n in nodes}
     assert "aten.bmm.default" in ops
     assert not ops & {"aten.conv3d.default", "aten.select.int", "aten.matmul.default",
                       "aten.new_zeros.default", "aten.zeros.default"}, ops
+    # Stages 1-2 run on frame-batched 4-D maps: the only 5-D values there are the clip's
+    # conversion in and out, so XNNPACK keeps the span in its channels-last layout.
+    in_conv_stages = [n for n in nodes if any(path.startswith("patch_embed1")
+                                              for path, _ in n.meta["nn_module_stack"].values())]
+    five_d = [str(n.target) for n in in_conv_stages if n.meta["val"].ndim == 5]
+    # stem, 3 + 4 local blocks of 12 Conv2d each (3 + 5 depthwise taps, 4 pointwise), patch merging
+    assert sum("conv2d" in str(n.target) for n in in_conv_stages) == 1 + 3 * 12 + 1 + 4 * 12
+    assert sorted(five_d) == ["aten.reshape.default", "aten.transpose.int", "aten.transpose.int"], five_d
 
 
 def test_light_forward_is_pure_and_thread_safe():

@@ -8,7 +8,9 @@ its depthwise kernel, and LayerScale into the branch's last projection. With
 form that quantizes well per channel); the BatchNorms it keeps become plain per-channel
 multiply-adds (`ChannelAffine`). With
 `conv3d="2d"` every Conv3d also becomes Conv2d over temporal taps and attention uses 3-D
-batched matrix products, for runtimes without 5-D convolution (ExecuTorch XNNPACK).
+batched matrix products, for runtimes without 5-D convolution (ExecuTorch XNNPACK); the
+convolution-only stages 1-2 then run on frame-batched maps (B*T, C, H, W), which XNNPACK
+keeps in its channels-last layout from one convolution to the next.
 """
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .uniformer import Attention, CBlock, ConvStem, DropPath, SABlock
+from .uniformer import Attention, CBlock, ConvStem, DropPath, PatchEmbed, SABlock
 
-__all__ = ["deploy", "Conv3dAs2d", "BatchedAttention", "ChannelAffine"]
+__all__ = ["deploy", "Conv3dAs2d", "BatchedAttention", "ChannelAffine", "FrameConvStages"]
 
 CONV3D_MODES = ("native", "2d")
 
@@ -79,6 +81,13 @@ class ChannelAffine(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale + self.shift
 
+    def for_frames(self) -> "ChannelAffine":
+        """The same affine on frame-batched maps (B*T, C, H, W): parameters shaped (1, C, 1, 1),
+        4-D as XNNPACK needs them to stay in its channels-last layout."""
+        for name in ("scale", "shift"):
+            setattr(self, name, nn.Parameter(getattr(self, name).detach().reshape(1, -1, 1, 1)))
+        return self
+
 
 def _fold_block(blk: nn.Module, per_channel_safe: bool):
     if not per_channel_safe:
@@ -109,12 +118,44 @@ def _fold_head(model: nn.Module):
         model.norm = nn.Identity()
 
 
-class Conv3dAs2d(nn.Module):
-    """A Conv3d computed with Conv2d over temporal taps; input and output stay (B, C, T, H, W).
+def _to_frames(x: Tensor) -> Tensor:
+    """Clip (B, C, T, H, W) -> frame-batched map (B*T, C, H, W), frames of a clip adjacent."""
+    B, C, T, H, W = x.shape
+    return x.transpose(1, 2).reshape(B * T, C, H, W)
 
-    Dense kernels concatenate the taps along channels into one Conv2d; grouped (depthwise)
-    kernels sum one Conv2d per tap, which keeps channel groups contiguous. Temporal zero
-    padding is built with `cat`.
+
+def _from_frames(x: Tensor, batch: int) -> Tensor:
+    BT, C, H, W = x.shape
+    return x.reshape(batch, BT // batch, C, H, W).transpose(1, 2)
+
+
+def _time_slice(frames: Tensor, batch: int, start: int, count: int, step: int) -> Tensor:
+    """Frames start, start + step, ... (`count` of them) of every clip of a frame-batched map."""
+    stop = start + step * (count - 1) + 1
+    if batch == 1:  # a slice of the leading dimension, which XNNPACK runs in its channels-last layout
+        return frames[start:stop:step]
+    return frames.unflatten(0, (batch, -1))[:, start:stop:step].flatten(0, 1)
+
+
+def _time_pad(frames: Tensor, batch: int, pad: int) -> Tensor:
+    """`pad` zero frames before and after every clip. The zeros are made from the input (a
+    multiply by 0) rather than `new_zeros` or `F.pad`: XNNPACK runs neither tensor creation
+    nor int8 padding of the leading dimensions, which would split the delegated graph."""
+    if batch == 1:
+        zero = [frames[:1] * 0.0] * pad
+        return torch.cat(zero + [frames] + zero, dim=0)
+    clips = frames.unflatten(0, (batch, -1))
+    zero = [clips[:, :1] * 0.0] * pad
+    return torch.cat(zero + [clips] + zero, dim=1).flatten(0, 1)
+
+
+class Conv3dAs2d(nn.Module):
+    """A Conv3d computed with Conv2d over temporal taps.
+
+    `forward(x)` takes and returns clips (B, C, T, H, W); `forward(x, batch)` takes and returns
+    frame-batched maps (B*T, C, H, W) of `batch` clips, which need no transposes. Dense
+    kernels concatenate the taps along channels into one Conv2d; grouped (depthwise) kernels
+    sum one Conv2d per tap, which keeps channel groups contiguous.
     """
 
     def __init__(self, conv: nn.Conv3d):
@@ -128,7 +169,9 @@ class Conv3dAs2d(nn.Module):
         spatial = dict(kernel_size=(kh, kw), stride=conv.stride[1:], padding=conv.padding[1:])
         has_bias = conv.bias is not None
         self.dense = conv.groups == 1
-        self.pointwise = conv.kernel_size == (1, 1, 1) and conv.stride == (1, 1, 1) and conv.padding == (0, 0, 0)
+        self.per_frame = (kt, self.time_stride, self.time_pad) == (1, 1, 0)
+        self.pointwise = self.per_frame and conv.kernel_size == (1, 1, 1) and conv.stride == (1, 1, 1) \
+            and conv.padding == (0, 0, 0)
         if self.dense:
             # Input channels ordered tap-major: channel tau * C + c.
             fused = nn.Conv2d(conv.in_channels * kt, conv.out_channels, bias=has_bias, **spatial)
@@ -148,28 +191,90 @@ class Conv3dAs2d(nn.Module):
                         tap.bias.copy_(conv.bias)
                 self.taps.append(tap)
 
-    def forward(self, x: Tensor) -> Tensor:
-        B, C, T, H, W = x.shape
-        if self.pointwise:  # a 1x1x1 kernel needs no frame split: (B, C, T*H, W) keeps the layout
-            y = self.taps[0](x.reshape(B, C, T * H, W))
-            return y.reshape(B, self.out_channels, T, H, W)
-        frames = x.transpose(1, 2)  # (B, T, C, H, W)
+    def forward(self, x: Tensor, batch: Optional[int] = None) -> Tensor:
+        if batch is None:
+            B, C, T, H, W = x.shape
+            if self.pointwise:  # a 1x1x1 kernel needs no frame split: (B, C, T*H, W) keeps the layout
+                return self.taps[0](x.reshape(B, C, T * H, W)).reshape(B, self.out_channels, T, H, W)
+            return _from_frames(self(_to_frames(x), B), B)
+        if self.per_frame:
+            return self.taps[0](x)
         if self.time_pad:
-            # Zero frames made from the input (a multiply by 0) rather than `new_zeros` or `F.pad`:
-            # XNNPACK runs neither 5-D int8 padding nor tensor creation, which would split the graph.
-            zero = [frames[:, :1] * 0.0] * self.time_pad
-            frames = torch.cat(zero + [frames] + zero, dim=1)
+            x = _time_pad(x, batch, self.time_pad)
         kt, st = self.time_kernel, self.time_stride
-        t_out = (frames.shape[1] - kt) // st + 1
-        span = st * (t_out - 1) + 1
-        taps = [frames[:, tau:tau + span:st].reshape(B * t_out, C, H, W) for tau in range(kt)]
+        t_out = (x.shape[0] // batch - kt) // st + 1
+        taps = [_time_slice(x, batch, tau, t_out, st) for tau in range(kt)]
         if self.dense:
-            y = self.taps[0](taps[0] if kt == 1 else torch.cat(taps, dim=1))
+            return self.taps[0](taps[0] if kt == 1 else torch.cat(taps, dim=1))
+        y = self.taps[0](taps[0])
+        for conv, tap in zip(self.taps[1:], taps[1:]):
+            y = y + conv(tap)
+        return y
+
+
+class FrameCBlock(nn.Module):
+    """A (folded) local block on frame-batched maps."""
+
+    def __init__(self, blk: CBlock):
+        super().__init__()
+        self.pos_embed, self.attn = Conv3dAs2d(blk.pos_embed), Conv3dAs2d(blk.attn)
+        self.pos_embed_residual = blk.pos_embed_residual
+        self.conv1, self.conv2 = Conv3dAs2d(blk.conv1), Conv3dAs2d(blk.conv2)
+        self.fc1, self.act, self.fc2 = Conv3dAs2d(blk.mlp.fc1), blk.mlp.act, Conv3dAs2d(blk.mlp.fc2)
+        self.norm1, self.norm2 = (n.for_frames() if isinstance(n, ChannelAffine) else n
+                                  for n in (blk.norm1, blk.norm2))
+
+    def forward(self, x: Tensor, batch: int) -> Tensor:
+        pe = self.pos_embed(x, batch)
+        x = x + pe if self.pos_embed_residual else pe
+        x = x + self.conv2(self.attn(self.conv1(self.norm1(x), batch), batch), batch)
+        return x + self.fc2(self.act(self.fc1(self.norm2(x), batch)), batch)
+
+
+class FrameEmbed(nn.Module):
+    """A (folded) `PatchEmbed` (convolution, LayerNorm over channels) or `ConvStem`
+    (convolution, GELU, convolution) on frame-batched maps."""
+
+    def __init__(self, embed: nn.Module):
+        super().__init__()
+        if isinstance(embed, PatchEmbed):
+            self.convs, self.act, self.norm = nn.ModuleList([Conv3dAs2d(embed.proj)]), None, embed.norm
+        elif isinstance(embed, ConvStem):
+            self.convs = nn.ModuleList([Conv3dAs2d(embed.proj[0]), Conv3dAs2d(embed.proj[3])])
+            self.act, self.norm = embed.proj[2], None
         else:
-            y = self.taps[0](taps[0])
-            for conv, tap in zip(self.taps[1:], taps[1:]):
-                y = y + conv(tap)
-        return y.reshape(B, t_out, self.out_channels, y.shape[-2], y.shape[-1]).transpose(1, 2)
+            raise TypeError(f"no frame-batched form of {type(embed).__name__}")
+
+    def forward(self, x: Tensor, batch: int) -> Tensor:
+        x = self.convs[0](x, batch)
+        if self.act is not None:
+            x = self.convs[1](self.act(x), batch)
+        if self.norm is not None:
+            x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return x
+
+
+class FrameConvStages(nn.Module):
+    """Stem, stage 1, patch merging and stage 2 (convolutions only) on frame-batched maps
+    (B*T, C, H, W); takes and returns clips. With no 5-D tensor between two convolutions,
+    XNNPACK keeps the whole span in its channels-last layout instead of transposing around
+    every convolution (a quarter of the int8 UniFormer-S time went to such transposes)."""
+
+    def __init__(self, embed1: nn.Module, blocks1, embed2: nn.Module, blocks2):
+        super().__init__()
+        self.embed1, self.embed2 = FrameEmbed(embed1), FrameEmbed(embed2)
+        self.blocks1 = nn.ModuleList(FrameCBlock(b) for b in blocks1)
+        self.blocks2 = nn.ModuleList(FrameCBlock(b) for b in blocks2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch = x.shape[0]
+        x = self.embed1(_to_frames(x), batch)
+        for blk in self.blocks1:
+            x = blk(x, batch)
+        x = self.embed2(x, batch)
+        for blk in self.blocks2:
+            x = blk(x, batch)
+        return _from_frames(x, batch)
 
 
 class BatchedAttention(nn.Module):
@@ -211,14 +316,22 @@ def _drop_training_only(module: nn.Module):
             _drop_training_only(child)
 
 
-def _to_2d(module: nn.Module):
+def _to_2d(model: nn.Module):
+    # Stages 1-2 become one frame-batched module in place of `patch_embed1`; the model's own
+    # forward then passes through the emptied stage-1/2 slots unchanged.
+    model.patch_embed1 = FrameConvStages(model.patch_embed1, model.blocks1, model.patch_embed2, model.blocks2)
+    model.blocks1, model.patch_embed2, model.blocks2 = nn.ModuleList(), nn.Identity(), nn.ModuleList()
+    _replace_3d(model)
+
+
+def _replace_3d(module: nn.Module):
     for name, child in module.named_children():
         if isinstance(child, nn.Conv3d):
             setattr(module, name, Conv3dAs2d(child))
         elif isinstance(child, Attention):
             setattr(module, name, BatchedAttention(child))
-        else:
-            _to_2d(child)
+        elif not isinstance(child, FrameConvStages):
+            _replace_3d(child)
 
 
 def deploy(model: nn.Module, conv3d: str = "native", per_channel_safe: bool = False) -> nn.Module:
