@@ -5,8 +5,9 @@
 Every method sees the same calibration clips (class-stratified from the training split) and
 is scored on the same evaluation clips (the test split): our PT2E recipes (w8a8 with each
 observer, weight-only w8/w4, w4a8) and QAT, ONNX Runtime's `quantize_static` (QDQ,
-per-channel, MinMax and Entropy, after `quant_pre_process`) and torchao's stock X86 PT2E
-quantizer applied directly to the same deploy-form graph. Reports top-1/top-5 and the drop
+per-channel, MinMax and Entropy, after `quant_pre_process`), torchao's stock X86 PT2E
+quantizer applied directly to the same deploy-form graph, and the int8 ExecuTorch program
+(XNNPACK quantizer) run by the ExecuTorch runtime. Reports top-1/top-5 and the drop
 against the float model, logit SQNR, KL and top-1 agreement with it, and the time taken.
 Writes benchmarks/results/quantize_reference.{json,md}.
 """
@@ -23,6 +24,8 @@ import torch
 from common import REFERENCE_RECIPE, environment, reference_checkpoint, write_results
 from uniformer_edge.calibration import build_dataset, calibration_set
 from uniformer_edge.engine import agreement, collect_logits, topk_accuracy
+from uniformer_edge.export.executorch import (executorch_available, load_executorch, lower_executorch,
+                                              run_executorch, xnnpack_quantize)
 from uniformer_edge.export.onnx import export_onnx, ort_quantize_static, ort_session, run_onnx
 from uniformer_edge.models import create_model, deploy
 from uniformer_edge.models.uniformer import EvoSABlock
@@ -126,6 +129,21 @@ def main():
             record(f"ORT quantize_static QDQ per-channel ({method})",
                    collect_logits(lambda x: run_onnx(session, x), eval_set, batch_size=32, desc="ORT")[0],
                    seconds, "peer")
+
+        # The suite's fastest int8 path: the XNNPACK-quantized ExecuTorch program, run by its runtime.
+        unavailable = executorch_available()
+        if unavailable:
+            print(f"ExecuTorch row skipped: {unavailable}", flush=True)
+        else:
+            started = time.time()
+            pte = Path(tmp) / "int8.pte"
+            lower_executorch(xnnpack_quantize(model, example, calib), example, pte)
+            method = load_executorch(pte)
+            seconds = time.time() - started
+            record("ExecuTorch XNNPACK int8 (.pte, depthwise fp32)",
+                   collect_logits(lambda x: run_executorch(method, x), eval_set, batch_size=32,
+                                  desc="ExecuTorch")[0], seconds, "ours",
+                   "the suite's fastest int8 path, run by the ExecuTorch runtime")
 
     qat_info = None
     if not args.skip_qat:

@@ -258,7 +258,8 @@ class FrameConvStages(nn.Module):
     """Stem, stage 1, patch merging and stage 2 (convolutions only) on frame-batched maps
     (B*T, C, H, W); takes and returns clips. With no 5-D tensor between two convolutions,
     XNNPACK keeps the whole span in its channels-last layout instead of transposing around
-    every convolution (a quarter of the int8 UniFormer-S time went to such transposes)."""
+    every convolution (transposes, layout conversions and slices took a quarter of the int8
+    UniFormer-S time before)."""
 
     def __init__(self, embed1: nn.Module, blocks1, embed2: nn.Module, blocks2):
         super().__init__()
