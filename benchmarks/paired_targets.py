@@ -1,0 +1,88 @@
+"""The UniFormer-S 8x224 speed targets measured in interleaved rounds.
+
+    python benchmarks/paired_targets.py [--rounds 30] [--threads 2]
+
+The suite times each artifact in its own block of runs, so a shift in machine speed between
+blocks moves the ratios (two eager fp32 baselines of one model in one suite run have differed
+by up to a fifth). Here every round runs torch eager fp32 (the deploy form), the int8
+ExecuTorch program and both ORT `quantize_static` outputs back to back on the same clip,
+and the targets are read from the per-round ratios. Reuses the exports of
+`export_models.py` / `run_suite.py`. Writes benchmarks/results/paired_targets.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from tqdm import tqdm
+
+from common import EXPORTS, environment, write_results
+from uniformer_edge.export.executorch import load_executorch
+from uniformer_edge.export.onnx import ort_session, run_onnx
+from uniformer_edge.models import create_model, deploy
+
+CANDIDATES = {"ExecuTorch int8": "s-executorch/uniformer-s-8x224-int8.pte",
+              "ORT quantize_static MinMax": "s-onnx/uniformer-s-8x224-int8-ort.onnx",
+              "ORT quantize_static Entropy": "s-onnx/uniformer-s-8x224-int8-ort-entropy.onnx"}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = p.parse_args()
+    missing = [str(EXPORTS / rel) for rel in CANDIDATES.values() if not (EXPORTS / rel).is_file()]
+    if missing:
+        raise SystemExit(f"missing exports {missing}: run `python benchmarks/export_models.py --variants s` first")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    eager = deploy(create_model("s", num_classes=400).eval())
+    method = load_executorch(EXPORTS / CANDIDATES["ExecuTorch int8"])
+    runners = {"torch eager fp32": eager, "ExecuTorch int8": lambda x: method.execute((x,))[0]}
+    for name in ("ORT quantize_static MinMax", "ORT quantize_static Entropy"):
+        session = ort_session(EXPORTS / CANDIDATES[name], args.threads)
+        runners[name] = lambda x, s=session: run_onnx(s, x)
+    clip = torch.randn(1, 3, 8, 224, 224)
+    times = {name: [] for name in runners}
+    with torch.no_grad():
+        for fn in runners.values():  # warm-up
+            fn(clip)
+        for _ in tqdm(range(args.rounds), desc="rounds", unit="round"):
+            for name, fn in runners.items():
+                started = time.perf_counter()
+                fn(clip)
+                times[name].append(1000 * (time.perf_counter() - started))
+
+    ours = times["ExecuTorch int8"]
+
+    def paired(name):
+        ratios = sorted(a / b for a, b in zip(times[name], ours))
+        return {"median": statistics.median(ratios), "p10": ratios[len(ratios) // 10],
+                "p90": ratios[(9 * len(ratios)) // 10]}
+
+    faster_ort = min(("ORT quantize_static MinMax", "ORT quantize_static Entropy"),
+                     key=lambda n: statistics.median(times[n]))
+    speedups = {"vs_torch_eager_fp32": paired("torch eager fp32"), "vs_faster_ort_quantize_static": paired(faster_ort)}
+    targets = {"at_least_2.5x_torch_eager_fp32": speedups["vs_torch_eager_fp32"]["median"] >= 2.5,
+               "at_least_1.5x_ort_quantize_static": speedups["vs_faster_ort_quantize_static"]["median"] >= 1.5}
+    result = {"rounds": args.rounds, "threads": args.threads, "median_ms": {n: statistics.median(t) for n, t in times.items()},
+              "faster_ort": faster_ort, "speedup_of_executorch_int8": speedups, "targets": targets,
+              "environment": environment()}
+    lines = ["# UniFormer-S 8x224 speed targets, interleaved rounds", "",
+             f"{args.rounds} rounds, each running every program once on the same clip ({environment()['processor']}, "
+             f"{args.threads} threads).", "", "| program | median ms |", "|---|---|"]
+    lines += [f"| {n} | {ms:.1f} |" for n, ms in result["median_ms"].items()]
+    lines += ["", "| ExecuTorch int8 speed-up | median of per-round ratios | p10 | p90 | target | verdict |",
+              "|---|---|---|---|---|---|"]
+    for (key, s), (target, ok), goal in zip(speedups.items(), targets.items(), (2.5, 1.5)):
+        against = "torch eager fp32" if key == "vs_torch_eager_fp32" else faster_ort
+        lines.append(f"| vs {against} | {s['median']:.2f}x | {s['p10']:.2f}x | {s['p90']:.2f}x | >= {goal}x | "
+                     f"{'met' if ok else 'NOT met'} |")
+    lines += ["", "Command: `python benchmarks/paired_targets.py`."]
+    write_results("paired_targets", result, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
