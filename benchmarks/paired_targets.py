@@ -27,6 +27,10 @@ CANDIDATES = {"ExecuTorch int8": "s-executorch/uniformer-s-8x224-int8.pte",
               "ORT quantize_static MinMax": "s-onnx/uniformer-s-8x224-int8-ort.onnx",
               "ORT quantize_static Entropy": "s-onnx/uniformer-s-8x224-int8-ort-entropy.onnx"}
 
+# speed-up key -> (target name, the minimum)
+GOALS = {"vs_torch_eager_fp32": ("at_least_2.5x_torch_eager_fp32", 2.5),
+         "vs_faster_ort_quantize_static": ("at_least_1.5x_ort_quantize_static", 1.5)}
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,23 +69,28 @@ def main():
     faster_ort = min(("ORT quantize_static MinMax", "ORT quantize_static Entropy"),
                      key=lambda n: statistics.median(times[n]))
     speedups = {"vs_torch_eager_fp32": paired("torch eager fp32"), "vs_faster_ort_quantize_static": paired(faster_ort)}
-    targets = {"at_least_2.5x_torch_eager_fp32": speedups["vs_torch_eager_fp32"]["median"] >= 2.5,
-               "at_least_1.5x_ort_quantize_static": speedups["vs_faster_ort_quantize_static"]["median"] >= 1.5}
+    targets = {target: speedups[key]["median"] >= goal for key, (target, goal) in GOALS.items()}
     result = {"rounds": args.rounds, "threads": args.threads, "median_ms": {n: statistics.median(t) for n, t in times.items()},
               "faster_ort": faster_ort, "speedup_of_executorch_int8": speedups, "targets": targets,
               "environment": environment()}
+    write_results("paired_targets", result, markdown(result))
+
+
+def markdown(result: dict) -> str:
     lines = ["# UniFormer-S 8x224 speed targets, interleaved rounds", "",
-             f"{args.rounds} rounds, each running every program once on the same clip ({environment()['processor']}, "
-             f"{args.threads} threads).", "", "| program | median ms |", "|---|---|"]
+             f"{result['rounds']} rounds, each running every program once on the same clip "
+             f"({result['environment']['processor']}, {result['threads']} threads).", "",
+             "| program | median ms |", "|---|---|"]
     lines += [f"| {n} | {ms:.1f} |" for n, ms in result["median_ms"].items()]
     lines += ["", "| ExecuTorch int8 speed-up | median of per-round ratios | p10 | p90 | target | verdict |",
               "|---|---|---|---|---|---|"]
-    for (key, s), (target, ok), goal in zip(speedups.items(), targets.items(), (2.5, 1.5)):
-        against = "torch eager fp32" if key == "vs_torch_eager_fp32" else faster_ort
+    for key, (target, goal) in GOALS.items():
+        s = result["speedup_of_executorch_int8"][key]
+        against = "torch eager fp32" if key == "vs_torch_eager_fp32" else result["faster_ort"]
         lines.append(f"| vs {against} | {s['median']:.2f}x | {s['p10']:.2f}x | {s['p90']:.2f}x | >= {goal}x | "
-                     f"{'met' if ok else 'NOT met'} |")
+                     f"{'met' if result['targets'][target] else 'NOT met'} |")
     lines += ["", "Command: `python benchmarks/paired_targets.py`."]
-    write_results("paired_targets", result, "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

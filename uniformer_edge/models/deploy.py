@@ -170,8 +170,7 @@ class Conv3dAs2d(nn.Module):
         has_bias = conv.bias is not None
         self.dense = conv.groups == 1
         self.per_frame = (kt, self.time_stride, self.time_pad) == (1, 1, 0)
-        self.pointwise = self.per_frame and conv.kernel_size == (1, 1, 1) and conv.stride == (1, 1, 1) \
-            and conv.padding == (0, 0, 0)
+        self.pointwise = conv.kernel_size == (1, 1, 1) and conv.stride == (1, 1, 1) and conv.padding == (0, 0, 0)
         if self.dense:
             # Input channels ordered tap-major: channel tau * C + c.
             fused = nn.Conv2d(conv.in_channels * kt, conv.out_channels, bias=has_bias, **spatial)
@@ -269,12 +268,11 @@ class FrameConvStages(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         batch = x.shape[0]
-        x = self.embed1(_to_frames(x), batch)
-        for blk in self.blocks1:
-            x = blk(x, batch)
-        x = self.embed2(x, batch)
-        for blk in self.blocks2:
-            x = blk(x, batch)
+        x = _to_frames(x)
+        for embed, blocks in ((self.embed1, self.blocks1), (self.embed2, self.blocks2)):
+            x = embed(x, batch)
+            for blk in blocks:
+                x = blk(x, batch)
         return _from_frames(x, batch)
 
 
