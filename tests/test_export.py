@@ -13,7 +13,7 @@ import torch
 
 from conftest import TINY, TINY_LIGHT
 from uniformer_edge.export import ExportJob, run_export, verify_manifest
-from uniformer_edge.export.onnx import kl_threshold, ort_session, run_onnx
+from uniformer_edge.export.onnx import entropy_histograms, export_onnx, kl_threshold, ort_session, run_onnx
 
 LIGHT = {k: v for k, v in TINY_LIGHT.items() if k != "num_classes"}
 PLAIN = {k: v for k, v in TINY.items() if k != "num_classes"}
@@ -140,6 +140,50 @@ def test_kl_threshold_equals_onnxruntime_entropy_search(shape):
     histogram = (hist, edges, data.min(), data.max())
     collector = HistogramCollector("entropy", False, 512, 128, 99.99, "same")
     assert kl_threshold(*histogram, num_quantized_bins=128) == collector.get_entropy_threshold(histogram, 128)
+
+
+def _bias_free_convolution_onnx(path):
+    model = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 3, padding=1, bias=False), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(), torch.nn.Linear(4, 5)).eval()
+    return export_onnx(model, path, torch.randn(1, 3, 4, 8, 8))
+
+
+def test_entropy_histograms_equal_onnxruntime_seeing_all_clips_at_once(tmp_path):
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    model = _bias_free_convolution_onnx(tmp_path / "m.onnx")
+    clips = [torch.randn(3, 4, 8, 8) * scale for scale in (0.5, 2.0, 1.0)]
+    ours = entropy_histograms(model, clips, tmp_path, num_bins=256)
+    calibrator = create_calibrator(model, augmented_model_path=str(tmp_path / "ort.onnx"),
+                                   calibrate_method=CalibrationMethod.Entropy, extra_options={"num_bins": 256})
+
+    class AllClips:
+        batches = iter([{"video": torch.stack(clips).numpy()}])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    calibrator.collect_data(AllClips())
+    theirs = calibrator.collector.histogram_dict
+    assert ours.keys() == theirs.keys() and len(ours) >= 4
+    for name, (hist, edges, low, high, threshold) in ours.items():
+        assert (hist == theirs[name][0]).all() and (edges == theirs[name][1]).all(), name
+        assert (low, high, threshold) == tuple(theirs[name][2:]), name
+
+
+def test_entropy_histograms_survive_a_range_that_grows_by_orders_of_magnitude(tmp_path):
+    """A tensor near zero on the first clip: ORT's one-clip-at-a-time merge keeps that clip's bin
+    width and would need ~1e30 bins for the second clip; ours keeps 2048 over the final range."""
+    model = _bias_free_convolution_onnx(tmp_path / "m.onnx")
+    clips = [torch.randn(3, 4, 8, 8) * 1e-30, torch.randn(3, 4, 8, 8)]
+    histograms = entropy_histograms(model, clips, tmp_path)
+    for name, (hist, edges, low, high, threshold) in histograms.items():
+        assert hist.size == 2048 and edges[0] == -threshold and edges[-1] == threshold, name
+        assert threshold == max(abs(low), abs(high)) > 0.1, name
+        low_kl, high_kl = kl_threshold(hist, edges, low, high)
+        assert low <= low_kl < high_kl <= high, name
+    assert histograms["video"][0].sum() == 2 * 3 * 4 * 8 * 8
 
 
 def test_coreml_compressed_and_w8a8(tmp_path):

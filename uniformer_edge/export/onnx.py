@@ -115,24 +115,58 @@ def _entropy_ranges(model: Path, clips: Iterable[Tensor], tmp: Path) -> Path:
     into 128 quantized bins leaves one candidate, the full range: the same ranges as MinMax."""
     import onnxruntime
     from onnxruntime.quantization import CalibrationMethod, quantize_static
-    from onnxruntime.quantization.calibrate import create_calibrator
 
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         raise ValueError(f"ONNX Runtime Entropy calibration needs onnxruntime>=1.32 (calibration caches); "
                          f"this is {onnxruntime.__version__}, whose Entropy ranges equal MinMax")
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
-    calibrator = create_calibrator(model, augmented_model_path=str(tmp / "augmented.onnx"),
-                                   calibrate_method=CalibrationMethod.Entropy,
-                                   extra_options={"num_bins": 2048, "num_quantized_bins": 128})
-    for clip in clips:  # one clip per call: the calibrator holds every intermediate output of a call
-        calibrator.collect_data(_CalibrationReader([(clip[None], None)]))
     # ORT's own threshold search (compute_data) is a Python loop per bin: 8-9 minutes on UniFormer-S.
     ranges = {name: (*kl_threshold(*histogram[:4], num_quantized_bins=128), *histogram[:2])
-              for name, histogram in calibrator.collector.histogram_dict.items()}
+              for name, histogram in entropy_histograms(model, list(clips), tmp).items()}
     cache = tmp / "entropy-ranges.json"
     save_tensors_data(TensorsData(CalibrationMethod.Entropy, ranges), cache)
     return cache
+
+
+def entropy_histograms(model: Path, clips: list[Tensor], tmp: Path, num_bins: int = 2048) -> dict[str, tuple]:
+    """Per-tensor histograms in the layout of ORT's Entropy collector, `(hist, edges, min, max,
+    threshold)`, over the symmetric range of the tensor's largest magnitude across all clips.
+
+    ORT's collector, fed one clip at a time, keeps the first clip's bin width and adds bins as
+    later clips widen the range: a tensor that is near zero on the first clip and not on a later
+    one asks numpy for billions of bins. Fixing the range in a first pass, as TensorRT's
+    calibrator does, gives the histogram ORT builds when it sees all clips in one call, one clip
+    in memory at a time."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    calibrator = create_calibrator(model, augmented_model_path=str(tmp / "augmented.onnx"),
+                                   calibrate_method=CalibrationMethod.Entropy)
+    session = calibrator.infer_session
+    names = [output.name for output in session.get_outputs()]
+    wanted = [i for i, name in enumerate(names) if name in calibrator.tensors_to_calibrate]
+
+    def outputs():
+        for clip in clips:
+            values = session.run(None, {"video": clip[None].numpy()})
+            yield {names[i]: values[i].ravel() for i in wanted}
+
+    lowest, highest = {}, {}
+    for values in outputs():
+        for name, value in values.items():
+            low, high = (np.nanmin(value), np.nanmax(value)) if value.size else (value.dtype.type(0),) * 2
+            lowest[name] = min(lowest.get(name, low), low)
+            highest[name] = max(highest.get(name, high), high)
+    thresholds = {name: np.array(max(abs(lowest[name]), abs(highest[name])), dtype=lowest[name].dtype)
+                  for name in lowest}
+    counts: dict[str, np.ndarray] = {}
+    edges: dict[str, np.ndarray] = {}
+    for values in outputs():
+        for name, value in values.items():
+            hist, edges[name] = np.histogram(value, num_bins, range=(-thresholds[name], thresholds[name]))
+            counts[name] = counts[name] + hist if name in counts else hist
+    return {name: (counts[name], edges[name], lowest[name], highest[name], thresholds[name]) for name in counts}
 
 
 def kl_threshold(hist: np.ndarray, edges: np.ndarray, lowest, highest, num_quantized_bins: int = 128):
