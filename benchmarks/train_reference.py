@@ -58,6 +58,9 @@ def main():
     lines += ["", "Classes come in pairs that are each other's time reversal, so a model that reads "
               "temporal order scores near 0% on reversed clips (it predicts the partner class) and at most "
               "about 50% on a single frame (it cannot tell the partners apart).", "",
+              "The same command and seed train a different model on another CPU type: its fp32 kernels "
+              "round differently, and three epochs amplify that. Compare accuracy across machines, not "
+              "checkpoints.", "",
               f"Command: `python benchmarks/train_reference.py` ({environment()['processor']}, "
               f"{environment()['threads']} threads, torch {torch.__version__})."]
     write_results("train_reference", data, "\n".join(lines) + "\n")
