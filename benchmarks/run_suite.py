@@ -112,6 +112,15 @@ def performance_targets(rows: list[dict], variant: str = "s") -> list[str]:
             against = "torch eager fp32" if key == "vs_torch_eager_fp32" else data["faster_ort"]
             lines.append(f"- vs {against}: {s['median']:.2f}x (per-round p10-p90 {s['p10']:.2f}-{s['p90']:.2f}x)")
         lines.append("")
+    profile = RESULTS / "profile_ops.json"
+    if profile.is_file():
+        data = json.loads(profile.read_text())
+        lines.append("Where the time goes ([profile_ops.md](results/profile_ops.md), per-op profiles), largest op kinds:")
+        for name, prof in data["profiles"].items():
+            largest = ", ".join(f"{kind} {100 * ms / prof['ms_per_run']:.0f}%"
+                                for kind, ms in list(prof["ops_ms_per_run"].items())[:3])
+            lines.append(f"- {name}: {largest}")
+        lines.append("")
     return lines
 
 
