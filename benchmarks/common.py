@@ -23,6 +23,15 @@ REFERENCE_RECIPE = dict(variant="xxs", frames=8, size=64, epochs=3, batch_size=8
                         num_train_clips=8800, num_val_clips=600, seed=0)
 
 
+def require_exports(relative_paths) -> list[Path]:
+    """The UniFormer-S exports a script reuses, under EXPORTS; exits naming the missing ones."""
+    paths = [EXPORTS / rel for rel in relative_paths]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise SystemExit(f"missing exports {missing}: run `python benchmarks/export_models.py --variants s` first")
+    return paths
+
+
 def reference_run_dir() -> Path:
     """Cache folder named after the recipe, so a changed recipe never reuses an old model."""
     import hashlib

@@ -18,7 +18,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import EXPORTS, environment, write_results
+from common import EXPORTS, environment, require_exports, write_results
 from uniformer_edge.export.executorch import load_executorch
 from uniformer_edge.export.onnx import ort_session, run_onnx
 from uniformer_edge.models import create_model, deploy
@@ -37,9 +37,7 @@ def main():
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_args()
-    missing = [str(EXPORTS / rel) for rel in CANDIDATES.values() if not (EXPORTS / rel).is_file()]
-    if missing:
-        raise SystemExit(f"missing exports {missing}: run `python benchmarks/export_models.py --variants s` first")
+    require_exports(CANDIDATES.values())
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     eager = deploy(create_model("s", num_classes=400).eval())

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from common import EXPORTS, environment, write_results
+from common import EXPORTS, environment, require_exports, write_results
+from uniformer_edge.export.onnx import ort_session
 
 PROGRAMS = {"ExecuTorch int8 (XNNPACK)": ("executorch", "s-executorch/uniformer-s-8x224-int8.pte"),
             "ORT int8 (ours, PT2E QDQ)": ("onnxruntime", "s-onnx/uniformer-s-8x224-int8.onnx"),
@@ -52,14 +53,7 @@ def profile_onnxruntime(path: Path, clip: torch.Tensor, runs: int, threads: int,
                         ) -> tuple[float, dict[str, float]]:
     """(median ms per run, {op type: ms per run}) from ONNX Runtime's profiler, warm-up run
     excluded: node kernel times whose start falls inside a profiled run."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.log_severity_level = 3
-    options.enable_profiling = True
-    options.profile_file_prefix = str(tmp / "ort")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort_session(path, threads, profile_prefix=tmp / "ort")
     feed = {"video": clip.numpy()}
     for _ in range(runs + 1):
         session.run(["logits"], feed)
@@ -81,9 +75,7 @@ def main():
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--top", type=int, default=15, help="op kinds listed per program in the markdown")
     args = p.parse_args()
-    missing = [str(EXPORTS / rel) for _, rel in PROGRAMS.values() if not (EXPORTS / rel).is_file()]
-    if missing:
-        raise SystemExit(f"missing exports {missing}: run `python benchmarks/export_models.py --variants s` first")
+    require_exports(rel for _, rel in PROGRAMS.values())
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     clip = torch.randn(1, 3, 8, 224, 224)

@@ -83,7 +83,10 @@ def _quiet_loggers(*names):
             lg.setLevel(level)
 
 
-def ort_session(path, threads: Optional[int] = None, providers: Optional[list[str]] = None):
+def ort_session(path, threads: Optional[int] = None, providers: Optional[list[str]] = None,
+                profile_prefix: Optional[Path] = None):
+    """An ONNX Runtime session; with `profile_prefix` it records every node's kernel time, written
+    to a JSON trace at that prefix by `session.end_profiling()`."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -91,6 +94,9 @@ def ort_session(path, threads: Optional[int] = None, providers: Optional[list[st
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
 
 
