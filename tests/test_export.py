@@ -3,6 +3,7 @@ ExecuTorch, Core ML spec inspection, manifest hashes, and the refusals."""
 from __future__ import annotations
 
 import json
+import operator
 import os
 import platform
 import subprocess
@@ -208,7 +209,29 @@ def test_executorch_fp32_and_int8_run_on_the_runtime(tmp_path):
     assert fp32["parity"]["vs_float"]["max_rel_err"] <= 1e-4 and "executorch" in fp32["parity"]["runtime"]
     assert int8["parity"]["vs_pytorch_quantized"]["cosine"] >= 0.999
     assert not any("conv3d" in op for op in fp32["census"])  # every 5-D convolution rewritten for XNNPACK
+    # XNNPACK runs everything but the final pooling over a 5-D map: two delegate calls, no
+    # portable LayerNorm, no portable slices of the input clip.
+    for art in (fp32, int8):
+        assert {op for op in art["census"] if op != "getitem"} == {"executorch_call_delegate", "aten.mean.dim"}
+        assert art["census"]["executorch_call_delegate"] == 2
     assert int8["size_bytes"] < 0.5 * fp32["size_bytes"]
+
+
+def test_layer_norm_as_xnnpack_ops_matches_layer_norm():
+    from uniformer_edge.export.executorch import LayerNormAsXnnpackOps
+
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(48, eps=1e-6)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    # a large common offset: a one-pass variance (E[x^2] - E[x]^2) would lose it in fp32
+    x = 100.0 + 0.1 * torch.randn(2, 50, 48)
+    with torch.no_grad():
+        assert (LayerNormAsXnnpackOps(norm)(x) - norm(x)).abs().max() < 1e-3
+        x = torch.randn(3, 7, 9, 48)
+        assert (LayerNormAsXnnpackOps(norm)(x) - norm(x)).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="last dimension"):
+        LayerNormAsXnnpackOps(torch.nn.LayerNorm((4, 48)))
 
 
 def test_xnnpack_quantization_keeps_depthwise_convolutions_float():
@@ -228,6 +251,11 @@ def test_xnnpack_quantization_keeps_depthwise_convolutions_float():
             kinds["depthwise" if depthwise else "other"].append(weight_is_int8)
     assert kinds["depthwise"] and not any(kinds["depthwise"])  # fp32: XNNPACK runs those faster
     assert kinds["other"] and all(kinds["other"])
+    # LayerNorms stay fp32: the products with their 1/C averaging vectors are not quantized
+    linear = [n.args[1] for n in converted.graph.nodes if n.target == torch.ops.aten.linear.default]
+    float_weights = [operator.attrgetter(w.target)(converted) for w in linear if w.op == "get_attr"]
+    assert float_weights and all(w.shape[0] == 1 for w in float_weights)  # the averaging vectors only
+    assert len(float_weights) == 2 * sum(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
     with torch.no_grad():
         expected = model(clips[:1])
         got = converted(clips[:1])

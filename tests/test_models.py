@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import TINY, TINY_LIGHT, randomize_batchnorm, rel_err
-from uniformer_edge.models import (Conv3dAs2d, UniFormer, UniFormerLight, create_model, deploy,
+from uniformer_edge.models import (Conv3dAs2d, TimeUnrolledConv, UniFormer, UniFormerLight, create_model, deploy,
                                    from_official_config, list_variants)
 
 FIXTURES = {"uniformer": "parity_uniformer_tiny.pt", "light": "parity_uniformer_light_tiny.pt"}
@@ -131,6 +131,39 @@ def test_conv3d_as_2d(kernel, stride, padding, groups, frames, batch):
         expected = conv(x)
         assert rel_err(Conv3dAs2d(conv)(x), expected) < 1e-5
         assert rel_err(Conv3dAs2d(conv)(frame_batched(x), batch), frame_batched(expected)) < 1e-5
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [
+    ((3, 4, 4), (2, 4, 4), (1, 0, 0)),   # UniFormer stem
+    ((3, 3, 3), (1, 2, 2), (1, 1, 1)),   # light stem, first convolution
+    ((1, 2, 2), (1, 2, 2), (0, 0, 0)),   # no temporal extent
+])
+@pytest.mark.parametrize("frames", [1, 5, 8])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_time_unrolled_conv(kernel, stride, padding, frames, batch):
+    torch.manual_seed(1)
+    conv = nn.Conv3d(3, 16, kernel, stride, padding)
+    x = torch.randn(batch, 3, frames, 20, 20)
+    with torch.no_grad():
+        expected = conv(x).transpose(1, 2).flatten(0, 1)  # frame-batched (B*T', C, H', W')
+        assert rel_err(TimeUnrolledConv(Conv3dAs2d(conv), frames)(x), expected) < 1e-5
+    with pytest.raises(ValueError, match="dense"):
+        TimeUnrolledConv(Conv3dAs2d(nn.Conv3d(4, 4, 3, groups=4)), frames)
+
+
+@pytest.mark.parametrize("case", list(DEPLOY_CASES))
+def test_deploy_with_fixed_frames_takes_clips_in_the_stem(case):
+    cls, kw = DEPLOY_CASES[case]
+    model = _tiny(cls, **kw)
+    x = torch.randn(2, 3, 8, 64, 64)
+    deployed = deploy(model, conv3d="2d", per_channel_safe=True, frames=8)
+    with torch.no_grad():
+        assert rel_err(deployed(x), model(x)) < 1e-4
+    assert isinstance(deployed.patch_embed1.embed1.convs[0], TimeUnrolledConv)
+    with pytest.raises(ValueError, match="clips of 8 frames, got 4"):
+        deployed(x[:, :, :4])
+    with pytest.raises(ValueError, match="frames=8 applies to conv3d='2d' only"):
+        deploy(model, frames=8)
 
 
 @pytest.mark.parametrize("variant", ["s", "xxs"])

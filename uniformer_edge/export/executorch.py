@@ -1,18 +1,20 @@
-"""ExecuTorch export: XNNPACK-delegated `.pte` programs, fp32 and int8, from the deploy form with
-`conv3d="2d"` (XNNPACK has no 5-D convolution), run with the ExecuTorch runtime for parity."""
+"""ExecuTorch export: XNNPACK-delegated `.pte` programs, fp32 and int8, from the XNNPACK form
+(`xnnpack_form`: the deploy form with `conv3d="2d"`, as XNNPACK has no 5-D convolution, and
+LayerNorms spelled in ops XNNPACK runs), run with the ExecuTorch runtime for parity."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._io import atomic_write
 from ..models import deploy
 
-__all__ = ["EXECUTORCH_PRECISIONS", "executorch_available", "lower_executorch", "xnnpack_quantize",
-           "load_executorch", "run_executorch"]
+__all__ = ["EXECUTORCH_PRECISIONS", "executorch_available", "LayerNormAsXnnpackOps", "xnnpack_form",
+           "lower_executorch", "xnnpack_quantize", "load_executorch", "run_executorch"]
 
 EXECUTORCH_PRECISIONS = ("fp32", "int8")
 
@@ -27,6 +29,46 @@ def executorch_available() -> Optional[str]:
     return None
 
 
+class LayerNormAsXnnpackOps(nn.Module):
+    """LayerNorm over the last dimension from operators XNNPACK runs. XNNPACK has no LayerNorm:
+    `native_layer_norm` stays on ExecuTorch's portable kernel (6.5% of the int8 UniFormer-S
+    time) and splits the delegated graph at each of its 26 instances. The means over channels
+    are products with a constant 1/C vector (XNNPACK's mean reduces only the spatial dims of
+    4-D maps); the centred two-pass variance keeps the LayerNorm's precision."""
+
+    def __init__(self, norm: nn.LayerNorm):
+        super().__init__()
+        if len(norm.normalized_shape) != 1 or not norm.elementwise_affine:
+            raise ValueError(f"only affine LayerNorms over the last dimension are rewritten, got {norm}")
+        channels = norm.normalized_shape[0]
+        self.eps = norm.eps
+        self.register_buffer("average", torch.full((1, channels), 1.0 / channels))
+        self.weight = nn.Parameter(norm.weight.detach().clone())
+        self.bias = nn.Parameter(norm.bias.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        centred = x - F.linear(x, self.average)
+        variance = F.linear(centred * centred, self.average)
+        return centred * torch.rsqrt(variance + self.eps) * self.weight + self.bias
+
+
+def _replace_layer_norms(module: nn.Module):
+    for name, child in module.named_children():
+        if isinstance(child, nn.LayerNorm):
+            setattr(module, name, LayerNormAsXnnpackOps(child))
+        else:
+            _replace_layer_norms(child)
+
+
+def xnnpack_form(model: nn.Module, frames: int, per_channel_safe: bool = False) -> nn.Module:
+    """The deploy form for clips of `frames` frames, `deploy(conv3d="2d", frames=frames)` with
+    every LayerNorm as `LayerNormAsXnnpackOps`: XNNPACK delegates all of UniFormer but its final
+    pooling (two delegate calls); the light models' token pruning stays on portable kernels."""
+    deployed = deploy(model, conv3d="2d", per_channel_safe=per_channel_safe, frames=frames)
+    _replace_layer_norms(deployed)
+    return deployed.requires_grad_(False)
+
+
 def _is_depthwise_conv(node) -> bool:
     args = node.args
     return node.target == torch.ops.aten.conv2d.default and len(args) > 6 and args[6] > 1 \
@@ -37,7 +79,8 @@ def _float_depthwise_quantizer():
     """ExecuTorch's XNNPACK quantizer (symmetric per-channel int8) with the depthwise
     convolutions, the sums of their temporal taps and whatever shares their quantization
     parameters left in fp32: on x86 XNNPACK's fp32 depthwise kernels take less than half the
-    time of its int8 ones (per-op profile of UniFormer-S 8x224), conversions included."""
+    time of its int8 ones (per-op profile of UniFormer-S 8x224), conversions included. The
+    LayerNorms stay fp32 too: their averaging products are not weight layers."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
@@ -64,16 +107,17 @@ def _float_depthwise_quantizer():
                     in_float.add(node)
             return model
 
-    return FloatDepthwiseQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    return (FloatDepthwiseQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+            .set_module_type(LayerNormAsXnnpackOps, None))
 
 
 def xnnpack_quantize(model: nn.Module, example: Tensor, batches: Iterable[tuple[Tensor, Tensor]]):
-    """int8 PT2E quantization of the 2-D deploy form for XNNPACK: symmetric per-channel
-    weights on the patterns XNNPACK runs in int8, depthwise convolutions in fp32 (see
+    """int8 PT2E quantization of the XNNPACK form: symmetric per-channel weights on the patterns
+    XNNPACK runs in int8, depthwise convolutions and LayerNorms in fp32 (see
     `_float_depthwise_quantizer`), calibrated clip by clip."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    deployed = deploy(model, conv3d="2d", per_channel_safe=True)
+    deployed = xnnpack_form(model, example.shape[2], per_channel_safe=True)
     prepared = prepare_pt2e(torch.export.export(deployed, (example[:1],)).module(), _float_depthwise_quantizer())
     seen = 0
     with torch.no_grad():
@@ -87,7 +131,7 @@ def xnnpack_quantize(model: nn.Module, example: Tensor, batches: Iterable[tuple[
 
 
 def lower_executorch(model: nn.Module, example: Tensor, path) -> dict[str, int]:
-    """Lower `model` (the 2-D deploy form, float or PT2E-converted) to an XNNPACK `.pte` at
+    """Lower `model` (the XNNPACK form, float or PT2E-converted) to an XNNPACK `.pte` at
     `path`; returns the op census of the lowered graph (delegate calls and any ops left on
     ExecuTorch's portable kernels)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner

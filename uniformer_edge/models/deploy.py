@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .uniformer import Attention, CBlock, ConvStem, DropPath, PatchEmbed, SABlock
 
-__all__ = ["deploy", "Conv3dAs2d", "BatchedAttention", "ChannelAffine", "FrameConvStages"]
+__all__ = ["deploy", "Conv3dAs2d", "TimeUnrolledConv", "BatchedAttention", "ChannelAffine", "FrameConvStages"]
 
 CONV3D_MODES = ("native", "2d")
 
@@ -211,6 +211,46 @@ class Conv3dAs2d(nn.Module):
         return y
 
 
+class TimeUnrolledConv(nn.Module):
+    """A dense Conv3d on clips of a known frame count as one Conv2d over (B, C*T, H, W), which
+    is the clip's own memory, with one block of output channels per output frame; returns
+    frame-batched maps (B*T_out, O, H', W'). For the stem, whose few input channels make the
+    zero-filled kernel cheap (T/kt times the multiply-adds), this replaces the transpose of
+    the input clip to frames, the temporal padding and the strided tap slices, which XNNPACK
+    does not run (about 4 of the 5.7 ms of the int8 UniFormer-S stem, per-op profile)."""
+
+    def __init__(self, conv: Conv3dAs2d, frames: int):
+        super().__init__()
+        if not conv.dense:
+            raise ValueError("TimeUnrolledConv unrolls dense convolutions only")
+        fused = conv.taps[0]
+        kt, st, pt = conv.time_kernel, conv.time_stride, conv.time_pad
+        out_ch, in_ch = conv.out_channels, fused.in_channels // kt
+        self.frames_out = (frames + 2 * pt - kt) // st + 1
+        if self.frames_out < 1:
+            raise ValueError(f"{frames} frames are fewer than the temporal kernel ({kt}) needs")
+        self.frames, self.out_channels = frames, out_ch
+        self.conv = nn.Conv2d(in_ch * frames, self.frames_out * out_ch, fused.kernel_size, fused.stride,
+                              fused.padding, bias=fused.bias is not None)
+        taps = fused.weight.detach().reshape(out_ch, kt, in_ch, *fused.kernel_size)
+        with torch.no_grad():
+            weight = self.conv.weight.zero_().reshape(self.frames_out, out_ch, in_ch, frames, *fused.kernel_size)
+            for t in range(self.frames_out):
+                for tau in range(kt):
+                    source = t * st + tau - pt
+                    if 0 <= source < frames:  # taps on padding frames stay zero
+                        weight[t, :, :, source] = taps[:, tau]
+            if fused.bias is not None:
+                self.conv.bias.copy_(fused.bias.detach().repeat(self.frames_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, T, H, W = x.shape
+        if T != self.frames:
+            raise ValueError(f"this deploy form takes clips of {self.frames} frames, got {T}")
+        y = self.conv(x.reshape(B, C * T, H, W))
+        return y.reshape(B * self.frames_out, self.out_channels, *y.shape[-2:])
+
+
 class FrameCBlock(nn.Module):
     """A (folded) local block on frame-batched maps."""
 
@@ -232,9 +272,10 @@ class FrameCBlock(nn.Module):
 
 class FrameEmbed(nn.Module):
     """A (folded) `PatchEmbed` (convolution, LayerNorm over channels) or `ConvStem`
-    (convolution, GELU, convolution) on frame-batched maps."""
+    (convolution, GELU, convolution) on frame-batched maps. With `frames` given, the first
+    convolution is a `TimeUnrolledConv` and the module takes clips instead."""
 
-    def __init__(self, embed: nn.Module):
+    def __init__(self, embed: nn.Module, frames: Optional[int] = None):
         super().__init__()
         if isinstance(embed, PatchEmbed):
             self.convs, self.act, self.norm = nn.ModuleList([Conv3dAs2d(embed.proj)]), None, embed.norm
@@ -243,9 +284,12 @@ class FrameEmbed(nn.Module):
             self.act, self.norm = embed.proj[2], None
         else:
             raise TypeError(f"no frame-batched form of {type(embed).__name__}")
+        self.takes_clips = frames is not None
+        if self.takes_clips:
+            self.convs[0] = TimeUnrolledConv(self.convs[0], frames)
 
     def forward(self, x: Tensor, batch: int) -> Tensor:
-        x = self.convs[0](x, batch)
+        x = self.convs[0](x) if self.takes_clips else self.convs[0](x, batch)
         if self.act is not None:
             x = self.convs[1](self.act(x), batch)
         if self.norm is not None:
@@ -258,17 +302,19 @@ class FrameConvStages(nn.Module):
     (B*T, C, H, W); takes and returns clips. With no 5-D tensor between two convolutions,
     XNNPACK keeps the whole span in its channels-last layout instead of transposing around
     every convolution (transposes, layout conversions and slices took a quarter of the int8
-    UniFormer-S time before)."""
+    UniFormer-S time before). With `frames` given, the stem takes the clips as they come
+    (`TimeUnrolledConv`)."""
 
-    def __init__(self, embed1: nn.Module, blocks1, embed2: nn.Module, blocks2):
+    def __init__(self, embed1: nn.Module, blocks1, embed2: nn.Module, blocks2, frames: Optional[int] = None):
         super().__init__()
-        self.embed1, self.embed2 = FrameEmbed(embed1), FrameEmbed(embed2)
+        self.embed1, self.embed2 = FrameEmbed(embed1, frames), FrameEmbed(embed2)
         self.blocks1 = nn.ModuleList(FrameCBlock(b) for b in blocks1)
         self.blocks2 = nn.ModuleList(FrameCBlock(b) for b in blocks2)
 
     def forward(self, x: Tensor) -> Tensor:
         batch = x.shape[0]
-        x = _to_frames(x)
+        if not self.embed1.takes_clips:
+            x = _to_frames(x)
         for embed, blocks in ((self.embed1, self.blocks1), (self.embed2, self.blocks2)):
             x = embed(x, batch)
             for blk in blocks:
@@ -315,10 +361,11 @@ def _drop_training_only(module: nn.Module):
             _drop_training_only(child)
 
 
-def _to_2d(model: nn.Module):
+def _to_2d(model: nn.Module, frames: Optional[int]):
     # Stages 1-2 become one frame-batched module in place of `patch_embed1`; the model's own
     # forward then passes through the emptied stage-1/2 slots unchanged.
-    model.patch_embed1 = FrameConvStages(model.patch_embed1, model.blocks1, model.patch_embed2, model.blocks2)
+    model.patch_embed1 = FrameConvStages(model.patch_embed1, model.blocks1, model.patch_embed2, model.blocks2,
+                                         frames)
     model.blocks1, model.patch_embed2, model.blocks2 = nn.ModuleList(), nn.Identity(), nn.ModuleList()
     _replace_3d(model)
 
@@ -333,9 +380,13 @@ def _replace_3d(module: nn.Module):
             _replace_3d(child)
 
 
-def deploy(model: nn.Module, conv3d: str = "native", per_channel_safe: bool = False) -> nn.Module:
+def deploy(model: nn.Module, conv3d: str = "native", per_channel_safe: bool = False,
+           frames: Optional[int] = None) -> nn.Module:
     """Return an inference-only copy of a UniFormer / UniFormerLight with eval-time affines
     folded (see module docstring). The input model is left untouched.
+
+    `frames` (with `conv3d="2d"` only) fixes the clips' frame count, which lets the stem take
+    the clips without a transpose (`TimeUnrolledConv`); the copy then runs on that count only.
 
     `per_channel_safe` keeps only the folds that scale whole output channels (BatchNorm into
     the preceding convolution, LayerScale). The others scale input channels or add 1 to one
@@ -343,6 +394,8 @@ def deploy(model: nn.Module, conv3d: str = "native", per_channel_safe: bool = Fa
     costs int8 precision; quantized graphs use this form."""
     if conv3d not in CONV3D_MODES:
         raise ValueError(f"conv3d must be one of {CONV3D_MODES}, got {conv3d!r}")
+    if frames is not None and conv3d != "2d":
+        raise ValueError(f"frames={frames} applies to conv3d='2d' only, got conv3d={conv3d!r}")
     out = copy.deepcopy(model).eval()
     for module in list(out.modules()):
         if isinstance(module, (CBlock, SABlock)):
@@ -359,6 +412,6 @@ def deploy(model: nn.Module, conv3d: str = "native", per_channel_safe: bool = Fa
     if hasattr(out, "head_cls"):  # train-only class-token head of the light models
         out.norm_cls, out.head_cls = nn.Identity(), nn.Identity()
     if conv3d == "2d":
-        _to_2d(out)
+        _to_2d(out, frames)
     out.requires_grad_(False)
     return out
