@@ -1,6 +1,7 @@
 """Quantization accuracy on the synthetic reference model, beside the peers, in one run.
 
     python benchmarks/quantize_reference.py [--num-calib 32] [--num-eval 1200] [--skip-qat]
+    python benchmarks/quantize_reference.py --executorch-only   # rescore the .pte row alone
 
 Every method sees the same calibration clips (class-stratified from the training split) and
 is scored on the same evaluation clips (the test split): our PT2E recipes (w8a8 with each
@@ -9,19 +10,22 @@ per-channel, MinMax and Entropy, after `quant_pre_process`), torchao's stock X86
 quantizer applied directly to the same deploy-form graph, and the int8 ExecuTorch program
 (XNNPACK quantizer) run by the ExecuTorch runtime. Reports top-1/top-5 and the drop
 against the float model, logit SQNR, KL and top-1 agreement with it, and the time taken.
-Writes benchmarks/results/quantize_reference.{json,md}.
+Writes benchmarks/results/quantize_reference.{json,md}. `--executorch-only` reruns the
+ExecuTorch row (after a change to the XNNPACK form) and keeps every other row, the QAT and the
+pruning figures of the committed result.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from common import REFERENCE_RECIPE, environment, reference_checkpoint, write_results
+from common import REFERENCE_RECIPE, RESULTS, environment, reference_checkpoint, write_results
 from uniformer_edge.calibration import build_dataset, calibration_set
 from uniformer_edge.engine import agreement, collect_logits, topk_accuracy
 from uniformer_edge.export.executorch import (executorch_available, load_executorch, lower_executorch,
@@ -81,6 +85,8 @@ def main():
     p.add_argument("--qat-clips", type=int, default=1024)
     p.add_argument("--qat-lr", type=float, default=1e-4)
     p.add_argument("--skip-qat", action="store_true")
+    p.add_argument("--executorch-only", action="store_true",
+                   help="rescore only the ExecuTorch row; keep the rest of results/quantize_reference.json")
     args = p.parse_args()
     torch.manual_seed(0)
     ckpt = reference_checkpoint()
@@ -107,29 +113,37 @@ def main():
               f"SQNR {r['sqnr_db']:5.1f} dB  agree {100 * r['top1_agreement']:.1f}%  {seconds:.0f} s", flush=True)
 
     record("float (fp32)", float_logits, 0.0, "float")
-    for recipe, observer in (("w8a8", "minmax"), ("w8a8", "percentile"), ("w8a8", "mse"),
-                             ("w8a8", "moving_average"), ("w8", "minmax"), ("w4a8", "minmax"), ("w4", "minmax")):
-        started = time.time()
-        program, _ = quantize_ptq(model, calib, QuantConfig(recipe=recipe, observer=observer), example,
-                                  progress=False)
-        name = f"ours PTQ {recipe}" + (f" ({observer})" if recipe.endswith("a8") else "")
-        record(name, run_torch(program.module())[0], time.time() - started, "ours")
+    if args.executorch_only:
+        previous = json.loads((RESULTS / "quantize_reference.json").read_text())
+        if previous["evaluation_clips"] != len(labels) or previous["calibration_clips"] != calib.num_clips:
+            raise SystemExit("--executorch-only needs the clip counts of the committed result "
+                             f"({previous['calibration_clips']} calibration, {previous['evaluation_clips']} evaluation)")
+        rows.update({name: row for name, row in previous["rows"].items() if name not in rows})
+    else:
+        for recipe, observer in (("w8a8", "minmax"), ("w8a8", "percentile"), ("w8a8", "mse"),
+                                 ("w8a8", "moving_average"), ("w8", "minmax"), ("w4a8", "minmax"), ("w4", "minmax")):
+            started = time.time()
+            program, _ = quantize_ptq(model, calib, QuantConfig(recipe=recipe, observer=observer), example,
+                                      progress=False)
+            name = f"ours PTQ {recipe}" + (f" ({observer})" if recipe.endswith("a8") else "")
+            record(name, run_torch(program.module())[0], time.time() - started, "ours")
 
-    started = time.time()
-    x86 = torchao_x86(model, calib, example)
-    record("torchao X86InductorQuantizer (default)", run_torch(x86)[0], time.time() - started, "peer")
+        started = time.time()
+        x86 = torchao_x86(model, calib, example)
+        record("torchao X86InductorQuantizer (default)", run_torch(x86)[0], time.time() - started, "peer")
+
+        with tempfile.TemporaryDirectory() as tmp:
+            float_onnx = export_onnx(deploy(model, per_channel_safe=True), Path(tmp) / "float.onnx", example)
+            for method in ("minmax", "entropy"):
+                started = time.time()
+                path = ort_quantize_static(float_onnx, Path(tmp) / f"{method}.onnx", calib, method)
+                session = ort_session(path)
+                seconds = time.time() - started
+                record(f"ORT quantize_static QDQ per-channel ({method})",
+                       collect_logits(lambda x: run_onnx(session, x), eval_set, batch_size=32, desc="ORT")[0],
+                       seconds, "peer")
 
     with tempfile.TemporaryDirectory() as tmp:
-        float_onnx = export_onnx(deploy(model, per_channel_safe=True), Path(tmp) / "float.onnx", example)
-        for method in ("minmax", "entropy"):
-            started = time.time()
-            path = ort_quantize_static(float_onnx, Path(tmp) / f"{method}.onnx", calib, method)
-            session = ort_session(path)
-            seconds = time.time() - started
-            record(f"ORT quantize_static QDQ per-channel ({method})",
-                   collect_logits(lambda x: run_onnx(session, x), eval_set, batch_size=32, desc="ORT")[0],
-                   seconds, "peer")
-
         # The suite's fastest int8 path: the XNNPACK-quantized ExecuTorch program, run by its runtime.
         unavailable = executorch_available()
         if unavailable:
@@ -145,42 +159,45 @@ def main():
                                   desc="ExecuTorch")[0], seconds, "ours",
                    "the suite's fastest int8 path, run by the ExecuTorch runtime")
 
-    qat_info = None
-    if not args.skip_qat:
-        # QAT at the lowest bit width where PTQ loses more than a point.
-        lossy = [n for n in ("ours PTQ w4a8 (minmax)", "ours PTQ w4") if rows[n]["drop_points"] > 1.0]
-        recipe = "w4a8" if "ours PTQ w4a8 (minmax)" in lossy else ("w4" if lossy else "w4a8")
-        with tempfile.TemporaryDirectory() as tmp:
-            job = QuantizeJob(variant=R["variant"], config=QuantConfig(recipe=recipe, qat=True), method="qat",
-                              checkpoint=str(ckpt), train_data="synthetic", frames=R["frames"], size=R["size"],
-                              num_calib=args.num_calib, qat_epochs=args.qat_epochs, qat_clips=args.qat_clips,
-                              qat_lr=args.qat_lr, out=str(Path(tmp) / "qat"))
-            started = time.time()
-            program, _, info = run_qat(model, calib, job, example)
-            qat_info = info["qat"]
-            record(f"ours QAT {recipe}", run_torch(program.module())[0], time.time() - started, "ours",
-                   f"{args.qat_epochs} epochs x {args.qat_clips} clips, lr {args.qat_lr}, distillation")
-        ptq_drop = rows[f"ours PTQ {recipe}" + (" (minmax)" if recipe == "w4a8" else "")]["drop_points"]
-        qat_info["ptq_drop_points"] = ptq_drop
-        qat_info["recovered_fraction"] = (ptq_drop - rows[f"ours QAT {recipe}"]["drop_points"]) / ptq_drop \
-            if ptq_drop > 0 else None
+    if args.executorch_only:
+        qat_info, sensitivity = previous["qat"], previous["pruning_sensitivity"]
+    else:
+        qat_info = None
+        if not args.skip_qat:
+            # QAT at the lowest bit width where PTQ loses more than a point.
+            lossy = [n for n in ("ours PTQ w4a8 (minmax)", "ours PTQ w4") if rows[n]["drop_points"] > 1.0]
+            recipe = "w4a8" if "ours PTQ w4a8 (minmax)" in lossy else ("w4" if lossy else "w4a8")
+            with tempfile.TemporaryDirectory() as tmp:
+                job = QuantizeJob(variant=R["variant"], config=QuantConfig(recipe=recipe, qat=True), method="qat",
+                                  checkpoint=str(ckpt), train_data="synthetic", frames=R["frames"], size=R["size"],
+                                  num_calib=args.num_calib, qat_epochs=args.qat_epochs, qat_clips=args.qat_clips,
+                                  qat_lr=args.qat_lr, out=str(Path(tmp) / "qat"))
+                started = time.time()
+                program, _, info = run_qat(model, calib, job, example)
+                qat_info = info["qat"]
+                record(f"ours QAT {recipe}", run_torch(program.module())[0], time.time() - started, "ours",
+                       f"{args.qat_epochs} epochs x {args.qat_clips} clips, lr {args.qat_lr}, distillation")
+            ptq_drop = rows[f"ours PTQ {recipe}" + (" (minmax)" if recipe == "w4a8" else "")]["drop_points"]
+            qat_info["ptq_drop_points"] = ptq_drop
+            qat_info["recovered_fraction"] = (ptq_drop - rows[f"ours QAT {recipe}"]["drop_points"]) / ptq_drop \
+                if ptq_drop > 0 else None
 
-    # Token pruning is a discrete top-k choice: any perturbation that reorders tokens near the cut
-    # changes what later blocks see. Measure that sensitivity, and the same PTQ without pruning.
-    clips = torch.stack([eval_set[i][0] for i in range(min(96, len(eval_set)))])
-    unpruned = without_pruning(model)
-    sensitivity = {"clips": len(clips), "weight_noise_sqnr_db": {
-        f"{rel:g}": {"pruning": weight_noise_sqnr(model, clips, rel), "no_pruning": weight_noise_sqnr(unpruned, clips, rel)}
-        for rel in (1e-3, 4e-3)}}
-    with torch.no_grad():
-        unpruned_logits = collect_logits(unpruned, eval_set, batch_size=32, desc="no pruning")[0]
-    sensitivity["no_pruning_float_top1"] = topk_accuracy(unpruned_logits, labels, 1)
-    for recipe in ("w8a8", "w8"):
-        program, _ = quantize_ptq(unpruned, calib, QuantConfig(recipe=recipe), example, progress=False)
+        # Token pruning is a discrete top-k choice: any perturbation that reorders tokens near the cut
+        # changes what later blocks see. Measure that sensitivity, and the same PTQ without pruning.
+        clips = torch.stack([eval_set[i][0] for i in range(min(96, len(eval_set)))])
+        unpruned = without_pruning(model)
+        sensitivity = {"clips": len(clips), "weight_noise_sqnr_db": {
+            f"{rel:g}": {"pruning": weight_noise_sqnr(model, clips, rel), "no_pruning": weight_noise_sqnr(unpruned, clips, rel)}
+            for rel in (1e-3, 4e-3)}}
         with torch.no_grad():
-            q = collect_logits(program.module(), eval_set, batch_size=32, desc="no pruning, quantized")[0]
-        sensitivity[f"no_pruning_{recipe}"] = {"top1": topk_accuracy(q, labels, 1), **agreement(unpruned_logits, q)}
-    print(sensitivity, flush=True)
+            unpruned_logits = collect_logits(unpruned, eval_set, batch_size=32, desc="no pruning")[0]
+        sensitivity["no_pruning_float_top1"] = topk_accuracy(unpruned_logits, labels, 1)
+        for recipe in ("w8a8", "w8"):
+            program, _ = quantize_ptq(unpruned, calib, QuantConfig(recipe=recipe), example, progress=False)
+            with torch.no_grad():
+                q = collect_logits(program.module(), eval_set, batch_size=32, desc="no pruning, quantized")[0]
+            sensitivity[f"no_pruning_{recipe}"] = {"top1": topk_accuracy(q, labels, 1), **agreement(unpruned_logits, q)}
+        print(sensitivity, flush=True)
 
     ours = rows["ours PTQ w8a8 (minmax)"]
     best_peer = max((r for r in rows.values() if r["group"] == "peer"), key=lambda r: r["top1"])
@@ -190,7 +207,8 @@ def main():
         # The target applies at a bit width where PTQ loses more than a point; None: no recipe does.
         targets["qat_closes_half_of_ptq_drop"] = (qat_info["recovered_fraction"] >= 0.5
                                                   if qat_info["ptq_drop_points"] > 1.0 else None)
-    result = {"recipe": R, "checkpoint": str(ckpt), "calibration_clips": calib.num_clips,
+    result = {"recipe": R, "checkpoint": str(ckpt), "executorch_row_rescored_alone": args.executorch_only,
+              "calibration_clips": calib.num_clips,
               "evaluation_clips": len(labels), "rows": rows, "qat": qat_info, "pruning_sensitivity": sensitivity, "targets": targets,
               "environment": environment()}
     lines = ["# Quantization of the synthetic reference model, beside the peers", "",
@@ -226,6 +244,9 @@ def main():
               "products.", "",
               f"Command: `python benchmarks/quantize_reference.py` ({environment()['processor']}, "
               f"{environment()['threads']} threads, torch {torch.__version__})."]
+    if args.executorch_only:
+        lines[-1] += (" The ExecuTorch row was rescored alone afterwards, with `--executorch-only`, after a change "
+                      "to the XNNPACK form.")
     write_results("quantize_reference", result, "\n".join(lines) + "\n")
 
 

@@ -107,7 +107,8 @@ def performance_targets(rows: list[dict], variant: str = "s") -> list[str]:
     if paired.is_file():
         data = json.loads(paired.read_text())
         lines += [f"Interleaved check ([paired_targets.md](results/paired_targets.md), {data['rounds']} rounds of "
-                  "every program back to back, less sensitive to machine-speed drift than the blocks above):"]
+                  "every program back to back, each warmed once per round, less sensitive to machine-speed drift "
+                  "than the blocks above):"]
         for key, s in data["speedup_of_executorch_int8"].items():
             against = "torch eager fp32" if key == "vs_torch_eager_fp32" else data["faster_ort"]
             lines.append(f"- vs {against}: {s['median']:.2f}x (per-round p10-p90 {s['p10']:.2f}-{s['p90']:.2f}x)")
