@@ -93,7 +93,7 @@ def performance_targets(rows: list[dict], variant: str = "s") -> list[str]:
     median = lambda r: r["latency"]["median_ms"]  # noqa: E731
     best = min((r for r in timed if r["precision"] in OURS_INT8), key=median)
     ort = min((r for r in timed if r["precision"] in ORT_STATIC), key=median)
-    # The baseline of best's own group (see write_results_md): its ratio is stored in the row.
+    # The ratio stored in the row is to the baseline timed right after it.
     vs_eager, vs_ort = best["speedup_vs_torch_fp32"], median(ort) / median(best)
     eager_ms = median(best) * vs_eager
     verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
@@ -149,8 +149,9 @@ def write_results_md(report: dict, models, threads: int) -> None:
              f"Measured by `python benchmarks/run_suite.py` on {report['device']['cpu']} ({threads} threads). Speed "
              "rows use random weights (speed does not depend on them); QAT rows are speed-only (16 clips of "
              "fine-tuning on random weights), the accuracy of every method on the trained reference model is "
-             "in the last table. Each artifact's ratio is to torch eager fp32 of its own source model measured in "
-             "the same run (one baseline for the export folders, one for the quantize outputs).", "",
+             "in the last table. Each artifact's ratio is to torch eager fp32 of its own source model, timed again "
+             "right after the artifact's runs (the baseline rows show each group's first block: one for the "
+             "export folders, one for the quantize outputs).", "",
              f"Roofline here: fp32 matrix product {ceilings['fp32_gflops']:.0f} GFLOP/s, int8 "
              f"{ceilings['int8_gops']:.0f} GOP/s (`torch._int_mm`), both 2048^3.", ""]
     for variant in models:

@@ -44,6 +44,8 @@ def test_every_backend_measured_or_explained(report):
             lat = r["latency"]
             assert 0 < lat["min_ms"] <= lat["median_ms"] <= lat["p90_ms"] <= lat["p99_ms"] and lat["runs"] == 3
             assert r["peak_rss_bytes"] > 0 and r["size_bytes"] > 0 and r["speedup_vs_torch_fp32"] > 0
+            if r["format"] != "torch eager":  # each ratio uses the baseline timed right after its row
+                assert r["speedup_vs_torch_fp32"] == pytest.approx(r["torch_fp32_median_ms"] / lat["median_ms"])
     onnx = next(r for r in rows if r["backend"] == "onnxruntime")
     assert onnx["accuracy"]["vs_float"]["sqnr_db"] > 80  # fp32 export of the same random model
     quant = next(r for r in rows if r["format"] == "pt2")

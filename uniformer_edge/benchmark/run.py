@@ -161,7 +161,6 @@ def run_benchmark(job: BenchmarkJob, progress: bool = True) -> dict:
                    "accuracy": _accuracy(_logits(baseline.fn, clips, job.batch), labels, reference, has_labels)}
             row["peak_rss_bytes"] = _peak_rss_bytes()
             report["rows"].append(row)
-            base_ms = row["latency"]["median_ms"]
             row["speedup_vs_torch_fp32"] = 1.0
             model.to(device)
             bar.update(1)
@@ -186,8 +185,14 @@ def run_benchmark(job: BenchmarkJob, progress: bool = True) -> dict:
                     for runner in runners:
                         logits = _logits(runner.fn, clips, job.batch)
                         latency = _measure(runner, example, job.warmup, job.runs)
+                        peak_rss = _peak_rss_bytes()
+                        # The baseline is timed again right after each row: a machine whose speed
+                        # drifts over a long run (throttling, a busy neighbour) would otherwise skew
+                        # every ratio by the drift since the group's first baseline block.
+                        base_ms = _measure(baseline, example, 1, max(3, job.runs // 4))["median_ms"]
                         report["rows"].append({**common, "setting": runner.setting, "load_s": load_s,
-                                               "latency": latency, "peak_rss_bytes": _peak_rss_bytes(),
+                                               "latency": latency, "peak_rss_bytes": peak_rss,
+                                               "torch_fp32_median_ms": base_ms,
                                                "speedup_vs_torch_fp32": base_ms / latency["median_ms"],
                                                "accuracy": _accuracy(logits, labels, reference, has_labels)})
                     del runners
