@@ -56,11 +56,9 @@ def main():
     clip = build_dataset("synthetic", "test", frames=8, size=224, num_clips=1)[0][0][None].contiguous()
     times = {name: [] for name in runners}
     with torch.no_grad():
-        for fn in runners.values():  # warm-up
-            fn(clip)
         for _ in tqdm(range(args.rounds), desc="rounds", unit="round"):
             for name, fn in runners.items():
-                fn(clip)  # untimed: the previous program's allocations and worker threads settle first
+                fn(clip)  # untimed: warms the program up and lets the previous one's worker threads settle
                 runs = []
                 for _ in range(args.runs_per_round):
                     started = time.perf_counter()

@@ -88,6 +88,8 @@ def main():
     p.add_argument("--executorch-only", action="store_true",
                    help="rescore only the ExecuTorch row; keep the rest of results/quantize_reference.json")
     args = p.parse_args()
+    if args.executorch_only and executorch_available():  # else the committed row would be kept as if rescored
+        raise SystemExit(f"--executorch-only: {executorch_available()}")
     torch.manual_seed(0)
     ckpt = reference_checkpoint()
     model = create_model(R["variant"], num_classes=12, checkpoint=ckpt).eval()
