@@ -5,7 +5,8 @@
 Profiles the int8 ExecuTorch program (ETDump: every XNNPACK operator inside the delegate and
 every portable kernel outside it) and both int8 ONNX models, ours (PT2E QDQ) and ONNX
 Runtime's `quantize_static` MinMax output (ORT's session profiler: every node's kernel time),
-on the same random clip. Each op kind is reported in ms per run and as a share of the run;
+on the same clip of the synthetic test split (the clip the suite and the interleaved check
+time). Each op kind is reported in ms per run and as a share of the run;
 "outside any op" is the rest of the run (the runtime's own dispatch). Reuses the exports of
 `export_models.py` / `run_suite.py`. Writes benchmarks/results/profile_ops.{json,md}.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from common import EXPORTS, environment, require_exports, write_results
+from uniformer_edge.calibration import build_dataset
 from uniformer_edge.export.onnx import ort_session
 
 PROGRAMS = {"ExecuTorch int8 (XNNPACK)": ("executorch", "s-executorch/uniformer-s-8x224-int8.pte"),
@@ -77,8 +79,7 @@ def main():
     args = p.parse_args()
     require_exports(rel for _, rel in PROGRAMS.values())
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    clip = torch.randn(1, 3, 8, 224, 224)
+    clip = build_dataset("synthetic", "test", frames=8, size=224, num_clips=1)[0][0][None].contiguous()
     profiles = {}
     for name, (runtime, rel) in PROGRAMS.items():
         with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +98,7 @@ def main():
 def markdown(result: dict, top: int) -> str:
     env = result["environment"]
     lines = ["# Where the time goes: per-op profiles, UniFormer-S 8x224 int8", "",
-             f"{result['runs']} profiled runs after one warm-up, one random clip, {result['threads']} threads. "
+             f"{result['runs']} profiled runs after one warm-up, one synthetic test clip, {result['threads']} threads. "
              "Each op kind's time is the sum over its instances of their median per run. Profilers add "
              "their own overhead and this machine's speed drifts between runs, so read the shares; the "
              "suite and the interleaved check give the latencies.", ""]

@@ -230,6 +230,10 @@ def test_layer_norm_as_xnnpack_ops_matches_layer_norm():
         assert (LayerNormAsXnnpackOps(norm)(x) - norm(x)).abs().max() < 1e-3
         x = torch.randn(3, 7, 9, 48)
         assert (LayerNormAsXnnpackOps(norm)(x) - norm(x)).abs().max() < 1e-5
+        # channels-first maps (N, C, H, W), normalised over dim 1 without permuting
+        maps = 100.0 + 0.1 * torch.randn(2, 48, 5, 6)
+        expected = norm(maps.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        assert (LayerNormAsXnnpackOps(norm, channels_first=True)(maps) - expected).abs().max() < 1e-3
     with pytest.raises(ValueError, match="last dimension"):
         LayerNormAsXnnpackOps(torch.nn.LayerNorm((4, 48)))
 
@@ -244,18 +248,26 @@ def test_xnnpack_quantization_keeps_depthwise_convolutions_float():
     clips = torch.randn(2, 3, 8, 32, 32)
     converted = xnnpack_quantize(model, clips[:1], [(clips, None)])
     kinds = {"depthwise": [], "other": []}
+    averaging = []  # LayerNorms stay fp32: their products with 1/C vectors (linear or 1x1 conv) are not quantized
     for node in converted.graph.nodes:
+        if node.target not in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default):
+            continue
+        weight = node.args[1]
+        if weight.op == "get_attr":  # a float weight
+            w = operator.attrgetter(weight.target)(converted)
+            if w.shape[0] == 1 and torch.allclose(w, torch.full_like(w, 1.0 / w.numel())):
+                averaging.append(node)
+                continue
         if node.target == torch.ops.aten.conv2d.default:
-            depthwise = len(node.args) > 6 and node.args[6] == node.args[1].meta["val"].shape[0] > 1
-            weight_is_int8 = "dequantize" in str(node.args[1].target)
-            kinds["depthwise" if depthwise else "other"].append(weight_is_int8)
+            depthwise = len(node.args) > 6 and node.args[6] == weight.meta["val"].shape[0] > 1
+            kinds["depthwise" if depthwise else "other"].append("dequantize" in str(weight.target))
     assert kinds["depthwise"] and not any(kinds["depthwise"])  # fp32: XNNPACK runs those faster
     assert kinds["other"] and all(kinds["other"])
-    # LayerNorms stay fp32: the products with their 1/C averaging vectors are not quantized
-    linear = [n.args[1] for n in converted.graph.nodes if n.target == torch.ops.aten.linear.default]
-    float_weights = [operator.attrgetter(w.target)(converted) for w in linear if w.op == "get_attr"]
-    assert float_weights and all(w.shape[0] == 1 for w in float_weights)  # the averaging vectors only
-    assert len(float_weights) == 2 * sum(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+    assert len(averaging) == 2 * sum(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+    assert any(n.target == torch.ops.aten.conv2d.default for n in averaging)  # the patch embeddings' channel norms
+    # the runs of depthwise output frames are quantized before they are joined, so XNNPACK joins int8
+    cats = [n for n in converted.graph.nodes if n.target == torch.ops.aten.cat.default]
+    assert cats and all("dequantize" in str(a.target) for n in cats for a in n.args[0])
     with torch.no_grad():
         expected = model(clips[:1])
         got = converted(clips[:1])

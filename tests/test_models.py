@@ -116,6 +116,8 @@ def test_deploy_parity_and_form(case, conv3d):
     ((5, 5, 5), (1, 1, 1), (2, 2, 2), 8),   # depthwise local MHRA
     ((1, 2, 2), (1, 2, 2), (0, 0, 0), 1),   # patch merging
     ((3, 3, 3), (1, 1, 1), (1, 1, 1), 4),   # grouped, not depthwise
+    ((3, 3, 3), (2, 1, 1), (1, 1, 1), 8),   # depthwise, temporal stride 2
+    ((3, 3, 3), (1, 1, 1), (2, 1, 1), 8),   # depthwise, padding over half the kernel (padded form)
 ])
 @pytest.mark.parametrize("frames", [1, 5, 8])
 @pytest.mark.parametrize("batch", [1, 2])
@@ -131,6 +133,19 @@ def test_conv3d_as_2d(kernel, stride, padding, groups, frames, batch):
         expected = conv(x)
         assert rel_err(Conv3dAs2d(conv)(x), expected) < 1e-5
         assert rel_err(Conv3dAs2d(conv)(frame_batched(x), batch), frame_batched(expected)) < 1e-5
+
+
+def test_depthwise_conv3d_as_2d_skips_padding_taps():
+    torch.manual_seed(1)
+    conv = nn.Conv3d(8, 8, 5, padding=2, groups=8)
+    as_2d = Conv3dAs2d(conv)
+    frames_read = []
+    for tap in as_2d.taps:
+        tap.register_forward_hook(lambda module, args, out: frames_read.append(args[0].shape[0]))
+    x = torch.randn(2, 8, 4, 10, 10)
+    with torch.no_grad():
+        assert rel_err(as_2d(x), conv(x)) < 1e-5
+    assert sum(frames_read) == 2 * 14  # of 4 frames x 5 taps, 6 fall on temporal padding
 
 
 @pytest.mark.parametrize("kernel,stride,padding", [
@@ -191,8 +206,10 @@ def test_torch_export(variant):
     in_conv_stages = [n for n in nodes if any(path.startswith("patch_embed1")
                                               for path, _ in n.meta["nn_module_stack"].values())]
     five_d = [str(n.target) for n in in_conv_stages if n.meta["val"].ndim == 5]
-    # stem, 3 + 4 local blocks of 12 Conv2d each (3 + 5 depthwise taps, 4 pointwise), patch merging
-    assert sum("conv2d" in str(n.target) for n in in_conv_stages) == 1 + 3 * 12 + 1 + 4 * 12
+    # stem, 3 + 4 local blocks of 25 Conv2d each, patch merging. On 4 frames the depthwise taps
+    # that read real frames are 7 of 3 x 4 (3x3x3 position embedding) and 14 of 5 x 4 (5x5x5
+    # kernel); 4 pointwise.
+    assert sum("conv2d" in str(n.target) for n in in_conv_stages) == 1 + 3 * 25 + 1 + 4 * 25
     assert sorted(five_d) == ["aten.reshape.default", "aten.transpose.int", "aten.transpose.int"], five_d
 
 

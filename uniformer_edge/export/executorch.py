@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from .._io import atomic_write
 from ..models import deploy
+from ..models.deploy import FrameEmbed
 
 __all__ = ["EXECUTORCH_PRECISIONS", "executorch_available", "LayerNormAsXnnpackOps", "xnnpack_form",
            "lower_executorch", "xnnpack_quantize", "load_executorch", "run_executorch"]
@@ -34,27 +35,40 @@ class LayerNormAsXnnpackOps(nn.Module):
     `native_layer_norm` stays on ExecuTorch's portable kernel (6.5% of the int8 UniFormer-S
     time) and splits the delegated graph at each of its 26 instances. The means over channels
     are products with a constant 1/C vector (XNNPACK's mean reduces only the spatial dims of
-    4-D maps); the centred two-pass variance keeps the LayerNorm's precision."""
+    4-D maps); the centred two-pass variance keeps the LayerNorm's precision.
 
-    def __init__(self, norm: nn.LayerNorm):
+    With `channels_first=True` it normalises dim 1 of (N, C, H, W) maps instead, the means
+    being 1x1 convolutions, so XNNPACK keeps the maps channels-last. Permuting the channels
+    last and back around the norm left the maps channels-first for XNNPACK, which then
+    transposed every depthwise tap slice read from them (1.6 ms of transposes per UniFormer-S
+    run, in the two frame-batched patch embeddings)."""
+
+    def __init__(self, norm: nn.LayerNorm, channels_first: bool = False):
         super().__init__()
         if len(norm.normalized_shape) != 1 or not norm.elementwise_affine:
             raise ValueError(f"only affine LayerNorms over the last dimension are rewritten, got {norm}")
         channels = norm.normalized_shape[0]
-        self.eps = norm.eps
-        self.register_buffer("average", torch.full((1, channels), 1.0 / channels))
-        self.weight = nn.Parameter(norm.weight.detach().clone())
-        self.bias = nn.Parameter(norm.bias.detach().clone())
+        self.eps, self.channels_first = norm.eps, channels_first
+        # 4-D per-channel constants for channels-first maps: XNNPACK converts only 4-D operands
+        # of a channels-last op to its layout and would otherwise run the op channels-first.
+        shape = (1, channels, 1, 1) if channels_first else (channels,)
+        self.register_buffer("average", torch.full((1, channels, 1, 1) if channels_first else (1, channels),
+                                                   1.0 / channels))
+        self.weight = nn.Parameter(norm.weight.detach().clone().reshape(shape))
+        self.bias = nn.Parameter(norm.bias.detach().clone().reshape(shape))
 
     def forward(self, x: Tensor) -> Tensor:
-        centred = x - F.linear(x, self.average)
-        variance = F.linear(centred * centred, self.average)
+        mean = F.conv2d if self.channels_first else F.linear
+        centred = x - mean(x, self.average)
+        variance = mean(centred * centred, self.average)
         return centred * torch.rsqrt(variance + self.eps) * self.weight + self.bias
 
 
 def _replace_layer_norms(module: nn.Module):
     for name, child in module.named_children():
-        if isinstance(child, nn.LayerNorm):
+        if isinstance(child, FrameEmbed) and isinstance(child.norm, nn.LayerNorm):
+            child.norm = LayerNormAsXnnpackOps(child.norm, channels_first=True)
+        elif isinstance(child, nn.LayerNorm):
             setattr(module, name, LayerNormAsXnnpackOps(child))
         else:
             _replace_layer_norms(child)
@@ -100,6 +114,8 @@ def _float_depthwise_quantizer():
                     continue
                 annotation = node.meta.get("quantization_annotation")
                 specs = [] if annotation is None else [annotation.output_qspec, *annotation.input_qspec_map.values()]
+                if node.target == torch.ops.aten.cat.default:
+                    continue  # joins runs of depthwise output frames: quantizes them and joins int8
                 tap_sum = node.target == torch.ops.aten.add.Tensor and all(
                     a in in_float for a in node.args if isinstance(a, torch.fx.Node))
                 if _is_depthwise_conv(node) or tap_sum or any(shared_with(s) & in_float for s in specs):
