@@ -20,8 +20,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import EXPORTS, environment, require_exports, write_results
-from uniformer_edge.calibration import build_dataset
+from common import EXPORTS, environment, require_exports, synthetic_test_clip, write_results
 from uniformer_edge.export.executorch import load_executorch
 from uniformer_edge.export.onnx import ort_session, run_onnx
 from uniformer_edge.models import create_model, deploy
@@ -51,9 +50,7 @@ def main():
     for name in ("ORT quantize_static MinMax", "ORT quantize_static Entropy"):
         session = ort_session(EXPORTS / CANDIDATES[name], args.threads)
         runners[name] = lambda x, s=session: run_onnx(s, x)
-    # a clip of the synthetic test split, as the suite uses: the int8 program ran 5% slower and
-    # torch eager fp32 6% faster on it than on Gaussian noise (one interleaved check)
-    clip = build_dataset("synthetic", "test", frames=8, size=224, num_clips=1)[0][0][None].contiguous()
+    clip = synthetic_test_clip()
     times = {name: [] for name in runners}
     with torch.no_grad():
         for _ in tqdm(range(args.rounds), desc="rounds", unit="round"):

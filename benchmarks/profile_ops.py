@@ -20,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-from common import EXPORTS, environment, require_exports, write_results
-from uniformer_edge.calibration import build_dataset
+from common import EXPORTS, environment, require_exports, synthetic_test_clip, write_results
 from uniformer_edge.export.onnx import ort_session
 
 PROGRAMS = {"ExecuTorch int8 (XNNPACK)": ("executorch", "s-executorch/uniformer-s-8x224-int8.pte"),
@@ -79,7 +78,7 @@ def main():
     args = p.parse_args()
     require_exports(rel for _, rel in PROGRAMS.values())
     torch.set_num_threads(args.threads)
-    clip = build_dataset("synthetic", "test", frames=8, size=224, num_clips=1)[0][0][None].contiguous()
+    clip = synthetic_test_clip()
     profiles = {}
     for name, (runtime, rel) in PROGRAMS.items():
         with tempfile.TemporaryDirectory() as tmp:

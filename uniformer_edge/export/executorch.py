@@ -51,9 +51,9 @@ class LayerNormAsXnnpackOps(nn.Module):
         self.eps, self.channels_first = norm.eps, channels_first
         # 4-D per-channel constants for channels-first maps: XNNPACK converts only 4-D operands
         # of a channels-last op to its layout and would otherwise run the op channels-first.
+        # The same shape is the averaging 1x1 convolution's weight; a linear layer's is (1, C).
         shape = (1, channels, 1, 1) if channels_first else (channels,)
-        self.register_buffer("average", torch.full((1, channels, 1, 1) if channels_first else (1, channels),
-                                                   1.0 / channels))
+        self.register_buffer("average", torch.full(shape if channels_first else (1, channels), 1.0 / channels))
         self.weight = nn.Parameter(norm.weight.detach().clone().reshape(shape))
         self.bias = nn.Parameter(norm.bias.detach().clone().reshape(shape))
 
@@ -110,12 +110,11 @@ def _float_depthwise_quantizer():
             model = super().annotate(model)
             in_float = set()
             for node in model.graph.nodes:
-                if node.op != "call_function":
+                # a cat joins runs of depthwise output frames: it quantizes them and joins int8
+                if node.op != "call_function" or node.target == torch.ops.aten.cat.default:
                     continue
                 annotation = node.meta.get("quantization_annotation")
                 specs = [] if annotation is None else [annotation.output_qspec, *annotation.input_qspec_map.values()]
-                if node.target == torch.ops.aten.cat.default:
-                    continue  # joins runs of depthwise output frames: quantizes them and joins int8
                 tap_sum = node.target == torch.ops.aten.add.Tensor and all(
                     a in in_float for a in node.args if isinstance(a, torch.fx.Node))
                 if _is_depthwise_conv(node) or tap_sum or any(shared_with(s) & in_float for s in specs):

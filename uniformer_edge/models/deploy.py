@@ -211,29 +211,37 @@ class Conv3dAs2d(nn.Module):
             return _from_frames(self(_to_frames(x), B), B)
         if self.per_frame:
             return self.taps[0](x)
-        runs = None if self.dense else self._runs(x.shape[0] // batch)
+        frames = x.shape[0] // batch
+        runs = None if self.dense else self._runs(frames)
         if runs is not None:
             return self._sum_valid_taps(x, batch, runs)
         if self.time_pad:
             x = _time_pad(x, batch, self.time_pad)
-        kt, st = self.time_kernel, self.time_stride
-        t_out = (x.shape[0] // batch - kt) // st + 1
-        taps = [_time_slice(x, batch, tau, t_out, st) for tau in range(kt)]
+        t_out = self.frames_out(frames)
+        taps = [_time_slice(x, batch, tau, t_out, self.time_stride) for tau in range(self.time_kernel)]
         if self.dense:
-            return self.taps[0](taps[0] if kt == 1 else torch.cat(taps, dim=1))
+            return self.taps[0](taps[0] if self.time_kernel == 1 else torch.cat(taps, dim=1))
         y = self.taps[0](taps[0])
         for conv, tap in zip(self.taps[1:], taps[1:]):
             y = y + conv(tap)
         return y
 
+    def frames_out(self, frames: int) -> int:
+        return (frames + 2 * self.time_pad - self.time_kernel) // self.time_stride + 1
+
+    def real_taps(self, t: int, frames: int) -> list[tuple[int, int]]:
+        """(tap, input frame) of the taps of output frame `t` that read one of the `frames` input
+        frames rather than temporal padding."""
+        sources = ((tau, t * self.time_stride + tau - self.time_pad) for tau in range(self.time_kernel))
+        return [(tau, source) for tau, source in sources if 0 <= source < frames]
+
     def _runs(self, frames: int) -> Optional[list[tuple[int, int, list[int]]]]:
         """Runs of consecutive output frames that read the same taps, as (first output frame,
         count, taps); None when some output frame does not read the bias tap (padding over
         half the kernel), which the padded form handles."""
-        kt, st, pt = self.time_kernel, self.time_stride, self.time_pad
         runs: list[tuple[int, int, list[int]]] = []
-        for t in range((frames + 2 * pt - kt) // st + 1):
-            taps = [tau for tau in range(kt) if 0 <= t * st + tau - pt < frames]
+        for t in range(self.frames_out(frames)):
+            taps = [tau for tau, _ in self.real_taps(t, frames)]
             if self.bias_tap not in taps:
                 return None
             if runs and runs[-1][2] == taps:
@@ -243,12 +251,11 @@ class Conv3dAs2d(nn.Module):
         return runs
 
     def _sum_valid_taps(self, x: Tensor, batch: int, runs) -> Tensor:
-        frames, st, pt = x.shape[0] // batch, self.time_stride, self.time_pad
+        frames, st = x.shape[0] // batch, self.time_stride
         outputs = []
-        for first, count, taps in runs:
+        for first, count, _ in runs:
             y = None
-            for tau in taps:
-                start = first * st + tau - pt
+            for tau, start in self.real_taps(first, frames):  # the run's taps, as its first frame reads them
                 whole = start == 0 and count == frames and st == 1
                 term = self.taps[tau](x if whole else _time_slice(x, batch, start, count, st))
                 y = term if y is None else y + term
@@ -269,9 +276,9 @@ class TimeUnrolledConv(nn.Module):
         if not conv.dense:
             raise ValueError("TimeUnrolledConv unrolls dense convolutions only")
         fused = conv.taps[0]
-        kt, st, pt = conv.time_kernel, conv.time_stride, conv.time_pad
+        kt = conv.time_kernel
         out_ch, in_ch = conv.out_channels, fused.in_channels // kt
-        self.frames_out = (frames + 2 * pt - kt) // st + 1
+        self.frames_out = conv.frames_out(frames)
         if self.frames_out < 1:
             raise ValueError(f"{frames} frames are fewer than the temporal kernel ({kt}) needs")
         self.frames, self.out_channels = frames, out_ch
@@ -281,10 +288,8 @@ class TimeUnrolledConv(nn.Module):
         with torch.no_grad():
             weight = self.conv.weight.zero_().reshape(self.frames_out, out_ch, in_ch, frames, *fused.kernel_size)
             for t in range(self.frames_out):
-                for tau in range(kt):
-                    source = t * st + tau - pt
-                    if 0 <= source < frames:  # taps on padding frames stay zero
-                        weight[t, :, :, source] = taps[:, tau]
+                for tau, source in conv.real_taps(t, frames):  # taps on padding frames stay zero
+                    weight[t, :, :, source] = taps[:, tau]
             if fused.bias is not None:
                 self.conv.bias.copy_(fused.bias.detach().repeat(self.frames_out))
 
