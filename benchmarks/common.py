@@ -21,6 +21,8 @@ EXPORTS = CACHE / "exports"  # export_models.py writes <variant>-<format>/ here;
 REFERENCE_RECIPE = dict(variant="xxs", frames=8, size=64, epochs=3, batch_size=8, lr=8e-4, min_lr=1e-5,
                         weight_decay=0.05, warmup_epochs=0.2, label_smoothing=0.05, drop_path=0.0, layer_scale=0.1,
                         num_train_clips=8800, num_val_clips=600, seed=0)
+# Its row for the suite's fastest int8 path in results/quantize_reference.json.
+EXECUTORCH_ROW = "ExecuTorch XNNPACK int8 (.pte, depthwise fp32)"
 
 
 def require_exports(relative_paths) -> list[Path]:

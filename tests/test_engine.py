@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from uniformer_edge.engine import TrainConfig, train, warmup_cosine
+from uniformer_edge.engine import TrainConfig, top1_drop, topk_accuracy, train, warmup_cosine
 
 TINY_RUN = dict(variant="xxs", frames=4, size=32, num_train_clips=16, num_val_clips=12, batch_size=8,
                 warmup_epochs=0.5, label_smoothing=0.0)
@@ -52,6 +52,26 @@ def test_warmup_cosine():
     f = warmup_cosine(100, 10, 0.01)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.505, abs=0.01) and f(100) == pytest.approx(0.01)
+
+
+def test_top1_drop_paired_standard_error():
+    labels = torch.zeros(100, dtype=torch.long)
+    right, wrong = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    reference = torch.stack([right] * 100)
+    # 10 clips lost, 4 gained: drop 6 points; per-clip differences are +1 x10, -1 x4, 0 x86
+    other = torch.stack([wrong] * 10 + [right] * 90)
+    reference[10:14] = wrong
+    out = top1_drop(reference, other, labels)
+    assert (out["lost"], out["gained"]) == (10, 4)
+    assert out["drop_points"] == pytest.approx(6.0)
+    variance = (14 - 100 * 0.06 ** 2) / 99  # unbiased variance of the per-clip differences
+    assert out["drop_se_points"] == pytest.approx(100 * (variance / 100) ** 0.5)
+    assert top1_drop(reference, reference, labels)["drop_se_points"] == 0
+    # tied logits (as int8 outputs give) count as in topk_accuracy
+    tied = torch.randint(0, 3, (200, 12)).float()
+    labels = torch.randint(0, 12, (200,))
+    assert top1_drop(reference.new_zeros(200, 12), tied, labels)["drop_points"] == pytest.approx(
+        100 * (topk_accuracy(reference.new_zeros(200, 12), labels, 1) - topk_accuracy(tied, labels, 1)))
 
 
 def _run(args, nproc=None, timeout=600):

@@ -89,6 +89,19 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> flo
     return float((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean())
 
 
+def top1_drop(reference: torch.Tensor, other: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Top-1 accuracy lost by `other` against `reference` on the same clips, in points, with its
+    paired standard error: only the clips that one gets right and the other wrong carry
+    information, so the error follows from those two counts (`lost`, `gained`)."""
+    # topk, not argmax, so that tied logits (int8 outputs) count as in `topk_accuracy`
+    hits = lambda logits: (logits.topk(1, dim=1).indices[:, 0] == labels).double()  # noqa: E731
+    diff = hits(reference) - hits(other)
+    n = len(diff)
+    se = float(diff.std() / n ** 0.5) if n > 1 else float("nan")
+    return {"drop_points": 100 * float(diff.mean()), "drop_se_points": 100 * se,
+            "lost": int((diff > 0).sum()), "gained": int((diff < 0).sum())}
+
+
 def agreement(reference: torch.Tensor, other: torch.Tensor) -> dict:
     """How closely `other` logits follow `reference` logits: SQNR (dB), mean KL divergence of the
     softmax distributions KL(ref || other), top-1 agreement, cosine similarity."""
