@@ -231,10 +231,8 @@ def main():
              "top-1 agreement | time (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
-        drop = f"{r['drop_points']:.2f} ± {r['drop_se_points']:.2f}" if "drop_se_points" in r else \
-            f"{r['drop_points']:.2f}"
-        lost = f"{r['lost']} / {r['gained']}" if "lost" in r else "-"
-        lines.append(f"| {name} | {100 * r['top1']:.2f}% | {100 * r['top5']:.2f}% | {drop} | {lost} | "
+        lines.append(f"| {name} | {100 * r['top1']:.2f}% | {100 * r['top5']:.2f}% | {r['drop_points']:.2f} ± "
+                     f"{r['drop_se_points']:.2f} | {r['lost']} / {r['gained']} | "
                      f"{r['sqnr_db']:.1f} | {r['kl']:.2e} | {100 * r['top1_agreement']:.2f}% | {r['seconds']:.0f} |")
     verdict = {True: "met", False: "NOT met", None: "not applicable (no PTQ recipe loses more than 1 point)"}
     lines += ["", "Drop: top-1 points lost against float on the same clips, ± its paired standard error (from the "

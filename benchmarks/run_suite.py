@@ -18,6 +18,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -84,7 +85,7 @@ OURS_INT8 = ("int8", "int8-qat")  # our PT2E W8A8 graphs, whatever runtime runs 
 ORT_STATIC = ("int8-ort", "int8-ort-entropy")
 
 
-def performance_targets(rows: list[dict], variant: str = "s") -> list[str]:
+def performance_targets(rows: list[dict], reference: Optional[dict], variant: str = "s") -> list[str]:
     """The issue's targets for UniFormer-S: best int8 path >= 2.5x torch eager fp32 and >= 1.5x
     the faster ORT quantize_static output, all measured in this run."""
     timed = [r for r in rows if r["variant"] == variant and "latency" in r]
@@ -103,7 +104,7 @@ def performance_targets(rows: list[dict], variant: str = "s") -> list[str]:
              f"- at least 2.5x torch eager fp32 ({eager_ms:.1f} ms): {vs_eager:.2f}x, {verdict(vs_eager >= 2.5)}",
              f"- at least 1.5x ORT quantize_static ({ort['artifact']}, {median(ort):.1f} ms): {vs_ort:.2f}x, "
              f"{verdict(vs_ort >= 1.5)}"]
-    lines += [_accuracy_condition(best), ""]
+    lines += [_accuracy_condition(best, reference), ""]
     paired = RESULTS / "paired_targets.json"
     if paired.is_file():
         data = json.loads(paired.read_text())
@@ -126,41 +127,40 @@ def performance_targets(rows: list[dict], variant: str = "s") -> list[str]:
     return lines
 
 
-def _accuracy_condition(best: dict) -> str:
+def _accuracy_condition(best: dict, reference: Optional[dict]) -> str:
     """The targets hold "at the accuracy targets of the quantization issue": the best path's
     program, built from the trained reference model, within 0.5 top-1 points of float."""
-    reference = RESULTS / "quantize_reference.json"
-    row = json.loads(reference.read_text())["rows"].get(EXECUTORCH_ROW) if reference.is_file() else None
+    row = reference["rows"].get(EXECUTORCH_ROW) if reference else None
     if best["backend"] != "executorch" or row is None:
         return ("- at the quantization issue's accuracy bound (top-1 drop at most 0.5 points): not measured for this "
                 "path (run `python benchmarks/quantize_reference.py`)")
-    drop, se = row["drop_points"], row.get("drop_se_points")
-    spread = f" ± {se:.2f} s.e." if se is not None else ""
+    drop = row["drop_points"]
     return (f"- at the quantization issue's accuracy bound (top-1 drop at most 0.5 points; the same recipe on the "
             f"trained reference model, [quantize_reference.md](results/quantize_reference.md)): drop {drop:.2f}"
-            f"{spread} points, {'met' if drop <= 0.5 else 'NOT met'}")
+            f" ± {row['drop_se_points']:.2f} s.e. points, {'met' if drop <= 0.5 else 'NOT met'}")
 
 
-def reference_accuracy(path: Path) -> list[str]:
+def reference_accuracy(data: Optional[dict]) -> list[str]:
     """Accuracy columns of every method on the trained synthetic reference model."""
-    if not path.with_suffix(".json").is_file():
-        return [f"(no accuracy table: run `python benchmarks/quantize_reference.py` to write {path.name})", ""]
-    data = json.loads(path.with_suffix(".json").read_text())
+    if data is None:
+        return ["(no accuracy table: run `python benchmarks/quantize_reference.py` to write "
+                "quantize_reference.md)", ""]
     lines = ["## Accuracy on the synthetic reference model", "",
-             f"From [{path.name}](results/{path.name}): {data['evaluation_clips']} test clips, "
+             f"From [quantize_reference.md](results/quantize_reference.md): {data['evaluation_clips']} test clips, "
              f"{data['calibration_clips']} calibration clips.", "",
              "| method | top-1 | drop ± s.e. (pts) | logit SQNR (dB) | top-1 agreement with float | note |",
              "|---|---|---|---|---|---|"]
     for name, row in data["rows"].items():
-        spread = f" ± {row['drop_se_points']:.2f}" if "drop_se_points" in row else ""
-        lines.append(f"| {name} | {100 * row['top1']:.2f}% | {row['drop_points']:.2f}{spread} | {row['sqnr_db']:.1f} | "
+        lines.append(f"| {name} | {100 * row['top1']:.2f}% | {row['drop_points']:.2f} ± {row['drop_se_points']:.2f} | "
+                     f"{row['sqnr_db']:.1f} | "
                      f"{100 * row['top1_agreement']:.2f}% | {row.get('note', '')} |")
     return lines + [""]
 
 
 def write_results_md(report: dict, models, threads: int) -> None:
     """benchmarks/RESULTS.md from a suite report (the one just measured, or --from-report)."""
-    reference = RESULTS / "quantize_reference.md"
+    path = RESULTS / "quantize_reference.json"
+    reference = json.loads(path.read_text()) if path.is_file() else None
     ceilings, extra = report["roofline"], report["peers_measured_in_torch"]
     lines = ["# Benchmark results", "",
              f"Measured by `python benchmarks/run_suite.py` on {report['device']['cpu']} ({threads} threads). Speed "
@@ -197,7 +197,7 @@ def write_results_md(report: dict, models, threads: int) -> None:
         lines.append(f"| torchao X86 PT2E int8 + torch.compile (peer) | torch inductor | {x86['median_ms']:.1f} | "
                      f"{first_base / x86['median_ms']:.2f} | - | - |")
         lines.append("")
-    lines += performance_targets(report["rows"]) + reference_accuracy(reference)
+    lines += performance_targets(report["rows"], reference) + reference_accuracy(reference)
     lines += ["Full per-device report: [results/suite/report.md](results/suite/report.md).", ""]
     atomic_write_text(REPO / "benchmarks" / "RESULTS.md", "\n".join(lines))
     print("\n".join(lines))

@@ -84,18 +84,21 @@ def collect_logits(model, dataset: Dataset, batch_size: int = 8, indices: Option
     return torch.cat(outs), torch.cat(labels)
 
 
-def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
+def topk_hits(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """Per clip, whether its label is among its `k` highest logits."""
     k = min(k, logits.shape[1])
-    return float((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean())
+    return (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
+    return float(topk_hits(logits, labels, k).float().mean())
 
 
 def top1_drop(reference: torch.Tensor, other: torch.Tensor, labels: torch.Tensor) -> dict:
     """Top-1 accuracy lost by `other` against `reference` on the same clips, in points, with its
     paired standard error: only the clips that one gets right and the other wrong carry
     information, so the error follows from those two counts (`lost`, `gained`)."""
-    # topk, not argmax, so that tied logits (int8 outputs) count as in `topk_accuracy`
-    hits = lambda logits: (logits.topk(1, dim=1).indices[:, 0] == labels).double()  # noqa: E731
-    diff = hits(reference) - hits(other)
+    diff = topk_hits(reference, labels).double() - topk_hits(other, labels).double()
     n = len(diff)
     se = float(diff.std() / n ** 0.5) if n > 1 else float("nan")
     return {"drop_points": 100 * float(diff.mean()), "drop_se_points": 100 * se,
