@@ -23,6 +23,8 @@ REFERENCE_RECIPE = dict(variant="xxs", frames=8, size=64, epochs=3, batch_size=8
                         num_train_clips=8800, num_val_clips=600, seed=0)
 # Its row for the suite's fastest int8 path in results/quantize_reference.json.
 EXECUTORCH_ROW = "ExecuTorch XNNPACK int8 (.pte, depthwise fp32)"
+# The same program after QAT (`python -m uniformer_edge.export --qat-epochs N`): same graph, same speed.
+EXECUTORCH_QAT_ROW = "ExecuTorch XNNPACK int8 QAT (.pte, depthwise fp32)"
 
 
 def require_exports(relative_paths) -> list[Path]:

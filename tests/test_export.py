@@ -274,6 +274,43 @@ def test_xnnpack_quantization_keeps_depthwise_convolutions_float():
     assert torch.nn.functional.cosine_similarity(got.flatten(), expected.flatten(), dim=0) > 0.99
 
 
+def test_executorch_int8_qat_fine_tunes_the_calibrated_program(tmp_path):
+    """QAT of the .pte's int8 graph moves the calibrated program and keeps it a working one; the
+    export job fine-tunes it, records how, and runs it on the ExecuTorch runtime against its
+    PyTorch graph."""
+    pytest.importorskip("executorch.runtime", reason="ExecuTorch is an optional extra")
+    from uniformer_edge.calibration import build_dataset
+    from uniformer_edge.export.executorch import xnnpack_quantize
+    from uniformer_edge.models import create_model
+    from uniformer_edge.quantize.qat import QATSchedule
+
+    torch.manual_seed(0)
+    light = dict(LIGHT, num_classes=12)  # the synthetic clips' classes
+    model = create_model("xxs", **light).eval()
+    train_set = build_dataset("synthetic", "train", frames=8, size=32, num_clips=8, seed=0)
+    clips = torch.stack([train_set[i][0] for i in range(len(train_set))])
+    calib = [(clips, None)]
+
+    def run(program):
+        with torch.no_grad():
+            return torch.cat([program(clip[None]) for clip in clips])
+
+    calibrated = run(xnnpack_quantize(model, clips[:1], calib))
+    tuned = run(xnnpack_quantize(model, clips[:1], calib, (QATSchedule(epochs=1, lr=1e-4, batch_size=4), train_set)))
+    assert not torch.allclose(tuned, calibrated, atol=1e-3 * calibrated.abs().max())
+    with torch.no_grad():
+        reference = model(clips)
+    assert torch.nn.functional.cosine_similarity(tuned.flatten(), reference.flatten(), dim=0) > 0.95
+
+    manifest = run_export(ExportJob(variant="xxs", model_overrides=LIGHT, formats=("executorch",), precisions=("int8",),
+                                    qat_epochs=1, qat_clips=8, out=str(tmp_path / "e"),
+                                    **{**INPUT, "num_classes": 12}), progress=False)
+    int8 = _by(manifest, "executorch", "int8")
+    assert int8["quantization"]["method"] == "qat" and int8["quantization"]["train_clips"] == 8
+    assert int8["quantization"]["epochs"] == 1 and int8["quantization"]["distill_weight"] == 1.0
+    assert int8["parity"]["passed"] and int8["parity"]["vs_pytorch_quantized"]["cosine"] >= 0.999
+
+
 def test_export_from_quantize_output(tmp_path):
     from uniformer_edge.quantize import QuantizeJob, run_job
 
@@ -296,6 +333,8 @@ def test_export_from_quantize_output(tmp_path):
     (dict(formats=("onnx",), precisions=("palettize4",)), "not available for onnx .*coreml"),
     (dict(formats=("tflite",)), "unknown format"),
     (dict(quantized="/nonexistent/dir"), "directory not found"),
+    (dict(formats=("onnx",), precisions=("int8",), qat_epochs=1), "--qat-epochs fine-tunes the ExecuTorch int8"),
+    (dict(formats=("executorch",), precisions=("int8",), qat_epochs=-1), "--qat-epochs must be 0 or more"),
 ])
 def test_refusals(kwargs, message, tmp_path):
     with pytest.raises((ValueError, FileNotFoundError), match=message):

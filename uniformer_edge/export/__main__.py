@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-data", default="synthetic", help="calibration data for int8 exports made here")
     p.add_argument("--root", help="video folder of --calib-data")
     p.add_argument("--num-calib", type=int, default=32, help="calibration clips (default 32)")
+    p.add_argument("--qat-epochs", type=int, default=0,
+                   help="fine-tune the ExecuTorch int8 program with quantization-aware training for this many "
+                        "epochs: activation ranges from the calibration, distillation from the float model, on the "
+                        "training split of --calib-data (default 0: calibration only)")
+    p.add_argument("--qat-clips", type=int, default=1024, help="synthetic training clips for --qat-epochs (default 1024)")
+    p.add_argument("--qat-lr", type=float, default=2e-5, help="learning rate of --qat-epochs (default 2e-5)")
     p.add_argument("--check-clips", type=int, default=4, help="clips used for the parity checks (default 4)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -49,7 +55,8 @@ def main(argv=None) -> int:
                     formats=tuple(args.format), precisions=tuple(args.precision or ()), frames=args.frames,
                     size=args.size, labels=args.labels, target=args.target, out=args.out, force=args.force,
                     num_classes=args.num_classes, calib_data=args.calib_data, calib_root=args.root,
-                    num_calib=args.num_calib, check_clips=args.check_clips)
+                    num_calib=args.num_calib, check_clips=args.check_clips,
+                    qat_epochs=args.qat_epochs, qat_clips=args.qat_clips, qat_lr=args.qat_lr)
     manifest = run_export(job)
     for art in manifest["artifacts"]:
         parity = art["parity"]

@@ -3,16 +3,21 @@
 LayerNorms spelled in ops XNNPACK runs), run with the ExecuTorch runtime for parity."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.export import Dim
+from torch.utils.data import Dataset
 
 from .._io import atomic_write
 from ..models import deploy
+from ..engine import init_distributed
 from ..models.deploy import FrameEmbed
+from ..quantize.qat import QATSchedule, finetune
 
 __all__ = ["EXECUTORCH_PRECISIONS", "executorch_available", "LayerNormAsXnnpackOps", "xnnpack_form",
            "lower_executorch", "xnnpack_quantize", "load_executorch", "run_executorch"]
@@ -89,12 +94,21 @@ def _is_depthwise_conv(node) -> bool:
         and args[6] == args[1].meta["val"].shape[0]  # groups == output channels
 
 
-def _float_depthwise_quantizer():
+def _is_token_score_op(node) -> bool:
+    """An op on the light models' token scores, (batch, tokens) tensors: the only 2-D tensors
+    besides the classifier's. One int8 scale cannot order scores that span orders of magnitude,
+    and the pruning stays float like everywhere else in the toolkit."""
+    value = node.meta.get("val")
+    return node.target != torch.ops.aten.linear.default and isinstance(value, Tensor) and value.dim() == 2
+
+
+def _xnnpack_quantizer(qat: bool = False):
     """ExecuTorch's XNNPACK quantizer (symmetric per-channel int8) with the depthwise
     convolutions, the sums of their temporal taps and whatever shares their quantization
     parameters left in fp32: on x86 XNNPACK's fp32 depthwise kernels take less than half the
     time of its int8 ones (per-op profile of UniFormer-S 8x224), conversions included. The
-    LayerNorms stay fp32 too: their averaging products are not weight layers."""
+    LayerNorms stay fp32 too (their averaging products are not weight layers), and so do the
+    token scores (`_is_token_score_op`). `qat=True`: the same annotations with fake quantizers."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
@@ -110,8 +124,14 @@ def _float_depthwise_quantizer():
             model = super().annotate(model)
             in_float = set()
             for node in model.graph.nodes:
+                if node.op != "call_function":
+                    continue
+                if _is_token_score_op(node):
+                    node.meta.pop("quantization_annotation", None)
+                    in_float.add(node)
+                    continue
                 # a cat joins runs of depthwise output frames: it quantizes them and joins int8
-                if node.op != "call_function" or node.target == torch.ops.aten.cat.default:
+                if node.target == torch.ops.aten.cat.default:
                     continue
                 annotation = node.meta.get("quantization_annotation")
                 specs = [] if annotation is None else [annotation.output_qspec, *annotation.input_qspec_map.values()]
@@ -122,18 +142,11 @@ def _float_depthwise_quantizer():
                     in_float.add(node)
             return model
 
-    return (FloatDepthwiseQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-            .set_module_type(LayerNormAsXnnpackOps, None))
+    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
+    return FloatDepthwiseQuantizer().set_global(config).set_module_type(LayerNormAsXnnpackOps, None)
 
 
-def xnnpack_quantize(model: nn.Module, example: Tensor, batches: Iterable[tuple[Tensor, Tensor]]):
-    """int8 PT2E quantization of the XNNPACK form: symmetric per-channel weights on the patterns
-    XNNPACK runs in int8, depthwise convolutions and LayerNorms in fp32 (see
-    `_float_depthwise_quantizer`), calibrated clip by clip."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    deployed = xnnpack_form(model, example.shape[2], per_channel_safe=True)
-    prepared = prepare_pt2e(torch.export.export(deployed, (example[:1],)).module(), _float_depthwise_quantizer())
+def _calibrate_clipwise(prepared, batches) -> None:
     seen = 0
     with torch.no_grad():
         for clips, _ in batches:
@@ -142,7 +155,75 @@ def xnnpack_quantize(model: nn.Module, example: Tensor, batches: Iterable[tuple[
                 seen += 1
     if seen == 0:
         raise ValueError("the calibration set is empty")
+
+
+def xnnpack_quantize(model: nn.Module, example: Tensor, batches: Iterable[tuple[Tensor, Tensor]],
+                     finetuning: Optional[tuple[QATSchedule, Dataset]] = None):
+    """int8 PT2E quantization of the XNNPACK form: symmetric per-channel weights on the patterns
+    XNNPACK runs in int8, depthwise convolutions, LayerNorms and token scores in fp32 (see
+    `_xnnpack_quantizer`), calibrated clip by clip. With `finetuning=(schedule, train_set)` the
+    weights are first fine-tuned with fake quantization (`_quantization_aware_weights`)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    deployed = xnnpack_form(model, example.shape[2], per_channel_safe=True)
+    if finetuning is not None:
+        _quantization_aware_weights(model, deployed, example, batches, *finetuning)
+    prepared = prepare_pt2e(torch.export.export(deployed, (example[:1],)).module(), _xnnpack_quantizer())
+    _calibrate_clipwise(prepared, batches)
     return convert_pt2e(prepared)
+
+
+def _quantization_aware_weights(model: nn.Module, deployed: nn.Module, example: Tensor, batches,
+                                schedule: QATSchedule, train_set: Dataset) -> None:
+    """QAT for the XNNPACK int8 program: fine-tune the weights of `deployed` (in place) under
+    the same annotations with fake quantizers, towards the float model
+    (`uniformer_edge.quantize.qat.finetune`), the activation ranges fixed at calibrated ones (a
+    moving min/max would widen them). It trains a batch-dynamic export of the form (the .pte's
+    batch-of-one graph trains about ten times slower clip by clip); the trained weights then go
+    through the calibration of `xnnpack_quantize`, so the program is the calibrated one's graph."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
+
+    two = example[:1].expand(2, *example.shape[1:]).contiguous()  # a batch of one would be specialised
+    graph = torch.export.export(deployed, (two,), dynamic_shapes=({0: Dim("batch", min=1, max=1024)},)).module()
+    observed = prepare_pt2e(copy.deepcopy(graph), _xnnpack_quantizer())
+    _calibrate_clipwise(observed, batches)
+    student = prepare_qat_pt2e(graph, _xnnpack_quantizer(qat=True))
+    _calibrate_clipwise(student, batches)  # weight ranges, and any activation without a calibrated twin
+    _fix_activation_ranges(student, observed)
+    allow_exported_model_train_eval(student)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    finetune(student, deploy(model), train_set, schedule, init_distributed())
+    trained = dict(student.named_parameters())  # the export keeps the module's parameter names
+    with torch.no_grad():
+        for name, param in deployed.named_parameters():
+            param.copy_(trained[name])
+
+
+def _observers_by_input(graph: torch.fx.GraphModule) -> dict:
+    """{name of the observed node: observer module} for the nodes watched by one observer."""
+    found: dict[str, list] = {}
+    for node in graph.graph.nodes:
+        if node.op == "call_module" and node.target.startswith("activation_post_process_"):
+            found.setdefault(node.args[0].name, []).append(getattr(graph, node.target))
+    return {name: mods[0] for name, mods in found.items() if len(mods) == 1}
+
+
+def _fix_activation_ranges(student: torch.fx.GraphModule, observed: torch.fx.GraphModule) -> None:
+    """Give every per-tensor fake quantizer of `student` the quantization parameters of the
+    calibrated observer on the same node of `observed`, and stop it observing. The fused fake
+    quantizer recomputes its scale from its running min/max at every call, so those are set to
+    the range the calibrated scale and zero point represent."""
+    calibrated = _observers_by_input(observed)
+    for name, fake_quant in _observers_by_input(student).items():
+        if fake_quant.qscheme != torch.per_tensor_affine or name not in calibrated:
+            continue
+        scale, zero_point = calibrated[name].calculate_qparams()
+        scale, zero_point = float(scale), int(zero_point)
+        fake_quant.activation_post_process.min_val.fill_((fake_quant.quant_min - zero_point) * scale)
+        fake_quant.activation_post_process.max_val.fill_((fake_quant.quant_max - zero_point) * scale)
+        fake_quant.disable_observer()
 
 
 def lower_executorch(model: nn.Module, example: Tensor, path) -> dict[str, int]:

@@ -8,6 +8,7 @@ same top-1; exports of a PT2E-quantized graph: cosine >= 0.999 against that grap
 Every artifact also reports SQNR, KL and top-1 agreement against the float model."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -25,6 +26,7 @@ from ..calibration import MEAN, STD, build_dataset, calibration_set, read_class_
 from ..engine import agreement
 from ..models import create_model, deploy, get_variant, read_state_dict
 from ..quantize import QuantConfig, load_program, quantize_ptq
+from ..quantize.qat import QATSchedule
 
 __all__ = ["ExportJob", "run_export", "FORMATS", "PRECISIONS", "SUPPORTED", "MANIFEST_SCHEMA", "verify_manifest",
            "ExportError"]
@@ -72,6 +74,10 @@ class ExportJob:
     num_calib: int = 32
     check_clips: int = 4
     seed: int = 0
+    # QAT of the ExecuTorch int8 program (0 epochs: calibration only), on the training split of --calib-data
+    qat_epochs: int = 0
+    qat_clips: int = 1024
+    qat_lr: float = 2e-5
     model_overrides: dict = field(default_factory=dict)  # constructor arguments, e.g. for small test models
     quant_config: dict = field(default_factory=dict, init=False)
 
@@ -114,6 +120,11 @@ class ExportJob:
                                  f"(precision {mine}); it cannot provide {', '.join(other)}")
         if self.check_clips < 1:
             raise ValueError("check_clips must be at least 1")
+        if self.qat_epochs < 0:
+            raise ValueError(f"--qat-epochs must be 0 or more, got {self.qat_epochs}")
+        if self.qat_epochs and not ("executorch" in self.formats and "int8" in self.precisions):
+            raise ValueError("--qat-epochs fine-tunes the ExecuTorch int8 program: it needs --format executorch "
+                             "--precision int8")
 
     def _read_quantized(self):
         folder = Path(self.quantized)
@@ -298,17 +309,32 @@ class _Exporter:
         reason = executorch_available()
         if reason:
             raise ValueError(reason)
+        quantization = None
         if precision == "int8":
-            self._et_int8 = xnnpack_quantize(self.model, self.example, self.calibration())
+            finetuning = self._finetuning()
+            self._et_int8 = xnnpack_quantize(self.model, self.example, self.calibration(), finetuning)
             model = self._et_int8
+            quantization = {"method": "qat" if finetuning else "ptq", "calibration_clips": self.calibration().num_clips}
+            if finetuning:
+                schedule, train_set = finetuning
+                quantization.update(train_clips=len(train_set), **dataclasses.asdict(schedule))
         else:
             model = xnnpack_form(self.model, self.job.frames)
         census = lower_executorch(model, self.example, path)
         output = run_executorch(load_executorch(path), self.clips)
         parity = self._parity(f"executorch {metadata.version('executorch')} runtime (XNNPACK)", output,
                               precision, "executorch")
-        return {"census": census, "parity": parity, "input": {"name": "video", "shape": [1, 3, *self._thw()],
-                                                              "dtype": "float32"}}
+        return {"census": census, "parity": parity, "quantization": quantization,
+                "input": {"name": "video", "shape": [1, 3, *self._thw()], "dtype": "float32"}}
+
+    def _finetuning(self):
+        """(schedule, training clips) of the ExecuTorch int8 QAT, or None without --qat-epochs."""
+        j = self.job
+        if not j.qat_epochs:
+            return None
+        train_set = build_dataset(j.calib_data, "train", frames=j.frames, size=j.size, root=j.calib_root,
+                                  num_clips=j.qat_clips if j.calib_data == "synthetic" else None, seed=j.seed)
+        return QATSchedule(epochs=j.qat_epochs, lr=j.qat_lr, batch_size=8, seed=j.seed, distill_weight=1.0), train_set
 
     def _thw(self):
         return [self.job.frames, self.job.size, self.job.size]

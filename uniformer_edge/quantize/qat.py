@@ -11,7 +11,9 @@ per-channel multiply-add (`ChannelAffine`), so no statistics drift during QAT.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +27,7 @@ from ..engine import classification_loss, epoch_batches, init_distributed, train
 from ..models import deploy
 from .ptq import calibrate, convert, prepare
 
-__all__ = ["distillation_loss", "run_qat", "qat_state_path", "QATStopped"]
+__all__ = ["distillation_loss", "run_qat", "qat_state_path", "QATStopped", "QATSchedule", "finetune"]
 
 # Settings a resumed job must share with the interrupted one.
 _RESUME_KEYS = ("variant", "method", "checkpoint", "train_data", "train_root", "frames", "size", "batch_size",
@@ -48,9 +50,12 @@ def _fingerprint(job) -> dict:
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, weight: float,
                       temperature: float) -> torch.Tensor:
-    """(1 - w) * cross-entropy(labels) + w * T^2 * KL(softmax(teacher / T) || softmax(student / T))."""
+    """(1 - w) * cross-entropy(labels) + w * T^2 * KL(softmax(teacher / T) || softmax(student / T));
+    with w = 1 the labels are not read (they may come from a dataset with other classes)."""
     kl = F.kl_div(F.log_softmax(student / temperature, dim=1), F.log_softmax(teacher / temperature, dim=1),
                   log_target=True, reduction="batchmean") * temperature ** 2
+    if weight == 1.0:
+        return kl
     return (1 - weight) * classification_loss(student, labels, 0.0) + weight * kl
 
 
@@ -82,12 +87,57 @@ def run_qat(model: nn.Module, calib, job, example: torch.Tensor, progress: bool 
     teacher = deploy(model).to(ctx.device)
     train_set = build_dataset(job.train_data, "train", frames=job.frames, size=job.size, root=job.train_root,
                               num_clips=job.qat_clips if job.train_data == "synthetic" else None, seed=job.seed)
-    steps_per_epoch = len(train_set) // job.batch_size
+    schedule = QATSchedule(epochs=job.qat_epochs, lr=job.qat_lr, batch_size=job.batch_size, seed=job.seed,
+                           freeze_observers_after=job.freeze_observers_after, distill_weight=job.distill_weight,
+                           temperature=job.temperature)
+
+    def save_state(progress_state: dict, optimizer, scheduler):
+        if ctx.is_main:
+            atomic_torch_save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), **progress_state, "job": _fingerprint(job)},
+                              state_path)
+
+    trained = finetune(student, teacher, train_set, schedule, ctx, state=state, on_epoch_end=save_state,
+                       stop_after=stop_after)
+    if trained["epochs_done"] < job.qat_epochs:
+        raise QATStopped(f"QAT stopped after epoch {trained['epochs_done']}/{job.qat_epochs}; state in {state_path}, "
+                         f"continue with --resume")
+    student.apply(disable_observer)
+    student.eval()
+    info = {"qat": {"epochs": job.qat_epochs, "steps": trained["steps"], "lr": job.qat_lr,
+                    "train_clips": len(train_set), "distill_weight": job.distill_weight,
+                    "temperature": job.temperature, "observers_frozen_after_step": trained["observers_frozen_after_step"],
+                    "epoch_losses": trained["epoch_losses"]}}
+    return convert(prepared), prepared, info
+
+
+@dataclass(frozen=True)
+class QATSchedule:
+    """How a fake-quantized model is fine-tuned: AdamW on a cosine schedule, gradients clipped
+    at 1, the loss `distillation_loss` against the float model."""
+    epochs: int
+    lr: float
+    batch_size: int
+    seed: int = 0
+    freeze_observers_after: Optional[int] = None  # in steps; None: half of them
+    distill_weight: float = 0.5
+    temperature: float = 2.0
+
+
+def finetune(student: nn.Module, teacher: nn.Module, train_set, schedule: QATSchedule, ctx, *,
+             state: Optional[dict] = None, on_epoch_end: Optional[Callable] = None,
+             stop_after: Optional[int] = None) -> dict:
+    """Fine-tune the fake-quantized `student` (a prepared PT2E graph) towards `teacher`.
+    `state` (from a saved run) continues where it ended; `on_epoch_end(progress, optimizer,
+    scheduler)` is called after every epoch, e.g. to save that state. Returns the steps taken,
+    the epochs done, the step the observers were frozen at and the mean loss of every epoch."""
+    steps_per_epoch = len(train_set) // schedule.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"QAT training data has {len(train_set)} clips, fewer than one batch of {job.batch_size}")
-    total = steps_per_epoch * job.qat_epochs
-    freeze_after = job.freeze_observers_after if job.freeze_observers_after is not None else total // 2
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=job.qat_lr,
+        raise ValueError(f"QAT training data has {len(train_set)} clips, fewer than one batch of "
+                         f"{schedule.batch_size}")
+    total = steps_per_epoch * schedule.epochs
+    freeze_after = schedule.freeze_observers_after if schedule.freeze_observers_after is not None else total // 2
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=schedule.lr,
                                   weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
@@ -106,24 +156,15 @@ def run_qat(model: nn.Module, calib, job, example: torch.Tensor, progress: bool 
         step += 1
         with torch.no_grad():
             target = teacher(clips)
-        return distillation_loss(m(clips), target, labels, job.distill_weight, job.temperature)
+        return distillation_loss(m(clips), target, labels, schedule.distill_weight, schedule.temperature)
 
-    end_epoch = job.qat_epochs if stop_after is None else min(job.qat_epochs, start_epoch + stop_after)
+    end_epoch = schedule.epochs if stop_after is None else min(schedule.epochs, start_epoch + stop_after)
     for epoch in range(start_epoch, end_epoch):
-        batches = epoch_batches(len(train_set), job.batch_size, job.seed, epoch, ctx)
+        batches = epoch_batches(len(train_set), schedule.batch_size, schedule.seed, epoch, ctx)
         loader = DataLoader(train_set, batch_sampler=batches)
         losses.append(train_one_epoch(wrapped, loader, optimizer, scheduler, ctx, loss_fn=loss_fn, clip_grad=1.0,
-                                      desc=f"QAT epoch {epoch + 1}/{job.qat_epochs}"))
-        if ctx.is_main:
-            atomic_torch_save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
-                               "losses": losses, "job": _fingerprint(job)}, state_path)
-    if end_epoch < job.qat_epochs:
-        raise QATStopped(f"QAT stopped after epoch {end_epoch}/{job.qat_epochs}; state in {state_path}, "
-                         f"continue with --resume")
-    student.apply(disable_observer)
-    student.eval()
-    info = {"qat": {"epochs": job.qat_epochs, "steps": step, "lr": job.qat_lr, "train_clips": len(train_set),
-                    "distill_weight": job.distill_weight, "temperature": job.temperature,
-                    "observers_frozen_after_step": min(freeze_after, step), "epoch_losses": losses}}
-    return convert(prepared), prepared, info
+                                      desc=f"QAT epoch {epoch + 1}/{schedule.epochs}"))
+        if on_epoch_end is not None:
+            on_epoch_end({"step": step, "epoch": epoch, "losses": losses}, optimizer, scheduler)
+    return {"steps": step, "epochs_done": end_epoch, "observers_frozen_after_step": min(freeze_after, step),
+            "epoch_losses": losses}
