@@ -162,6 +162,16 @@ def main():
                        collect_logits(lambda x: run_onnx(session, x), eval_set, batch_size=32, desc="ORT")[0],
                        seconds, "peer")
 
+    def unpruned_float_logits(unpruned):
+        with torch.no_grad():
+            return collect_logits(unpruned, eval_set, batch_size=32, desc="no pruning")[0]
+
+    def no_pruning_executorch(unpruned, unpruned_logits):
+        """The int8 .pte of the weights without pruning, scored against their float model."""
+        q = executorch_int8_logits(unpruned, example, calib, eval_set, desc="no pruning, ExecuTorch")[0]
+        return {"top1": topk_accuracy(q, labels, 1), **top1_drop(unpruned_logits, q, labels),
+                **agreement(unpruned_logits, q)}
+
     unavailable = executorch_available()
     if unavailable:
         print(f"ExecuTorch row skipped: {unavailable}", flush=True)
@@ -178,12 +188,7 @@ def main():
     if args.executorch_only:
         qat_info, sensitivity = previous["qat"], previous["pruning_sensitivity"]
         unpruned = without_pruning(model)
-        with torch.no_grad():
-            unpruned_logits = collect_logits(unpruned, eval_set, batch_size=32, desc="no pruning")[0]
-        q = executorch_int8_logits(unpruned, example, calib, eval_set, desc="no pruning, ExecuTorch")[0]
-        sensitivity["no_pruning_executorch_int8"] = {"top1": topk_accuracy(q, labels, 1),
-                                                     **top1_drop(unpruned_logits, q, labels),
-                                                     **agreement(unpruned_logits, q)}
+        sensitivity["no_pruning_executorch_int8"] = no_pruning_executorch(unpruned, unpruned_float_logits(unpruned))
     else:
         qat_info = None
         if not args.skip_qat:
@@ -212,8 +217,7 @@ def main():
         sensitivity = {"clips": len(clips), "weight_noise_sqnr_db": {
             f"{rel:g}": {"pruning": weight_noise_sqnr(model, clips, rel), "no_pruning": weight_noise_sqnr(unpruned, clips, rel)}
             for rel in (1e-3, 4e-3)}}
-        with torch.no_grad():
-            unpruned_logits = collect_logits(unpruned, eval_set, batch_size=32, desc="no pruning")[0]
+        unpruned_logits = unpruned_float_logits(unpruned)
         sensitivity["no_pruning_float_top1"] = topk_accuracy(unpruned_logits, labels, 1)
         for recipe in ("w8a8", "w8"):
             program, _ = quantize_ptq(unpruned, calib, QuantConfig(recipe=recipe), example, progress=False)
@@ -221,10 +225,7 @@ def main():
                 q = collect_logits(program.module(), eval_set, batch_size=32, desc="no pruning, quantized")[0]
             sensitivity[f"no_pruning_{recipe}"] = {"top1": topk_accuracy(q, labels, 1), **agreement(unpruned_logits, q)}
         if not unavailable:
-            q = executorch_int8_logits(unpruned, example, calib, eval_set, desc="no pruning, ExecuTorch")[0]
-            sensitivity["no_pruning_executorch_int8"] = {"top1": topk_accuracy(q, labels, 1),
-                                                         **top1_drop(unpruned_logits, q, labels),
-                                                         **agreement(unpruned_logits, q)}
+            sensitivity["no_pruning_executorch_int8"] = no_pruning_executorch(unpruned, unpruned_logits)
         print(sensitivity, flush=True)
 
     ours = rows["ours PTQ w8a8 (minmax)"]

@@ -10,13 +10,13 @@ from typing import Iterable, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.export import Dim
 from torch.utils.data import Dataset
 
 from .._io import atomic_write
-from ..models import deploy
 from ..engine import init_distributed
+from ..models import deploy
 from ..models.deploy import FrameEmbed
+from ..quantize.ptq import export_batch_dynamic
 from ..quantize.qat import QATSchedule, finetune
 
 __all__ = ["EXECUTORCH_PRECISIONS", "executorch_available", "LayerNormAsXnnpackOps", "xnnpack_form",
@@ -184,8 +184,7 @@ def _quantization_aware_weights(model: nn.Module, deployed: nn.Module, example: 
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
 
-    two = example[:1].expand(2, *example.shape[1:]).contiguous()  # a batch of one would be specialised
-    graph = torch.export.export(deployed, (two,), dynamic_shapes=({0: Dim("batch", min=1, max=1024)},)).module()
+    graph = export_batch_dynamic(deployed, example).module()
     observed = prepare_pt2e(copy.deepcopy(graph), _xnnpack_quantizer())
     _calibrate_clipwise(observed, batches)
     student = prepare_qat_pt2e(graph, _xnnpack_quantizer(qat=True))

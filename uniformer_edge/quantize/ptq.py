@@ -17,7 +17,7 @@ from ..models import deploy
 from .config import QuantConfig
 from .quantizer import UniformerQuantizer
 
-__all__ = ["export_float", "prepare", "calibrate", "convert", "quantize_ptq", "PreparedModel", "load_program"]
+__all__ = ["export_float", "export_batch_dynamic", "prepare", "calibrate", "convert", "quantize_ptq", "PreparedModel", "load_program"]
 
 
 def load_program(path) -> ExportedProgram:
@@ -32,16 +32,14 @@ def export_float(model: nn.Module, example: Tensor, conv3d: str = "native") -> E
     """Export the quantization-friendly deploy form of `model` (only output-channel folds, see
     `deploy(per_channel_safe=True)`) with a dynamic batch dimension; frames and frame size stay
     those of `example` (the light models prune to a static count)."""
-    deployed = deploy(model, conv3d=conv3d, per_channel_safe=True)
-    return torch.export.export(deployed, (_batch_of_two(example),), dynamic_shapes=_DYNAMIC_BATCH)
+    return export_batch_dynamic(deploy(model, conv3d=conv3d, per_channel_safe=True), example)
 
 
-# Export traces with two clips: a batch of one would be specialised to a constant.
-_DYNAMIC_BATCH = ({0: Dim("batch", min=1, max=1024)},)
-
-
-def _batch_of_two(example: Tensor) -> Tensor:
-    return example[:1].expand(2, *example.shape[1:]).contiguous()
+def export_batch_dynamic(module: nn.Module, example: Tensor) -> ExportedProgram:
+    """`torch.export` of `module` with a dynamic batch dimension. It traces two clips: a batch
+    of one would be specialised to a constant."""
+    two = example[:1].expand(2, *example.shape[1:]).contiguous()
+    return torch.export.export(module, (two,), dynamic_shapes=({0: Dim("batch", min=1, max=1024)},))
 
 
 @dataclass
@@ -136,7 +134,7 @@ def convert(prepared: PreparedModel) -> ExportedProgram:
     if prepared.cfg.weight_bits == 4:
         _pack_int4_weights(converted)
     _drop_unused_attributes(converted)
-    return torch.export.export(converted, (_batch_of_two(prepared.example),), dynamic_shapes=_DYNAMIC_BATCH)
+    return export_batch_dynamic(converted, prepared.example)
 
 
 def quantize_ptq(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: QuantConfig,
