@@ -166,11 +166,15 @@ def main():
         with torch.no_grad():
             return collect_logits(unpruned, eval_set, batch_size=32, desc="no pruning")[0]
 
-    def no_pruning_executorch(unpruned, unpruned_logits):
-        """The int8 .pte of the weights without pruning, scored against their float model."""
-        q = executorch_int8_logits(unpruned, example, calib, eval_set, desc="no pruning, ExecuTorch")[0]
+    def no_pruning_entry(unpruned_logits, q):
+        """Logits `q` of a quantized form of the weights without pruning, scored against their float model."""
         return {"top1": topk_accuracy(q, labels, 1), **top1_drop(unpruned_logits, q, labels),
                 **agreement(unpruned_logits, q)}
+
+    def no_pruning_executorch(unpruned, unpruned_logits):
+        """The int8 .pte of the weights without pruning."""
+        q = executorch_int8_logits(unpruned, example, calib, eval_set, desc="no pruning, ExecuTorch")[0]
+        return no_pruning_entry(unpruned_logits, q)
 
     unavailable = executorch_available()
     if unavailable:
@@ -223,7 +227,7 @@ def main():
             program, _ = quantize_ptq(unpruned, calib, QuantConfig(recipe=recipe), example, progress=False)
             with torch.no_grad():
                 q = collect_logits(program.module(), eval_set, batch_size=32, desc="no pruning, quantized")[0]
-            sensitivity[f"no_pruning_{recipe}"] = {"top1": topk_accuracy(q, labels, 1), **agreement(unpruned_logits, q)}
+            sensitivity[f"no_pruning_{recipe}"] = no_pruning_entry(unpruned_logits, q)
         if not unavailable:
             sensitivity["no_pruning_executorch_int8"] = no_pruning_executorch(unpruned, unpruned_logits)
         print(sensitivity, flush=True)
@@ -265,6 +269,11 @@ def main():
                   f"PTQ drop {qat_info['ptq_drop_points']:.2f} pts, fraction recovered "
                   + (f"{100 * qat_info['recovered_fraction']:.0f}%" if qat_info['recovered_fraction'] is not None
                      else "n/a") + "."]
+
+    def scored(entry):
+        return (f"{entry['sqnr_db']:.1f} dB, top-1 {100 * entry['top1']:.2f}%, drop {entry['drop_points']:.2f} ± "
+                f"{entry['drop_se_points']:.2f}")
+
     ns = sensitivity["weight_noise_sqnr_db"]
     lines += ["", "## Why the logit SQNR of the light model is low", "",
               "UniFormer-XXS prunes tokens by a top-k on attention scores: a tiny perturbation reorders tokens "
@@ -273,15 +282,13 @@ def main():
               f"with pruning and {ns['0.001']['no_pruning']:.1f} / {ns['0.004']['no_pruning']:.1f} dB with every "
               "token kept (int8 rounding noise is about 0.23% of the range). The same weights with pruning "
               f"switched off (float top-1 {100 * sensitivity['no_pruning_float_top1']:.2f}%) quantize to "
-              f"{sensitivity['no_pruning_w8a8']['sqnr_db']:.1f} dB (w8a8, top-1 "
-              f"{100 * sensitivity['no_pruning_w8a8']['top1']:.2f}%) and {sensitivity['no_pruning_w8']['sqnr_db']:.1f} dB "
-              f"(w8, top-1 {100 * sensitivity['no_pruning_w8']['top1']:.2f}%) against that float model."]
+              f"{scored(sensitivity['no_pruning_w8a8'])} (w8a8) and {scored(sensitivity['no_pruning_w8'])} (w8) "
+              "against that float model."]
     no_pruning_et = sensitivity.get("no_pruning_executorch_int8")
     if no_pruning_et:
-        lines[-1] += (f" The ExecuTorch int8 program of those weights reaches {no_pruning_et['sqnr_db']:.1f} dB, top-1 "
-                      f"{100 * no_pruning_et['top1']:.2f}% (drop {no_pruning_et['drop_points']:.2f} ± "
-                      f"{no_pruning_et['drop_se_points']:.2f}), against {rows[EXECUTORCH_ROW]['sqnr_db']:.1f} dB with "
-                      "pruning: UniFormer-S, the model of the speed target, prunes no tokens.")
+        lines[-1] += (f" The ExecuTorch int8 program of those weights reaches {scored(no_pruning_et)}, against "
+                      f"{rows[EXECUTORCH_ROW]['sqnr_db']:.1f} dB with pruning: UniFormer-S, the model of the speed "
+                      "target, prunes no tokens.")
     lines += ["", "Peers: ORT `quantize_static` runs on the float ONNX export of the same deploy form "
               "(BatchNorm folded) and quantizes every op it supports, LayerNorm/Softmax/residual adds included; "
               "torchao's X86 quantizer quantizes convolutions, linear layers and adds but not the attention "
