@@ -179,11 +179,13 @@ def xnnpack_quantize(model: nn.Module, example: Tensor, batches: Iterable[tuple[
 def _quantization_aware_weights(model: nn.Module, deployed: nn.Module, example: Tensor, batches,
                                 schedule: QATSchedule, train_set: Dataset) -> None:
     """QAT for the XNNPACK int8 program: fine-tune the weights of `deployed` (in place) under
-    the same annotations with fake quantizers, towards the float model
+    the same quantizer with fake quantizers, towards the float model
     (`uniformer_edge.quantize.qat.finetune`), the activation ranges fixed at calibrated ones (a
     moving min/max would widen them). It trains a batch-dynamic export of the form (the .pte's
-    batch-of-one graph trains about ten times slower clip by clip); the trained weights then go
-    through the calibration of `xnnpack_quantize`, so the program is the calibrated one's graph."""
+    batch-of-one graph trains about ten times slower clip by clip), on which the quantizer leaves
+    the frame slices fp32 (see `xnnpack_quantize`): the training graph is close to the program,
+    not the same. The trained weights then go through the calibration of `xnnpack_quantize`, so
+    the program is the calibrated one's graph."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
 
