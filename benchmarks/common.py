@@ -70,6 +70,31 @@ def reference_checkpoint(train_if_missing: bool = True) -> Path:
     return best
 
 
+def torchao_x86_prepare(graph: torch.fx.GraphModule):
+    """torchao's stock X86 Inductor quantizer (its default static config) prepared on `graph`, as a
+    user would apply it, and what it annotated: op -> count, and the Conv3d it left float. It
+    annotates conv1d/conv2d only, so on UniFormer its int8 ops are the linear layers and the
+    GELUs and adds that follow them (on the frame-conv form, `deploy(conv3d="2d")`, its
+    conv-add pattern raises "Input partition has more than one output node")."""
+    from collections import Counter
+
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+
+    conv3d = [n for n in graph.graph.nodes if n.target == torch.ops.aten.conv3d.default]
+    prepared = prepare_pt2e(graph, X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config()))
+    annotated = Counter(n.target._opname for n in prepared.graph.nodes
+                        if getattr(n.meta.get("quantization_annotation"), "_annotated", False))
+    float_conv3d = sum("quantization_annotation" not in n.meta for n in conv3d)
+    return prepared, {"int8_ops": dict(sorted(annotated.items())), "float_conv3d": float_conv3d}
+
+
+def x86_census_text(census: dict) -> str:
+    ops = ", ".join(f"{count} {op}" for op, count in sorted(census["int8_ops"].items(), key=lambda oc: -oc[1]))
+    return f"{ops} ops in int8, its {census['float_conv3d']} Conv3d in fp32"
+
+
 def environment() -> dict:
     import numpy
 

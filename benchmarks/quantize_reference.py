@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from common import EXECUTORCH_QAT_ROW, EXECUTORCH_ROW, REFERENCE_RECIPE, RESULTS, environment, reference_checkpoint, write_results
+from common import (EXECUTORCH_QAT_ROW, EXECUTORCH_ROW, REFERENCE_RECIPE, RESULTS, environment, reference_checkpoint,
+                    torchao_x86_prepare, write_results, x86_census_text)
 from uniformer_edge.calibration import build_dataset, calibration_set
 from uniformer_edge.engine import agreement, collect_logits, top1_drop, topk_accuracy
 from uniformer_edge.export.executorch import (executorch_available, load_executorch, lower_executorch,
@@ -42,18 +43,16 @@ R = REFERENCE_RECIPE
 
 
 def torchao_x86(model, calib, example):
-    """torchao's stock X86 Inductor quantizer (its default static config), as a user would apply it."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+    """torchao's stock X86 Inductor quantizer on the deploy-form graph, calibrated, converted, and
+    what it quantized (`torchao_x86_prepare`)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(export_float(model, example).module(), quantizer)
+    prepared, census = torchao_x86_prepare(export_float(model, example).module())
 
     class _Prepared:  # calibrate() only needs `.module`
         module = prepared
     calibrate(_Prepared, calib, progress=False)
-    return convert_pt2e(prepared)
+    return convert_pt2e(prepared), census
 
 
 def executorch_int8_logits(model, example, calib, eval_set, desc="ExecuTorch", finetuning=None):
@@ -148,8 +147,9 @@ def main():
             record(name, run_torch(program.module())[0], time.time() - started, "ours")
 
         started = time.time()
-        x86 = torchao_x86(model, calib, example)
-        record("torchao X86InductorQuantizer (default)", run_torch(x86)[0], time.time() - started, "peer")
+        x86, x86_census = torchao_x86(model, calib, example)
+        record("torchao X86InductorQuantizer (default)", run_torch(x86)[0], time.time() - started, "peer",
+               x86_census_text(x86_census))
 
         with tempfile.TemporaryDirectory() as tmp:
             float_onnx = export_onnx(deploy(model, per_channel_safe=True), Path(tmp) / "float.onnx", example)
@@ -291,8 +291,9 @@ def main():
                       "target, prunes no tokens.")
     lines += ["", "Peers: ORT `quantize_static` runs on the float ONNX export of the same deploy form "
               "(BatchNorm folded) and quantizes every op it supports, LayerNorm/Softmax/residual adds included; "
-              "torchao's X86 quantizer quantizes convolutions, linear layers and adds but not the attention "
-              "products.", "",
+              "torchao's X86 quantizer annotates 1-D and 2-D convolutions, linear layers and the ops fused with "
+              "them, but no Conv3d: it ran this model with "
+              f"{rows['torchao X86InductorQuantizer (default)']['note']}, not a full W8A8 model.", "",
               f"Command: `python benchmarks/quantize_reference.py` ({environment()['processor']}, "
               f"{environment()['threads']} threads, torch {torch.__version__})."]
     if args.executorch_only:
