@@ -64,6 +64,11 @@ def _measure_rounds(rounds: int, threads: int, runs_per_round: int, desc: str) -
     return times
 
 
+def _speedups(theirs: list[float], ours: list[float]) -> list[float]:
+    """Per-round speed-ups of ours over another program, sorted."""
+    return sorted(a / b for a, b in zip(theirs, ours))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=30)
@@ -87,7 +92,7 @@ def main():
     ours = times["ExecuTorch int8"]
 
     def paired(name):
-        ratios = sorted(a / b for a, b in zip(times[name], ours))
+        ratios = _speedups(times[name], ours)
         return {"median": statistics.median(ratios), "p10": ratios[len(ratios) // 10],
                 "p90": ratios[(9 * len(ratios)) // 10]}
 
@@ -97,7 +102,7 @@ def main():
     per_process = [{"rounds": len(part["ExecuTorch int8"]),
                     "median_ms": {name: statistics.median(ms) for name, ms in part.items()},
                     "speedup_vs_torch_eager_fp32": statistics.median(
-                        a / b for a, b in zip(part["torch eager fp32"], part["ExecuTorch int8"]))} for part in parts]
+                        _speedups(part["torch eager fp32"], part["ExecuTorch int8"]))} for part in parts]
     targets = {target: speedups[key]["median"] >= goal for key, (target, goal) in GOALS.items()}
     result = {"rounds": args.rounds, "processes": per_process, "runs_per_round": args.runs_per_round, "threads": args.threads, "median_ms": {n: statistics.median(t) for n, t in times.items()},
               "faster_ort": faster_ort, "speedup_of_executorch_int8": speedups, "targets": targets,
