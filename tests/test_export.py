@@ -238,10 +238,11 @@ def test_layer_norm_as_xnnpack_ops_matches_layer_norm():
         LayerNormAsXnnpackOps(torch.nn.LayerNorm((4, 48)))
 
 
-def test_xnnpack_quantization_keeps_depthwise_convolutions_float():
+def test_xnnpack_quantization_keeps_depthwise_convolutions_and_residual_stream_float():
     pytest.importorskip("executorch.runtime", reason="ExecuTorch is an optional extra")
-    from uniformer_edge.export.executorch import xnnpack_quantize
+    from uniformer_edge.export.executorch import _is_residual_add, xnnpack_quantize
     from uniformer_edge.models import create_model
+    from uniformer_edge.models.uniformer import CBlock, SABlock
 
     torch.manual_seed(0)
     model = create_model("s", **TINY).eval()
@@ -265,9 +266,12 @@ def test_xnnpack_quantization_keeps_depthwise_convolutions_float():
     assert kinds["other"] and all(kinds["other"])
     assert len(averaging) == 2 * sum(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
     assert any(n.target == torch.ops.aten.conv2d.default for n in averaging)  # the patch embeddings' channel norms
-    # the runs of depthwise output frames are quantized before they are joined, so XNNPACK joins int8
-    cats = [n for n in converted.graph.nodes if n.target == torch.ops.aten.cat.default]
-    assert cats and all("dequantize" in str(a.target) for n in cats for a in n.args[0])
+    # the residual stream stays fp32: every residual add takes the stream from the add before it
+    # (or from the position embedding's fp32 depthwise runs), not from an int8 tensor
+    residual_adds = [n for n in converted.graph.nodes if _is_residual_add(n)]
+    assert len(residual_adds) == 3 * sum(isinstance(m, (CBlock, SABlock)) for m in model.modules())
+    for add in residual_adds:
+        assert any("dequantize" not in str(a.target) for a in add.args), add
     with torch.no_grad():
         expected = model(clips[:1])
         got = converted(clips[:1])
