@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import TINY, TINY_LIGHT, randomize_batchnorm, rel_err
 from uniformer_edge.models import (Conv3dAs2d, TimeUnrolledConv, UniFormer, UniFormerLight, create_model, deploy,
-                                   from_official_config, list_variants)
+                                   fold_position_residuals, from_official_config, list_variants)
 
 FIXTURES = {"uniformer": "parity_uniformer_tiny.pt", "light": "parity_uniformer_light_tiny.pt"}
 
@@ -143,9 +143,28 @@ def test_depthwise_conv3d_as_2d_skips_padding_taps():
     for tap in as_2d.taps:
         tap.register_forward_hook(lambda module, args, out: frames_read.append(args[0].shape[0]))
     x = torch.randn(2, 8, 4, 10, 10)
+    frame_batched = x.transpose(1, 2).flatten(0, 1)
     with torch.no_grad():
-        assert rel_err(as_2d(x), conv(x)) < 1e-5
-    assert sum(frames_read) == 2 * 14  # of 4 frames x 5 taps, 6 fall on temporal padding
+        expected = conv(x)
+        assert rel_err(as_2d(frame_batched, 2), expected.transpose(1, 2).flatten(0, 1)) < 1e-5
+        assert sum(frames_read) == 2 * 14  # of 4 frames x 5 taps, 6 fall on temporal padding
+        # on clips each tap convolves every frame once (one layout conversion in XNNPACK)
+        frames_read.clear()
+        assert rel_err(as_2d(x), expected) < 1e-5
+        assert frames_read == [2 * 4] * 5
+
+
+def test_fold_position_residuals():
+    model = _tiny(UniFormerLight, **TINY_LIGHT)
+    x = torch.randn(2, 3, 8, 64, 64)
+    deployed = deploy(model, conv3d="2d", per_channel_safe=True)
+    assert any(getattr(m, "pos_embed_residual", False) for m in deployed.modules())
+    fold_position_residuals(deployed)
+    assert not any(getattr(m, "pos_embed_residual", False) for m in deployed.modules())
+    with torch.no_grad():
+        assert rel_err(deployed(x), model(x)) < 1e-4
+    with pytest.raises(TypeError, match="depthwise Conv3dAs2d"):
+        fold_position_residuals(deploy(model, per_channel_safe=True))  # native Conv3d kernels
 
 
 @pytest.mark.parametrize("kernel,stride,padding", [

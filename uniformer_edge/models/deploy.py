@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from .uniformer import Attention, CBlock, ConvStem, DropPath, PatchEmbed, SABlock
 
-__all__ = ["deploy", "Conv3dAs2d", "TimeUnrolledConv", "BatchedAttention", "ChannelAffine", "FrameConvStages"]
+__all__ = ["deploy", "fold_position_residuals", "Conv3dAs2d", "TimeUnrolledConv", "BatchedAttention", "ChannelAffine",
+           "FrameConvStages"]
 
 CONV3D_MODES = ("native", "2d")
 
@@ -81,12 +82,17 @@ class ChannelAffine(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale + self.shift
 
-    def for_frames(self) -> "ChannelAffine":
-        """The same affine on frame-batched maps (B*T, C, H, W): parameters shaped (1, C, 1, 1),
-        4-D as XNNPACK needs them to stay in its channels-last layout."""
-        for name in ("scale", "shift"):
-            setattr(self, name, nn.Parameter(getattr(self, name).detach().reshape(1, -1, 1, 1)))
-        return self
+    def for_frames(self) -> nn.Conv2d:
+        """The same affine on frame-batched maps (B*T, C, H, W), as a 1x1 depthwise convolution:
+        one fp32 pass in XNNPACK, whose int8 program keeps depthwise convolutions fp32, where the
+        multiply-add ran as a quantize, an int8 multiply and an int8 add (0.23 against 0.40 ms per
+        norm of UniFormer-S's first stage, per-op profile)."""
+        channels = self.scale.numel()
+        conv = nn.Conv2d(channels, channels, 1, groups=channels)
+        with torch.no_grad():
+            conv.weight.copy_(self.scale.reshape(-1, 1, 1, 1))
+            conv.bias.copy_(self.shift.reshape(-1))
+        return conv
 
 
 def _fold_block(blk: nn.Module, per_channel_safe: bool):
@@ -166,6 +172,11 @@ class Conv3dAs2d(nn.Module):
     on temporal padding: output frames are computed in runs that read the same taps. On
     UniFormer-S's 4-frame stages that drops 6 of the 20 frame-taps of each 5x5x5 kernel, and
     the padding copies with them.
+
+    On clips, a depthwise kernel instead convolves every frame with each tap and sums slices of
+    the tap outputs: frames transposed out of a clip are channels-first to XNNPACK, which would
+    convert each slice of them to its channels-last layout (6 of the 12 transposes of each
+    global block of UniFormer-S), where the whole-frame taps share one conversion.
     """
 
     def __init__(self, conv: nn.Conv3d):
@@ -208,7 +219,11 @@ class Conv3dAs2d(nn.Module):
             B, C, T, H, W = x.shape
             if self.pointwise:  # a 1x1x1 kernel needs no frame split: (B, C, T*H, W) keeps the layout
                 return self.taps[0](x.reshape(B, C, T * H, W)).reshape(B, self.out_channels, T, H, W)
-            return _from_frames(self(_to_frames(x), B), B)
+            frames = _to_frames(x)
+            runs = None if self.dense or self.per_frame else self._runs(T)
+            if runs is not None:
+                return _from_frames(self._sum_valid_taps(frames, B, runs, whole_taps=True), B)
+            return _from_frames(self(frames, B), B)
         if self.per_frame:
             return self.taps[0](x)
         frames = x.shape[0] // batch
@@ -250,15 +265,25 @@ class Conv3dAs2d(nn.Module):
                 runs.append((t, 1, taps))
         return runs
 
-    def _sum_valid_taps(self, x: Tensor, batch: int, runs) -> Tensor:
+    def _sum_valid_taps(self, x: Tensor, batch: int, runs, whole_taps: bool = False) -> Tensor:
+        """Each run's taps summed; `whole_taps`: slices of each tap's output over all frames
+        (computed once, when first read) rather than each tap over slices of the input."""
         frames, st = x.shape[0] // batch, self.time_stride
+        tap_outputs: dict[int, Tensor] = {}
+
+        def term(tau: int, start: int, count: int) -> Tensor:
+            whole = start == 0 and count == frames and st == 1
+            if not whole_taps:
+                return self.taps[tau](x if whole else _time_slice(x, batch, start, count, st))
+            if tau not in tap_outputs:
+                tap_outputs[tau] = self.taps[tau](x)
+            return tap_outputs[tau] if whole else _time_slice(tap_outputs[tau], batch, start, count, st)
+
         outputs = []
         for first, count, _ in runs:
             y = None
             for tau, start in self.real_taps(first, frames):  # the run's taps, as its first frame reads them
-                whole = start == 0 and count == frames and st == 1
-                term = self.taps[tau](x if whole else _time_slice(x, batch, start, count, st))
-                y = term if y is None else y + term
+                y = term(tau, start, count) if y is None else y + term(tau, start, count)
             outputs.append(y)
         return outputs[0] if len(outputs) == 1 else _time_cat(outputs, batch)
 
@@ -402,6 +427,26 @@ class BatchedAttention(nn.Module):
         cls_scores = attn.reshape(B, h, M, M)[:, :, 0, 1:].mean(dim=1) if want_cls_scores else None
         out = torch.bmm(attn, v)
         return self.proj(out.reshape(B, h, M, C // h).permute(0, 2, 1, 3).reshape(B, M, C)), cls_scores
+
+
+@torch.no_grad()
+def fold_position_residuals(model: nn.Module) -> nn.Module:
+    """x + pos_embed(x) -> pos_embed'(x) in every block of a `conv3d="2d"` deploy form (in
+    place): 1 added at the centre tap of each channel's kernel, as `deploy` does unless
+    `per_channel_safe`, where it would stretch the kernels' int8 ranges. For runtimes that keep
+    the depthwise convolutions float (the XNNPACK int8 program), which lose nothing by it and
+    save an add over the residual stream per block."""
+    for block in model.modules():
+        if not getattr(block, "pos_embed_residual", False):
+            continue
+        conv = block.pos_embed
+        if not isinstance(conv, Conv3dAs2d) or conv.dense or conv.time_stride != 1:
+            raise TypeError(f"expected a depthwise Conv3dAs2d of stride 1 as position embedding, got {conv}")
+        centre = conv.taps[conv.time_pad]  # the tap that reads each output frame's own input frame
+        ph, pw = centre.padding
+        centre.weight[:, 0, ph, pw] += 1.0
+        block.pos_embed_residual = False
+    return model
 
 
 def _drop_training_only(module: nn.Module):
