@@ -298,7 +298,7 @@ def main():
               f"{environment()['threads']} threads, torch {torch.__version__})."]
     if args.executorch_only:
         lines[-1] += (" The ExecuTorch rows (and the no-pruning ExecuTorch figure) were rescored alone afterwards, "
-                      "with `--executorch-only`, after a change to the XNNPACK quantization.")
+                      "with `--executorch-only`, after a change to the XNNPACK int8 program.")
     write_results("quantize_reference", result, "\n".join(lines) + "\n")
 
 
