@@ -43,11 +43,10 @@ SUPPORTED = {
 PT2E_RECIPE = {"int8": "w8a8", "w8": "w8", "w4": "w4"}
 FP32_MAX_REL_ERR, FP16_MIN_COSINE, QUANT_MIN_COSINE = 1e-4, 0.999, 0.999
 # XNNPACK's int8 kernels requantize with their own fixed-point rounding after every quantized op
-# (the per-channel affines' multiplies and adds included, which PyTorch's graph simulates in
-# fp32), and the light models' top-k token pruning amplifies any difference: random-weight
-# UniFormer-S and XXS at 8x224 / 8x160 measure 0.9998 / 0.9998 against the PyTorch graph, as
-# ONNX Runtime does (0.9993 / 0.9993 while the residual adds were int8, XXS 0.9988 in an
-# earlier form); the margin covers other checkpoints.
+# (which PyTorch's graph simulates in fp32), and the light models' top-k token pruning amplifies
+# any difference: random-weight UniFormer-S and XXS at 8x224 / 8x160 measure 0.9998 / 0.9997
+# against the PyTorch graph (0.9993 / 0.9993 while the residual adds were int8, XXS 0.9988 in
+# an earlier form); the margin covers other checkpoints.
 XNNPACK_INT8_MIN_COSINE = 0.998
 _SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage", "executorch": ".pte"}
 
