@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import TINY, TINY_LIGHT, randomize_batchnorm, rel_err
 from uniformer_edge.models import (Conv3dAs2d, TimeUnrolledConv, UniFormer, UniFormerLight, create_model, deploy,
-                                   fold_position_residuals, from_official_config, list_variants)
+                                   from_official_config, list_variants)
 
 FIXTURES = {"uniformer": "parity_uniformer_tiny.pt", "light": "parity_uniformer_light_tiny.pt"}
 
@@ -154,17 +154,20 @@ def test_depthwise_conv3d_as_2d_skips_padding_taps():
         assert frames_read == [2 * 4] * 5
 
 
-def test_fold_position_residuals():
+def test_deploy_float_depthwise_folds_position_residuals_when_per_channel_safe():
     model = _tiny(UniFormerLight, **TINY_LIGHT)
     x = torch.randn(2, 3, 8, 64, 64)
-    deployed = deploy(model, conv3d="2d", per_channel_safe=True)
-    assert any(getattr(m, "pos_embed_residual", False) for m in deployed.modules())
-    fold_position_residuals(deployed)
-    assert not any(getattr(m, "pos_embed_residual", False) for m in deployed.modules())
+    kept = deploy(model, conv3d="2d", per_channel_safe=True)
+    folded = deploy(model, conv3d="2d", per_channel_safe=True, float_depthwise=True)
+    def residuals(form):
+        return [m.pos_embed_residual for m in form.modules() if hasattr(m, "pos_embed_residual")]
+    assert residuals(kept) and all(residuals(kept))
+    assert len(residuals(folded)) == len(residuals(kept)) and not any(residuals(folded))
     with torch.no_grad():
-        assert rel_err(deployed(x), model(x)) < 1e-4
-    with pytest.raises(TypeError, match="depthwise Conv3dAs2d"):
-        fold_position_residuals(deploy(model, per_channel_safe=True))  # native Conv3d kernels
+        assert rel_err(folded(x), model(x)) < 1e-4
+    # only the position embeddings' kernels differ, by 1 at the centre tap
+    differing = [k for k, v in folded.state_dict().items() if not torch.equal(v, kept.state_dict()[k])]
+    assert differing and all("pos_embed" in k for k in differing)
 
 
 @pytest.mark.parametrize("kernel,stride,padding", [

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from .._io import atomic_write
 from ..engine import init_distributed
-from ..models import deploy, fold_position_residuals
+from ..models import deploy
 from ..models.deploy import FrameCBlock, FrameEmbed
 from ..models.uniformer import EvoSABlock, SABlock
 from ..quantize.ptq import export_batch_dynamic
@@ -84,9 +84,9 @@ def xnnpack_form(model: nn.Module, frames: int, per_channel_safe: bool = False) 
     """The deploy form for clips of `frames` frames, `deploy(conv3d="2d", frames=frames)` with
     every LayerNorm as `LayerNormAsXnnpackOps`: XNNPACK delegates all of UniFormer but its final
     pooling (two delegate calls); the light models' token pruning stays on portable kernels.
-    The position embeddings' residuals fold into their kernels even when `per_channel_safe`:
-    the int8 program keeps depthwise convolutions fp32 (`_xnnpack_quantizer`)."""
-    deployed = fold_position_residuals(deploy(model, conv3d="2d", per_channel_safe=per_channel_safe, frames=frames))
+    The position embeddings' residuals fold into their kernels even when `per_channel_safe`
+    (`float_depthwise`): the int8 program keeps depthwise convolutions fp32 (`_xnnpack_quantizer`)."""
+    deployed = deploy(model, conv3d="2d", per_channel_safe=per_channel_safe, frames=frames, float_depthwise=True)
     _replace_layer_norms(deployed)
     return deployed.requires_grad_(False)
 

@@ -2,7 +2,7 @@
 model statistics and the inference-only deploy form."""
 from .checkpoint import (CheckpointError, LoadReport, checkpoint_metadata, inflate_2d_kernel, load_checkpoint,
                          read_state_dict)
-from .deploy import Conv3dAs2d, TimeUnrolledConv, deploy, fold_position_residuals
+from .deploy import Conv3dAs2d, TimeUnrolledConv, deploy
 from .info import ModelInfo, model_info
 from .registry import (VariantSpec, create_model, from_official_config, get_variant, list_variants,
                        official_config_kwargs)
@@ -11,6 +11,6 @@ from .uniformer import UniFormer, UniFormerLight
 __all__ = [
     "UniFormer", "UniFormerLight", "create_model", "list_variants", "get_variant", "VariantSpec",
     "from_official_config", "official_config_kwargs", "load_checkpoint", "read_state_dict",
-    "inflate_2d_kernel", "checkpoint_metadata", "CheckpointError", "LoadReport", "deploy", "fold_position_residuals",
+    "inflate_2d_kernel", "checkpoint_metadata", "CheckpointError", "LoadReport", "deploy",
     "Conv3dAs2d", "TimeUnrolledConv", "model_info", "ModelInfo",
 ]

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .uniformer import Attention, CBlock, ConvStem, DropPath, PatchEmbed, SABlock
 
-__all__ = ["deploy", "fold_position_residuals", "Conv3dAs2d", "TimeUnrolledConv", "BatchedAttention", "ChannelAffine",
+__all__ = ["deploy", "Conv3dAs2d", "TimeUnrolledConv", "BatchedAttention", "ChannelAffine",
            "FrameConvStages"]
 
 CONV3D_MODES = ("native", "2d")
@@ -95,8 +95,8 @@ class ChannelAffine(nn.Module):
         return conv
 
 
-def _fold_block(blk: nn.Module, per_channel_safe: bool):
-    if not per_channel_safe:
+def _fold_block(blk: nn.Module, per_channel_safe: bool, float_depthwise: bool):
+    if float_depthwise or not per_channel_safe:
         _fold_identity_into_depthwise(blk.pos_embed)
         blk.pos_embed_residual = False
     if isinstance(blk, CBlock):
@@ -429,26 +429,6 @@ class BatchedAttention(nn.Module):
         return self.proj(out.reshape(B, h, M, C // h).permute(0, 2, 1, 3).reshape(B, M, C)), cls_scores
 
 
-@torch.no_grad()
-def fold_position_residuals(model: nn.Module) -> nn.Module:
-    """x + pos_embed(x) -> pos_embed'(x) in every block of a `conv3d="2d"` deploy form (in
-    place): 1 added at the centre tap of each channel's kernel, as `deploy` does unless
-    `per_channel_safe`, where it would stretch the kernels' int8 ranges. For runtimes that keep
-    the depthwise convolutions float (the XNNPACK int8 program), which lose nothing by it and
-    save an add over the residual stream per block."""
-    for block in model.modules():
-        if not getattr(block, "pos_embed_residual", False):
-            continue
-        conv = block.pos_embed
-        if not isinstance(conv, Conv3dAs2d) or conv.dense or conv.time_stride != 1:
-            raise TypeError(f"expected a depthwise Conv3dAs2d of stride 1 as position embedding, got {conv}")
-        centre = conv.taps[conv.time_pad]  # the tap that reads each output frame's own input frame
-        ph, pw = centre.padding
-        centre.weight[:, 0, ph, pw] += 1.0
-        block.pos_embed_residual = False
-    return model
-
-
 def _drop_training_only(module: nn.Module):
     """Dropout and stochastic depth are identities in eval: remove them from the graph."""
     for name, child in module.named_children():
@@ -478,7 +458,7 @@ def _replace_3d(module: nn.Module):
 
 
 def deploy(model: nn.Module, conv3d: str = "native", per_channel_safe: bool = False,
-           frames: Optional[int] = None) -> nn.Module:
+           frames: Optional[int] = None, float_depthwise: bool = False) -> nn.Module:
     """Return an inference-only copy of a UniFormer / UniFormerLight with eval-time affines
     folded (see module docstring). The input model is left untouched.
 
@@ -488,7 +468,12 @@ def deploy(model: nn.Module, conv3d: str = "native", per_channel_safe: bool = Fa
     `per_channel_safe` keeps only the folds that scale whole output channels (BatchNorm into
     the preceding convolution, LayerScale). The others scale input channels or add 1 to one
     tap of each depthwise kernel, which stretches the per-output-channel weight range and
-    costs int8 precision; quantized graphs use this form."""
+    costs int8 precision; quantized graphs use this form.
+
+    `float_depthwise` is for runtimes that keep depthwise convolutions float in quantized
+    programs (XNNPACK's int8 program): the position-embedding residuals then fold into their
+    kernels even when `per_channel_safe`, which costs nothing there and saves one add over the
+    residual stream per block."""
     if conv3d not in CONV3D_MODES:
         raise ValueError(f"conv3d must be one of {CONV3D_MODES}, got {conv3d!r}")
     if frames is not None and conv3d != "2d":
@@ -496,7 +481,7 @@ def deploy(model: nn.Module, conv3d: str = "native", per_channel_safe: bool = Fa
     out = copy.deepcopy(model).eval()
     for module in list(out.modules()):
         if isinstance(module, (CBlock, SABlock)):
-            _fold_block(module, per_channel_safe)
+            _fold_block(module, per_channel_safe, float_depthwise)
         elif isinstance(module, ConvStem):
             _fold_bn_into_prev(module.proj[0], module.proj[1])
             _fold_bn_into_prev(module.proj[3], module.proj[4])
