@@ -160,15 +160,20 @@ def test_deploy_float_depthwise_folds_position_residuals_when_per_channel_safe()
     x = torch.randn(2, 3, 8, 64, 64)
     kept = deploy(model, conv3d="2d", per_channel_safe=True)
     folded = deploy(model, conv3d="2d", per_channel_safe=True, float_depthwise=True)
+
     def residuals(form):
         return [m.pos_embed_residual for m in form.modules() if hasattr(m, "pos_embed_residual")]
     assert residuals(kept) and all(residuals(kept))
     assert len(residuals(folded)) == len(residuals(kept)) and not any(residuals(folded))
     with torch.no_grad():
         assert rel_err(folded(x), model(x)) < 1e-4
-    # only the position embeddings' kernels differ, by 1 at the centre tap
-    differing = [k for k, v in folded.state_dict().items() if not torch.equal(v, kept.state_dict()[k])]
+    # only the position embeddings' kernels differ: by 1, at one tap of each channel
+    before, after = kept.state_dict(), folded.state_dict()
+    differing = [k for k in after if not torch.equal(after[k], before[k])]
     assert differing and all("pos_embed" in k for k in differing)
+    for k in differing:
+        change = (after[k] - before[k]).flatten(1)
+        assert torch.allclose(change.sum(1), torch.ones(len(change))) and (change.abs() > 0.5).sum(1).eq(1).all()
 
 
 @pytest.mark.parametrize("kernel,stride,padding", [
