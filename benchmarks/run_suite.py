@@ -8,13 +8,15 @@ For each model (UniFormer-S 8x224, XXS 8x160; random weights, speed only) it exp
 (fp32, int8) and Core ML weight compression (w8, palettize4: size only off macOS), quantizes
 PT2E w8a8 by PTQ and by QAT (for speed; QAT accuracy comes from the reference model) and
 measures torchao's stock X86 PT2E flow in PyTorch; then runs `uniformer_edge.benchmark` over
-everything. Writes benchmarks/RESULTS.md and benchmarks/results/suite/ (report.json, plots).
+everything. Writes benchmarks/RESULTS.md (with the device reports of `device_report.py` merged in) and
+benchmarks/results/suite/ (report.json, plots).
 Run it on an otherwise idle machine: latencies of concurrent jobs mean nothing.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -24,9 +26,11 @@ import torch
 
 from common import (EXECUTORCH_QAT_ROW, EXECUTORCH_ROW, EXPORTS, REPO, RESULTS, environment, torchao_x86_prepare,
                     x86_census_text)
+from device_report import DEVICES
 from paired_targets import GOALS
 from uniformer_edge._io import atomic_write_text
-from uniformer_edge.benchmark import BenchmarkJob, run_benchmark, write_report
+from uniformer_edge.benchmark import BenchmarkJob, merge_reports, read_report, run_benchmark, write_report
+from uniformer_edge.benchmark.report import device_label, peak_memory, unavailable_settings
 from uniformer_edge.benchmark.run import latency_stats
 from uniformer_edge.export import ExportJob, run_export
 from uniformer_edge.models import create_model, get_variant
@@ -169,7 +173,36 @@ def reference_accuracy(data: Optional[dict]) -> list[str]:
     return lines + [""]
 
 
-def write_results_md(report: dict, models, threads: int) -> None:
+def other_devices(suite_report: Path, devices: Path = DEVICES, merged: Path = RESULTS / "merged") -> list[str]:
+    """RESULTS.md's section on the device reports under `devices` (`device_report.py`), each
+    device's rows against its own CPU's torch eager fp32; with any, the suite's report and theirs
+    merged into `merged` (a table and plots per device)."""
+    lines = ["## Other devices", ""]
+    reports = sorted(devices.glob("*/report.json"))
+    if not reports:
+        return lines + ["None measured yet. `python benchmarks/device_report.py` measures the float models on "
+                        "another machine (the float GPU model and ONNX Runtime CUDA where it has a GPU; its "
+                        "docstring says how to run it on a lent GPU machine) into results/devices/.", ""]
+    write_report(merge_reports([suite_report, *reports]), merged, force=True)
+    link = Path(os.path.relpath(merged / "report.md", REPO / "benchmarks")).as_posix()
+    lines += [f"Float models on each device (`benchmarks/device_report.py`), random weights; merged with this "
+              f"machine's suite in [{link}]({link}).", ""]
+    for path in reports:
+        report = read_report(path)
+        lines += [f"### {device_label(report['device'])}", ""]
+        lines += [f"- {line}" for line in unavailable_settings(report)] + [""]
+        lines += ["| model | artifact (precision) | backend | median ms | x torch eager fp32 on its CPU | "
+                  "peak RSS (GPU) MB |", "|---|---|---|---|---|---|"]
+        for r in report["rows"]:
+            if "latency" in r:
+                lines.append(f"| {r['variant'].upper()} {r['input']} | {r['artifact']} ({r['precision']}) | "
+                             f"{r['backend']} {r['setting']} | {r['latency']['median_ms']:.1f} | "
+                             f"{r['speedup_vs_torch_fp32']:.2f} | {peak_memory(r)} |")
+        lines.append("")
+    return lines
+
+
+def write_results_md(report: dict, models, threads: int, suite_report: Path) -> None:
     """benchmarks/RESULTS.md from a suite report (the one just measured, or --from-report)."""
     path = RESULTS / "quantize_reference.json"
     reference = json.loads(path.read_text()) if path.is_file() else None
@@ -188,7 +221,7 @@ def write_results_md(report: dict, models, threads: int) -> None:
         for r in report["rows"]:
             if r["variant"] != variant or "latency" not in r:
                 continue
-            if r["format"] == "torch eager":
+            if r["format"] == "torch eager" and r["setting"] == "cpu":
                 baseline_of = r
             rows.append((r, baseline_of))
         if not rows:
@@ -210,6 +243,7 @@ def write_results_md(report: dict, models, threads: int) -> None:
                      f"torch inductor | {x86['median_ms']:.1f} | {first_base / x86['median_ms']:.2f} | - | - |")
         lines.append("")
     lines += performance_targets(report["rows"], reference) + reference_accuracy(reference)
+    lines += other_devices(suite_report)
     lines += ["Full per-device report: [results/suite/report.md](results/suite/report.md).", ""]
     atomic_write_text(REPO / "benchmarks" / "RESULTS.md", "\n".join(lines))
     print("\n".join(lines))
@@ -234,7 +268,7 @@ def main():
     args = p.parse_args()
     if args.from_report:
         report = json.loads(args.from_report.read_text())
-        write_results_md(report, args.models, report["device"]["threads"])
+        write_results_md(report, args.models, report["device"]["threads"], args.from_report)
         return
     ceilings = roofline(args.threads)
     print(f"roofline: {ceilings}", flush=True)
@@ -264,7 +298,7 @@ def main():
     report["roofline"] = ceilings
     report["peers_measured_in_torch"] = extra
     write_report(report, RESULTS / "suite", force=True)
-    write_results_md(report, args.models, args.threads)
+    write_results_md(report, args.models, args.threads, RESULTS / "suite" / "report.json")
     print(json.dumps({"environment": environment()}))
 
 

@@ -7,10 +7,16 @@ import platform
 import shutil
 
 import pytest
+import torch
 
-from conftest import TINY
-from uniformer_edge.benchmark import BenchmarkJob, latency_stats, merge_reports, read_report, run_benchmark, write_report
+from conftest import REPO, TINY
+from uniformer_edge.benchmark import (BenchmarkJob, latency_stats, merge_reports, read_report, render_markdown,
+                                      run_benchmark, write_report)
+from uniformer_edge.benchmark.backends import ORT_PROVIDERS, Runner
 from uniformer_edge.benchmark.report import pareto_front
+from uniformer_edge.benchmark.run import _float_gpu_rows
+from uniformer_edge.engine import agreement
+from uniformer_edge.models import create_model, deploy
 from uniformer_edge.export import ExportJob, run_export
 from uniformer_edge.quantize import QuantizeJob, run_job
 
@@ -96,3 +102,66 @@ def test_latency_stats_and_pareto():
     assert stats["median_ms"] == pytest.approx(30) and stats["min_ms"] == pytest.approx(10)
     assert stats["p90_ms"] == pytest.approx(100) and stats["throughput_clips_per_s"] == pytest.approx(2000 / 30)
     assert pareto_front([(10, 0.9), (20, 0.95), (30, 0.94), (5, 0.5)]) == [0, 1, 3]
+
+
+def test_every_setting_listed_available_or_with_its_reason(report):
+    import onnxruntime as ort
+
+    settings = report["backend_settings"]
+    assert settings["torch"]["cpu"] == "available"
+    assert (settings["torch"]["cuda"] == "available") == torch.cuda.is_available()
+    assert set(settings["onnxruntime"]) == set(ORT_PROVIDERS)
+    md = render_markdown(report)
+    for provider, state in settings["onnxruntime"].items():
+        if provider in ort.get_available_providers():
+            assert state == "available"
+        else:
+            assert state.startswith(f"not available here: onnxruntime {ort.__version__} has no {provider}")
+            assert f"- onnxruntime {provider}: {state}" in md
+    if not torch.cuda.is_available():
+        assert f"- torch cuda: {settings['torch']['cuda']}" in md
+        assert not [r for r in report["rows"] if r.get("setting") == "cuda"]
+
+
+def test_float_gpu_rows_with_the_cpu_standing_in_for_the_gpu():
+    """The GPU rows' code on the one device every machine has: fp32 and fp16 copies of the float
+    model, timed and scored against the float model, each ratio to the CPU baseline run after it."""
+    torch.manual_seed(0)
+    model = deploy(create_model("s", **TINY).eval())
+    clips = torch.randn(3, 3, 8, 32, 32)
+    with torch.no_grad():
+        reference = model(clips)
+    job = BenchmarkJob(artifacts=("unused",), runs=3, warmup=1)
+    baseline = Runner("torch", "cpu", lambda x: model(x))
+    rows = list(_float_gpu_rows(model, clips, clips[:1], job, lambda lg: agreement(reference, lg), baseline,
+                                {"variant": "s", "artifact": "float model (deploy form)"}, device="cpu"))
+    assert [(r["precision"], r["setting"]) for r in rows] == [("fp32", "cpu"), ("fp16", "cpu")]
+    fp32, fp16 = rows
+    assert fp32["accuracy"]["sqnr_db"] > 100 and 20 < fp16["accuracy"]["sqnr_db"] < 80
+    assert fp16["size_bytes"] == fp32["size_bytes"] // 2
+    for r in rows:
+        assert r["latency"]["runs"] == 3 and "peak_gpu_bytes" not in r
+        assert r["speedup_vs_torch_fp32"] == pytest.approx(r["torch_fp32_median_ms"] / r["latency"]["median_ms"])
+
+
+def test_device_report_merged_into_results(report, tmp_path, monkeypatch):
+    """benchmarks/device_report.py measures a device, and the suite's RESULTS.md section merges it."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import device_report
+    import run_suite
+    device = device_report.measure([("s", 8, 32)], runs=2, threads=torch.get_num_threads(), export_dir=tmp_path,
+                                   model_overrides=PLAIN)
+    rows = {(r["format"], r["precision"], r["backend"], r["setting"]) for r in device["rows"] if "latency" in r}
+    assert {("torch eager", "fp32", "torch", "cpu"), ("onnx", "fp32", "onnxruntime", "CPUExecutionProvider"),
+            ("onnx", "fp16", "onnxruntime", "CPUExecutionProvider")} <= rows
+    slug = device_report.device_slug(device["device"])
+    assert slug and set(slug) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
+    devices, merged = tmp_path / "devices", tmp_path / "merged"
+    write_report(device, devices / slug)
+    write_report(report, tmp_path / "suite")
+    lines = run_suite.other_devices(tmp_path / "suite" / "report.json", devices, merged)
+    text = "\n".join(lines)
+    assert "| S 8x32 | uniformer-s-8x32-fp16.onnx (fp16) | onnxruntime CPUExecutionProvider |" in text
+    assert len(read_report(merged / "report.json")["devices"]) == 2
+    assert run_suite.other_devices(tmp_path / "suite" / "report.json", tmp_path / "none", merged)[2].startswith(
+        "None measured yet")

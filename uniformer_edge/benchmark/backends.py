@@ -15,7 +15,11 @@ import torch
 
 from ..export import verify_manifest
 
-__all__ = ["Artifact", "discover", "BACKENDS", "Runner", "runners_for", "backend_status"]
+__all__ = ["Artifact", "discover", "BACKENDS", "Runner", "runners_for", "backend_status", "setting_status",
+           "ORT_PROVIDERS", "COREML_UNITS"]
+
+ORT_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "CoreMLExecutionProvider")
+COREML_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
 
 
 @dataclass
@@ -109,6 +113,40 @@ def backend_status(name: str) -> Optional[str]:
     return BACKENDS[name][1]()
 
 
+def cuda_status() -> Optional[str]:
+    """None when PyTorch sees a CUDA device, else why not."""
+    if torch.version.cuda is None:
+        return f"no CUDA: torch {torch.__version__} is a CPU-only build"
+    if not torch.cuda.is_available():
+        return f"no CUDA device visible to torch {torch.__version__} (CUDA {torch.version.cuda})"
+    return None
+
+
+def _ort_provider_status(provider: str) -> Optional[str]:
+    import onnxruntime as ort
+
+    if provider in ort.get_available_providers():
+        return None
+    build = {"CUDAExecutionProvider": "the onnxruntime-gpu build has it",
+             "CoreMLExecutionProvider": "onnxruntime's macOS builds have it"}[provider]
+    return f"onnxruntime {ort.__version__} has no {provider} ({build})"
+
+
+def setting_status(backend: str) -> dict[str, Optional[str]]:
+    """Every setting of `backend` (device, execution provider, compute units): None when it runs
+    here, else why not; a backend that is not available here gives its reason for each."""
+    overall = backend_status(backend)
+    settings = {"torch": ("cpu", "cuda"), "onnxruntime": ORT_PROVIDERS, "coreml": COREML_UNITS,
+                "executorch": ("XNNPACK",)}[backend]
+    if overall is not None:
+        return {s: overall for s in settings}
+    if backend == "torch":
+        return {"cpu": None, "cuda": cuda_status()}
+    if backend == "onnxruntime":
+        return {p: _ort_provider_status(p) for p in settings}
+    return {s: None for s in settings}
+
+
 def _per_clip(fn):
     def run(clips):
         return torch.cat([fn(clip[None]) for clip in clips])
@@ -130,7 +168,7 @@ def runners_for(artifact: Artifact, backend: str, threads: int) -> list[Runner]:
         from ..export.onnx import ort_session, run_onnx
 
         out = []
-        for provider in ("CPUExecutionProvider", "CUDAExecutionProvider", "CoreMLExecutionProvider"):
+        for provider in ORT_PROVIDERS:
             if provider in ort.get_available_providers():
                 session = ort_session(artifact.path, threads, [provider])
                 out.append(Runner("onnxruntime", provider, lambda clips, s=session: run_onnx(s, clips)))
@@ -140,7 +178,7 @@ def runners_for(artifact: Artifact, backend: str, threads: int) -> list[Runner]:
         import numpy as np
 
         out = []
-        for units in ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL"):
+        for units in COREML_UNITS:
             model = ct.models.MLModel(str(artifact.path), compute_units=getattr(ct.ComputeUnit, units))
 
             def run(clip, m=model):

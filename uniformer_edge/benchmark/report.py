@@ -8,10 +8,11 @@ from pathlib import Path
 from .._io import atomic_dir
 from .run import REPORT_SCHEMA
 
-__all__ = ["render_markdown", "write_report", "merge_reports", "read_report", "pareto_front"]
+__all__ = ["render_markdown", "write_report", "merge_reports", "read_report", "pareto_front", "device_label",
+           "unavailable_settings", "peak_memory"]
 
 
-def _device_label(device: dict) -> str:
+def device_label(device: dict) -> str:
     return f"{device.get('hostname', '?')} ({device.get('cpu', '?')}, {device.get('threads', '?')} threads" + \
         (f", {device['gpu']}" if device.get("gpu") else "") + ")"
 
@@ -25,14 +26,13 @@ def _fmt_acc(row) -> tuple[str, str, str, str]:
 
 
 def render_markdown(report: dict) -> str:
-    devices = report.get("devices") or [{"device": report["device"], "rows": report["rows"],
-                                         "groups": report["groups"], "backends": report["backends"]}]
+    devices = report.get("devices") or [_device_entry(report)]
     lines = ["# Benchmark report", ""]
     if not report.get("complete", True):
         lines += [f"**Partial report**: {report.get('interrupted', 'interrupted')}.", ""]
     for entry in devices:
         dev = entry["device"]
-        lines += [f"## {_device_label(dev)}", "", f"{dev.get('os')}; memory "
+        lines += [f"## {device_label(dev)}", "", f"{dev.get('os')}; memory "
                   f"{(dev.get('memory_bytes') or 0) / 2**30:.0f} GiB; torch {dev['versions'].get('torch')}, "
                   f"onnxruntime {dev['versions'].get('onnxruntime')}, executorch {dev['versions'].get('executorch')}, "
                   f"coremltools {dev['versions'].get('coremltools')}.", ""]
@@ -40,11 +40,9 @@ def render_markdown(report: dict) -> str:
             lines.append(f"- {g['variant'].upper()} {g['frames']}x{g['size']}: accuracy against the "
                          f"{g['float_reference']} on {g['evaluation_clips']} clips"
                          + ("" if g["labels_meaningful"] else " (random weights: only agreement is meaningful)"))
-        for backend, state in entry["backends"].items():
-            if state != "available":
-                lines.append(f"- {backend}: {state}")
+        lines += [f"- {line}" for line in unavailable_settings(entry)]
         lines += ["", "| model | artifact | precision | backend | setting | median ms | p90 ms | clips/s | "
-                  "x torch fp32 | load s | peak RSS MB | size MB | top-1 | agreement | SQNR dB | KL |",
+                  "x torch fp32 | load s | peak RSS (GPU) MB | size MB | top-1 | agreement | SQNR dB | KL |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in entry["rows"]:
             if "not_available" in r:
@@ -56,10 +54,36 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {r['variant'].upper()} {r['input']} | {r['artifact']} | {r['precision']} | {r['backend']} "
                          f"| {r['setting']} | {lat['median_ms']:.1f} | {lat['p90_ms']:.1f} | "
                          f"{lat['throughput_clips_per_s']:.2f} | {r['speedup_vs_torch_fp32']:.2f} | {r['load_s']:.2f} | "
-                         f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['size_bytes'] / 1e6:.1f} | {top1} | {agree} | {sqnr} "
+                         f"{peak_memory(r)} | {r['size_bytes'] / 1e6:.1f} | {top1} | {agree} | {sqnr} "
                          f"| {kl} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _device_entry(report: dict) -> dict:
+    """One device's part of a report, as a merged report lists it."""
+    return {"device": report["device"], "rows": report["rows"], "groups": report["groups"],
+            "backends": report["backends"], "backend_settings": report.get("backend_settings", {}),
+            "complete": report.get("complete", True)}
+
+
+def unavailable_settings(entry: dict) -> list[str]:
+    """"<backend>[ <setting>]: not available here: <reason>" for what a device lacks."""
+    lines = []
+    for backend, state in entry["backends"].items():
+        if state != "available":
+            lines.append(f"{backend}: {state}")
+            continue
+        for setting, setting_state in (entry.get("backend_settings") or {}).get(backend, {}).items():
+            if setting_state != "available":
+                lines.append(f"{backend} {setting}: {setting_state}")
+    return lines
+
+
+def peak_memory(row: dict) -> str:
+    """Peak RSS in MB, and the GPU's peak allocation where the row ran on one."""
+    rss = f"{row['peak_rss_bytes'] / 2**20:.0f}"
+    return rss + (f" (GPU {row['peak_gpu_bytes'] / 2**20:.0f})" if "peak_gpu_bytes" in row else "")
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -77,14 +101,14 @@ def _plots(report: dict, folder: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    devices = report.get("devices") or [{"device": report["device"], "rows": report["rows"]}]
+    devices = report.get("devices") or [_device_entry(report)]
     written = []
     for k, entry in enumerate(devices):
         rows = [r for r in entry["rows"] if "latency" in r]
         if not rows:
             continue
         suffix = f"-{k}" if len(devices) > 1 else ""
-        label = _device_label(entry["device"])
+        label = device_label(entry["device"])
         names = [f"{r['variant']} {r['precision']} {r['backend']}/{r['setting']}" for r in rows]
         lat = [r["latency"]["median_ms"] for r in rows]
         acc = [100 * r["accuracy"].get("top1", r["accuracy"]["vs_float"]["top1_agreement"]) for r in rows]
@@ -141,8 +165,7 @@ def merge_reports(paths) -> dict:
     devices = []
     for p in paths:
         r = read_report(p)
-        devices += r.get("devices") or [{"device": r["device"], "rows": r["rows"], "groups": r["groups"],
-                                         "backends": r["backends"], "complete": r.get("complete", True)}]
+        devices += r.get("devices") or [_device_entry(r)]
     return {"schema": REPORT_SCHEMA, "merged_from": [str(p) for p in paths], "devices": devices, "complete": True}
 
 

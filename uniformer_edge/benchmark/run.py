@@ -1,7 +1,10 @@
 """Latency and accuracy of every artifact on every backend this device has, against the float
-reference (the float PyTorch model on a GPU when one is present, else on CPU)."""
+reference (the float PyTorch model on a GPU when one is present, else on CPU). Every speed
+figure is also a ratio to the float model's deploy form in torch eager fp32 on this CPU; on a
+CUDA device the float model itself is timed there too (fp32 and fp16)."""
 from __future__ import annotations
 
+import copy
 import gc
 import resource
 import statistics
@@ -17,7 +20,7 @@ from tqdm.auto import tqdm
 from ..calibration import build_dataset
 from ..engine import agreement, topk_accuracy
 from ..models import create_model, deploy
-from .backends import BACKENDS, Artifact, Runner, backend_status, discover, runners_for
+from .backends import BACKENDS, Artifact, Runner, backend_status, discover, runners_for, setting_status
 from .device import fingerprint
 
 __all__ = ["BenchmarkJob", "run_benchmark", "latency_stats", "REPORT_SCHEMA"]
@@ -108,6 +111,33 @@ def _float_reference(artifact: Artifact):
     return model.to(device), device
 
 
+def _float_gpu_rows(cpu_model, clips, example, job: BenchmarkJob, score, baseline: Runner, common: dict,
+                    device: str = "cuda"):
+    """The float model (deploy form) on the GPU in fp32 and fp16, timed from a clip in host
+    memory to its logits back in host memory (what a caller of the GPU model waits for)."""
+    gpu = torch.device(device).type == "cuda"
+    for precision, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
+        started = time.perf_counter()
+        gpu_model = copy.deepcopy(cpu_model).to(device, dtype)
+        load_s = time.perf_counter() - started
+        runner = Runner("torch", device, lambda x, m=gpu_model, d=dtype: m(x.to(device, d)).float().cpu())
+        if gpu:
+            torch.cuda.reset_peak_memory_stats()
+        _reset_peak_rss()
+        logits = _logits(runner.fn, clips, job.batch)
+        latency = _measure(runner, example, job.warmup, job.runs)
+        base_ms = _measure(baseline, example, 1, max(3, job.runs // 4))["median_ms"]
+        row = {**common, "precision": precision, "setting": device, "load_s": load_s, "latency": latency,
+               "peak_rss_bytes": _peak_rss_bytes(),
+               "size_bytes": sum(p.numel() * p.element_size() for p in gpu_model.parameters()),
+               "torch_fp32_median_ms": base_ms, "speedup_vs_torch_fp32": base_ms / latency["median_ms"],
+               "accuracy": score(logits)}
+        if gpu:
+            row["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+        yield row
+        del gpu_model
+
+
 def _accuracy(logits, labels, reference, has_labels: bool) -> dict:
     out = {"vs_float": agreement(reference, logits)}
     if has_labels:
@@ -121,10 +151,14 @@ def run_benchmark(job: BenchmarkJob, progress: bool = True) -> dict:
     torch.set_num_threads(threads)
     artifacts = [a for folder in job.artifacts for a in discover(folder)]
     status = {b: backend_status(b) for b in job.backends}
+    settings = {b: setting_status(b) for b in job.backends}
+    cuda = "torch" in settings and settings["torch"]["cuda"] is None
     report = {"schema": REPORT_SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "device": fingerprint(threads), "settings": {k: getattr(job, k) for k in
                                                            ("batch", "runs", "warmup", "data", "num_clips")},
               "backends": {b: ("available" if r is None else f"not available here: {r}") for b, r in status.items()},
+              "backend_settings": {b: {s: "available" if r is None else f"not available here: {r}"
+                                       for s, r in per.items()} for b, per in settings.items()},
               "groups": [], "rows": [], "complete": False}
     groups: dict[tuple, list[Artifact]] = {}
     for a in artifacts:
@@ -163,6 +197,10 @@ def run_benchmark(job: BenchmarkJob, progress: bool = True) -> dict:
             report["rows"].append(row)
             row["speedup_vs_torch_fp32"] = 1.0
             model.to(device)
+            if cuda:
+                report["rows"] += _float_gpu_rows(
+                    cpu_model, clips, example, job, lambda lg: _accuracy(lg, labels, reference, has_labels), baseline,
+                    {k: row[k] for k in ("variant", "input", "artifact", "format", "backend")})
             bar.update(1)
             for artifact in items:
                 for backend in job.backends:
@@ -177,6 +215,10 @@ def run_benchmark(job: BenchmarkJob, progress: bool = True) -> dict:
                         report["rows"].append({**common, "setting": None,
                                                "not_available": f"not available here: {status[backend]}"})
                         continue
+                    if backend == "torch" and cuda:
+                        report["rows"].append({**common, "setting": "cuda", "not_available": (
+                            "not measured on cuda: a PT2E int8 program runs its quantize/dequantize ops as "
+                            "float arithmetic there (emulation, not int8 kernels)")})
                     gc.collect()
                     _reset_peak_rss()
                     started = time.perf_counter()
