@@ -5,10 +5,11 @@ with this machine's roofline, and the accuracy columns of the synthetic referenc
 
 For each model (UniFormer-S 8x224, XXS 8x160; random weights, speed only) it exports ONNX
 (fp32, fp16, PT2E int8/w8/w4, ORT quantize_static MinMax and Entropy), ExecuTorch XNNPACK
-(fp32, int8) and Core ML weight compression (w8, palettize4: size only off macOS), quantizes
-PT2E w8a8 by PTQ and by QAT (for speed; QAT accuracy comes from the reference model) and
-measures torchao's stock X86 PT2E flow in PyTorch; then runs `uniformer_edge.benchmark` over
-everything. Writes benchmarks/RESULTS.md (with the device reports of `device_report.py` merged in) and
+(fp32, fp16, int8, w8, w4) and Core ML weight compression (w8, palettize4: size only off
+macOS), quantizes PT2E w8a8 by PTQ and by QAT (for speed; QAT accuracy comes from the reference
+model) and w8, w4 by PTQ, and measures torchao's stock X86 PT2E flow in PyTorch; then runs
+`uniformer_edge.benchmark` over everything. RESULTS.md opens with the matrix of the issue
+(precision x backend), each cell a measured row or the reason there is none. Writes benchmarks/RESULTS.md (with the device reports of `device_report.py` merged in) and
 benchmarks/results/suite/ (report.json, plots).
 Run it on an otherwise idle machine: latencies of concurrent jobs mean nothing.
 """
@@ -38,7 +39,9 @@ from uniformer_edge.quantize import QuantConfig, QuantizeJob, run_job
 
 
 SUITE_EXPORTS = {"onnx": ("fp32", "fp16", "int8", "w8", "w4", "int8-ort", "int8-ort-entropy"),
-                 "executorch": ("fp32", "int8"), "coreml": ("fp16", "w8", "palettize4")}
+                 "executorch": ("fp32", "fp16", "int8", "w8", "w4"), "coreml": ("fp16", "w8", "palettize4")}
+# PT2E programs timed in torch: (folder, recipe, method)
+SUITE_QUANTIZED = (("ptq", "w8a8", "ptq"), ("qat", "w8a8", "qat"), ("ptq-w8", "w8", "ptq"), ("ptq-w4", "w4", "ptq"))
 
 
 def roofline(threads: int) -> dict:
@@ -202,6 +205,40 @@ def other_devices(suite_report: Path, devices: Path = DEVICES, merged: Path = RE
     return lines
 
 
+# The suite's matrix: precision -> {backend: (format, precision of the report row)}
+MATRIX = {"fp32": {"torch": ("torch eager", "fp32"), "onnxruntime": ("onnx", "fp32"), "executorch": ("executorch", "fp32")},
+          "fp16": {"onnxruntime": ("onnx", "fp16"), "executorch": ("executorch", "fp16")},
+          "w8": {"torch": ("pt2", "w8"), "onnxruntime": ("onnx", "w8"), "executorch": ("executorch", "w8")},
+          "w8a8 PTQ": {"torch": ("pt2", "int8"), "onnxruntime": ("onnx", "int8"), "executorch": ("executorch", "int8")},
+          "w8a8 QAT": {"torch": ("pt2", "int8-qat")},
+          "w4": {"torch": ("pt2", "w4"), "onnxruntime": ("onnx", "w4"), "executorch": ("executorch", "w4")}}
+NOT_IN_MATRIX = {
+    ("fp16", "torch"): "not timed: PyTorch's CPU kernels run fp16 far slower than fp32 (UniFormer-S 8x224: 5.4 s "
+                       "against 0.35 s a clip); the float model in fp16 on a GPU: Other devices",
+    ("w8a8 QAT", "onnxruntime"): "the w8a8 PTQ graph with fine-tuned weights and ranges (`export --quantized` of a "
+                                 "QAT output): its speed",
+    ("w8a8 QAT", "executorch"): "the w8a8 PTQ program with fine-tuned weights (`export --qat-epochs`): its speed; "
+                                "accuracy below"}
+
+
+def matrix(rows: list[dict], variant: str) -> list[str]:
+    """Precision x backend for `variant`: median ms and the ratio to torch eager fp32, or why not."""
+    timed = {}
+    for r in rows:  # the first of equal rows: the exports' baseline, not the quantize outputs'
+        if r["variant"] == variant and "latency" in r and r["setting"] in ("cpu", "CPUExecutionProvider", "XNNPACK"):
+            timed.setdefault((r["backend"], r["format"], r["precision"]), r)
+    backends = ("torch", "onnxruntime", "executorch")
+    lines = ["| precision | " + " | ".join(backends) + " |", "|---|---|---|---|"]
+    for precision, cells in MATRIX.items():
+        out = []
+        for backend in backends:
+            row = timed.get((backend, *cells[backend])) if backend in cells else None
+            out.append(f"{row['latency']['median_ms']:.1f} ms ({row['speedup_vs_torch_fp32']:.2f}x)" if row else
+                       NOT_IN_MATRIX.get((precision, backend), "not measured in this run"))
+        lines.append(f"| {precision} | " + " | ".join(out) + " |")
+    return lines + [""]
+
+
 def write_results_md(report: dict, models, threads: int, suite_report: Path) -> None:
     """benchmarks/RESULTS.md from a suite report (the one just measured, or --from-report)."""
     path = RESULTS / "quantize_reference.json"
@@ -216,6 +253,10 @@ def write_results_md(report: dict, models, threads: int, suite_report: Path) -> 
              "export folders, one for the quantize outputs).", "",
              f"Roofline here: fp32 matrix product {ceilings['fp32_gflops']:.0f} GFLOP/s, int8 "
              f"{ceilings['int8_gops']:.0f} GOP/s (`torch._int_mm`), both 2048^3.", ""]
+    for variant in models:
+        if any(r["variant"] == variant for r in report["rows"]):
+            lines += [f"### Precision x backend, UniFormer-{variant.upper()} (median, x torch eager fp32 timed "
+                      "right after)", ""] + matrix(report["rows"], variant)
     for variant in models:
         rows, baseline_of = [], None
         for r in report["rows"]:
@@ -286,11 +327,11 @@ def main():
                     run_export(ExportJob(**common, formats=(fmt,), precisions=precisions, target="ios18",
                                          out=str(folder), force=True))
                 exported.append(str(folder))
-            run_job(QuantizeJob(variant=variant, frames=frames, size=size, num_eval=2, out=str(base / "ptq")))
-            run_job(QuantizeJob(variant=variant, frames=frames, size=size, num_eval=2, method="qat",
-                                config=QuantConfig(qat=True), train_data="synthetic", qat_clips=args.qat_clips,
-                                out=str(base / "qat")))
-            folders += exported + [str(base / d) for d in ("ptq", "qat")]
+            for folder, recipe, method in SUITE_QUANTIZED:
+                qat = dict(train_data="synthetic", qat_clips=args.qat_clips) if method == "qat" else {}
+                run_job(QuantizeJob(variant=variant, frames=frames, size=size, num_eval=2, method=method,
+                                    config=QuantConfig(recipe=recipe, qat=method == "qat"), out=str(base / folder), **qat))
+            folders += exported + [str(base / folder) for folder, _, _ in SUITE_QUANTIZED]
             extra[f"{variant} torchao X86 PT2E + torch.compile"] = torchao_x86_latency(variant, frames, size,
                                                                                       args.runs)
         report = run_benchmark(BenchmarkJob(artifacts=tuple(folders), threads=args.threads, runs=args.runs,

@@ -217,6 +217,26 @@ def test_executorch_fp32_and_int8_run_on_the_runtime(tmp_path):
     assert int8["size_bytes"] < 0.5 * fp32["size_bytes"]
 
 
+def test_executorch_fp16_and_weight_quantized_programs(tmp_path):
+    """fp16 behind fp32 inputs and outputs; w8/w4 with XNNPACK's per-call activation quantization,
+    each run by the runtime against its PyTorch graph, smaller as the weights shrink."""
+    pytest.importorskip("executorch.runtime", reason="ExecuTorch is an optional extra")
+    manifest = run_export(ExportJob(variant="s", model_overrides=PLAIN, formats=("executorch",),
+                                    precisions=("fp16", "w8", "w4"), out=str(tmp_path / "e"), **INPUT), progress=False)
+    fp16, w8, w4 = (_by(manifest, "executorch", p) for p in ("fp16", "w8", "w4"))
+    assert fp16["input"]["dtype"] == "float32" and fp16["parity"]["vs_float"]["cosine"] >= 0.999
+    for art in (w8, w4):
+        assert art["parity"]["passed"] and art["parity"]["vs_pytorch_quantized"]["cosine"] >= 0.998
+        assert art["quantization"]["method"] == "weights only, no calibration"
+        assert {op for op in art["census"] if op != "getitem"} == {"executorch_call_delegate", "aten.mean.dim"}
+    assert w8["parity"]["vs_float"]["sqnr_db"] > w4["parity"]["vs_float"]["sqnr_db"] + 10
+    assert w4["size_bytes"] < w8["size_bytes"] < fp16["size_bytes"]
+    from uniformer_edge.export.executorch import xnnpack_weight_quantize
+
+    with pytest.raises(ValueError, match="8 or 4 bits"):
+        xnnpack_weight_quantize(torch.nn.Identity(), torch.zeros(1, 3, 8, 32, 32), bits=2)
+
+
 def test_layer_norm_as_xnnpack_ops_matches_layer_norm():
     from uniformer_edge.export.executorch import LayerNormAsXnnpackOps
 

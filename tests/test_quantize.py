@@ -206,7 +206,6 @@ def test_cli_bad_input_writes_nothing(tmp_path):
         (["--variant", "xxs", "--method", "qat"], "QAT needs training data"),
         (["--variant", "xxs", "--num-calib", "0"], "--num-calib must be at least 1"),
         (["--variant", "xxs", "--recipe", "dynamic", "--export", "onnx"], "recipe dynamic cannot be exported"),
-        (["--variant", "xxs", "--recipe", "w8", "--export", "executorch"], "cannot be exported to executorch"),
         (["--variant", "xxs", "--resume"], "--resume and --stop-after apply to --method qat"),
     ]
     for args, message in cases:

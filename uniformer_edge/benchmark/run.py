@@ -4,6 +4,7 @@ figure is also a ratio to the float model's deploy form in torch eager fp32 on t
 CUDA device the float model itself is timed there too (fp32 and fp16)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import resource
@@ -138,6 +139,18 @@ def _float_gpu_rows(cpu_model, clips, example, job: BenchmarkJob, score, baselin
         del gpu_model
 
 
+@contextlib.contextmanager
+def _ieee_fp32():
+    """cuDNN runs fp32 convolutions in TF32 (10-bit mantissa) on Ampere and later GPUs by
+    default: the float reference is computed in full fp32; timed GPU rows keep the default."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def _accuracy(logits, labels, reference, has_labels: bool) -> dict:
     out = {"vs_float": agreement(reference, logits)}
     if has_labels:
@@ -176,12 +189,12 @@ def run_benchmark(job: BenchmarkJob, progress: bool = True) -> dict:
             labels = torch.tensor([y for _, y in samples])
             has_labels = first.source.get("checkpoint") is not None  # random weights: labels mean nothing
             model, device = _float_reference(first)
-            with torch.no_grad():
+            with torch.no_grad(), _ieee_fp32():
                 reference = _logits(lambda x: model(x.to(device)), clips, job.batch)
             example = clips[:job.batch]
             group = {"variant": first.variant, "frames": first.frames, "size": first.size,
                      "checkpoint": first.source.get("checkpoint"), "float_reference": f"float PyTorch model on {device}"
-                     + (f" ({torch.cuda.get_device_name(0)})" if device == "cuda" else ""),
+                     + (f" ({torch.cuda.get_device_name(0)}, full fp32: TF32 off)" if device == "cuda" else ""),
                      "evaluation_clips": n, "labels_meaningful": has_labels}
             report["groups"].append(group)
             # torch eager fp32 on this CPU: the baseline every speed figure is divided by

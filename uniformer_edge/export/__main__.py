@@ -20,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "macOS) and must meet its parity threshold; OUT/manifest.json lists sizes, SHA-256 and parity.",
         epilog=f"Precisions per format: {support}. int8/w8/w4 in ONNX and int8 in Core ML come from the PT2E "
                f"graph (--quantized, or quantized here on --calib-data); int8-ort and int8-ort-entropy are ONNX "
-               f"Runtime's quantize_static (MinMax or Entropy calibration). "
+               f"Runtime's quantize_static (MinMax or Entropy calibration). ExecuTorch int8 is XNNPACK's calibrated "
+               f"program; its w8/w4 quantize the weights alone (XNNPACK quantizes activations at every call: no "
+               f"calibration); its fp16 takes and returns fp32. "
                f"Core ML targets: {targets} need at least that target.")
     p.add_argument("--variant", help=f"model variant: {', '.join(list_variants())} (implied by --quantized)")
     src = p.add_mutually_exclusive_group()

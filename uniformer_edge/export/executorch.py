@@ -20,10 +20,8 @@ from ..models.uniformer import EvoSABlock, SABlock
 from ..quantize.ptq import export_batch_dynamic
 from ..quantize.qat import QATSchedule, finetune
 
-__all__ = ["EXECUTORCH_PRECISIONS", "executorch_available", "LayerNormAsXnnpackOps", "xnnpack_form",
-           "lower_executorch", "xnnpack_quantize", "load_executorch", "run_executorch"]
-
-EXECUTORCH_PRECISIONS = ("fp32", "int8")
+__all__ = ["executorch_available", "LayerNormAsXnnpackOps", "xnnpack_form", "XnnpackHalf",
+           "lower_executorch", "xnnpack_quantize", "xnnpack_weight_quantize", "load_executorch", "run_executorch"]
 
 
 def executorch_available() -> Optional[str]:
@@ -163,6 +161,55 @@ def _xnnpack_quantizer(qat: bool = False):
 
     config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
     return FloatDepthwiseQuantizer().set_global(config).set_module_type(LayerNormAsXnnpackOps, None)
+
+
+class XnnpackHalf(nn.Module):
+    """The XNNPACK form in fp16 behind fp32 inputs and outputs, so the `.pte` takes the same
+    clips as every other artifact: half the size of the fp32 program. XNNPACK computes fp16
+    natively on Arm (ARMv8.2-A and later); on x86 the program runs slower than the fp32 one, and
+    its fp16 GELUs stay on ExecuTorch's portable kernels."""
+
+    def __init__(self, model: nn.Module, frames: int):
+        super().__init__()
+        self.model = xnnpack_form(model, frames).half()
+
+    def forward(self, video: Tensor) -> Tensor:
+        return self.model(video.half()).float()
+
+
+def xnnpack_weight_quantize(model: nn.Module, example: Tensor, bits: int) -> torch.fx.GraphModule:
+    """Weight quantization of the XNNPACK form with no calibration: symmetric per-channel int8
+    (`bits=8`) or 4-bit (`bits=4`) weights, whose inputs XNNPACK quantizes to int8 at every call
+    with that call's range (its qd8-f32-qc8w / qc4w kernels). int8 covers the linear layers and
+    the pointwise (1x1) convolutions; 4-bit the linear layers only: XNNPACK has no 4-bit
+    convolution (such a `.pte` fails to load). Depthwise convolutions stay fp32, as in the int8
+    program, and so do the patch embeddings and stem (kernels over 1x1): the lowering rejects
+    their dynamic quantization ("required rank 4 tensor to use channels_last format")."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    weight_range = {8: (-127, 127), 4: (-8, 7)}  # XNNPACK's qc8w and qc4w
+    if bits not in weight_range:
+        raise ValueError(f"XNNPACK weight quantization has 8 or 4 bits, not {bits}")
+
+    class PointwiseQuantizer(XNNPACKQuantizer):
+        def annotate(self, model):
+            model = super().annotate(model)
+            for node in model.graph.nodes:
+                if node.target == torch.ops.aten.conv2d.default and (
+                        bits == 4 or _is_depthwise_conv(node) or node.args[1].meta["val"].shape[-2:] != (1, 1)):
+                    node.meta.pop("quantization_annotation", None)
+            return model
+
+    qmin, qmax = weight_range[bits]
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True, weight_qmin=qmin, weight_qmax=qmax)
+    deployed = xnnpack_form(model, example.shape[2], per_channel_safe=True)
+    prepared = prepare_pt2e(torch.export.export(deployed, (example[:1],)).module(),
+                            PointwiseQuantizer().set_global(config).set_module_type(LayerNormAsXnnpackOps, None))
+    with torch.no_grad():
+        prepared(example[:1])  # the weight observers read the weights; activations need no ranges
+    return convert_pt2e(prepared)
 
 
 def _calibrate_clipwise(prepared, batches) -> None:

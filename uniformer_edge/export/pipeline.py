@@ -4,7 +4,7 @@ each checked against PyTorch on a runtime where one exists, listed in `manifest.
 Parity thresholds (an artifact that misses its threshold fails the job; nothing is written):
 fp32: relative max error <= 1e-4 against the float model; fp16: cosine >= 0.999 and the
 same top-1; exports of a PT2E-quantized graph: cosine >= 0.999 against that graph in PyTorch
-(0.998 for the int8 ExecuTorch program, see `XNNPACK_INT8_MIN_COSINE`).
+(0.998 for the quantized ExecuTorch programs, see `XNNPACK_INT8_MIN_COSINE`).
 Every artifact also reports SQNR, KL and top-1 agreement against the float model."""
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ PRECISIONS = ("fp32", "fp16", "int8", "w8", "w4", "palettize4", "palettize6", "i
 SUPPORTED = {
     "onnx": ("fp32", "fp16", "int8", "w8", "w4", "int8-ort", "int8-ort-entropy"),
     "coreml": ("fp32", "fp16", "int8", "w8", "w4", "palettize4", "palettize6"),
-    "executorch": ("fp32", "int8"),
+    "executorch": ("fp32", "fp16", "int8", "w8", "w4"),
 }
 # Precisions exported from our PT2E-quantized graph, and the quantization recipe behind each.
 PT2E_RECIPE = {"int8": "w8a8", "w8": "w8", "w4": "w4"}
@@ -203,7 +203,7 @@ class _Exporter:
         self.example = self.clips[:1]
         with torch.no_grad():
             self.float_logits = self.model(self.clips)
-        self._calib, self._programs = None, {}
+        self._calib, self._programs, self._et_quantized = None, {}, {}
         if job.quantized:
             self._programs[job.quant_config["precision"]] = load_program(Path(job.quantized) / "quantized.pt2")
 
@@ -249,7 +249,7 @@ class _Exporter:
     def _quantized_reference(self, fmt: str, precision: str) -> torch.Tensor:
         with torch.no_grad():
             if fmt == "executorch":  # a static batch of one, like the .pte
-                return torch.cat([self._et_int8(clip[None]) for clip in self.clips])
+                return torch.cat([self._et_quantized[precision](clip[None]) for clip in self.clips])
             return self.program(precision).module()(self.clips)
 
     # -- formats -------------------------------------------------------------------------
@@ -303,8 +303,8 @@ class _Exporter:
                 "input": {"name": "video", "shape": [1, 3, *self._thw()], "dtype": "float32"}}
 
     def executorch(self, precision: str, path: Path) -> dict:
-        from .executorch import (executorch_available, load_executorch, lower_executorch, run_executorch, xnnpack_form,
-                                 xnnpack_quantize)
+        from .executorch import (XnnpackHalf, executorch_available, load_executorch, lower_executorch, run_executorch,
+                                 xnnpack_form, xnnpack_quantize, xnnpack_weight_quantize)
 
         reason = executorch_available()
         if reason:
@@ -312,14 +312,23 @@ class _Exporter:
         quantization = None
         if precision == "int8":
             finetuning = self._finetuning()
-            self._et_int8 = xnnpack_quantize(self.model, self.example, self.calibration(), finetuning)
-            model = self._et_int8
+            model = xnnpack_quantize(self.model, self.example, self.calibration(), finetuning)
             quantization = {"method": "qat" if finetuning else "ptq", "calibration_clips": self.calibration().num_clips}
             if finetuning:
                 schedule, train_set = finetuning
                 quantization.update(train_clips=len(train_set), **dataclasses.asdict(schedule))
+        elif precision in ("w8", "w4"):
+            model = xnnpack_weight_quantize(self.model, self.example, bits=int(precision[1:]))
+            quantization = {"method": "weights only, no calibration",
+                            "weights": f"{precision[1:]}-bit symmetric per-channel: linear layers"
+                                       + (" and pointwise convolutions" if precision == "w8" else ""),
+                            "activations": "quantized to int8 by XNNPACK at every call, with that call's range"}
+        elif precision == "fp16":
+            model = XnnpackHalf(self.model, self.job.frames)
         else:
             model = xnnpack_form(self.model, self.job.frames)
+        if quantization:
+            self._et_quantized[precision] = model
         census = lower_executorch(model, self.example, path)
         output = run_executorch(load_executorch(path), self.clips)
         parity = self._parity(f"executorch {metadata.version('executorch')} runtime (XNNPACK)", output,
