@@ -8,9 +8,10 @@ For each model (UniFormer-S 8x224, XXS 8x160; random weights, speed only) it exp
 (fp32, fp16, int8, w8, w4) and Core ML weight compression (w8, palettize4: size only off
 macOS), quantizes PT2E w8a8 by PTQ and by QAT (for speed; QAT accuracy comes from the reference
 model) and w8, w4 by PTQ, and measures torchao's stock X86 PT2E flow in PyTorch; then runs
-`uniformer_edge.benchmark` over everything. RESULTS.md opens with the matrix of the issue
-(precision x backend), each cell a measured row or the reason there is none. Writes benchmarks/RESULTS.md (with the device reports of `device_report.py` merged in) and
-benchmarks/results/suite/ (report.json, plots).
+`uniformer_edge.benchmark` over everything. Writes benchmarks/results/suite/ (report.json,
+plots) and benchmarks/RESULTS.md, which opens with the issue's matrix (precision x backend,
+each cell a measured row or the reason there is none) and merges in the device reports of
+`device_report.py`.
 Run it on an otherwise idle machine: latencies of concurrent jobs mean nothing.
 """
 from __future__ import annotations
@@ -206,12 +207,13 @@ def other_devices(suite_report: Path, devices: Path = DEVICES, merged: Path = RE
 
 
 # The suite's matrix: precision -> {backend: (format, precision of the report row)}
-MATRIX = {"fp32": {"torch": ("torch eager", "fp32"), "onnxruntime": ("onnx", "fp32"), "executorch": ("executorch", "fp32")},
-          "fp16": {"onnxruntime": ("onnx", "fp16"), "executorch": ("executorch", "fp16")},
-          "w8": {"torch": ("pt2", "w8"), "onnxruntime": ("onnx", "w8"), "executorch": ("executorch", "w8")},
-          "w8a8 PTQ": {"torch": ("pt2", "int8"), "onnxruntime": ("onnx", "int8"), "executorch": ("executorch", "int8")},
-          "w8a8 QAT": {"torch": ("pt2", "int8-qat")},
-          "w4": {"torch": ("pt2", "w4"), "onnxruntime": ("onnx", "w4"), "executorch": ("executorch", "w4")}}
+MATRIX = {
+    "fp32": {"torch": ("torch eager", "fp32"), "onnxruntime": ("onnx", "fp32"), "executorch": ("executorch", "fp32")},
+    "fp16": {"onnxruntime": ("onnx", "fp16"), "executorch": ("executorch", "fp16")},
+    "w8": {"torch": ("pt2", "w8"), "onnxruntime": ("onnx", "w8"), "executorch": ("executorch", "w8")},
+    "w8a8 PTQ": {"torch": ("pt2", "int8"), "onnxruntime": ("onnx", "int8"), "executorch": ("executorch", "int8")},
+    "w8a8 QAT": {"torch": ("pt2", "int8-qat")},
+    "w4": {"torch": ("pt2", "w4"), "onnxruntime": ("onnx", "w4"), "executorch": ("executorch", "w4")}}
 NOT_IN_MATRIX = {
     ("fp16", "torch"): "not timed: PyTorch's CPU kernels run fp16 far slower than fp32 (UniFormer-S 8x224: 5.4 s "
                        "against 0.35 s a clip); the float model in fp16 on a GPU: Other devices",
@@ -330,7 +332,8 @@ def main():
             for folder, recipe, method in SUITE_QUANTIZED:
                 qat = dict(train_data="synthetic", qat_clips=args.qat_clips) if method == "qat" else {}
                 run_job(QuantizeJob(variant=variant, frames=frames, size=size, num_eval=2, method=method,
-                                    config=QuantConfig(recipe=recipe, qat=method == "qat"), out=str(base / folder), **qat))
+                                    config=QuantConfig(recipe=recipe, qat=method == "qat"), out=str(base / folder),
+                                    **qat))
             folders += exported + [str(base / folder) for folder, _, _ in SUITE_QUANTIZED]
             extra[f"{variant} torchao X86 PT2E + torch.compile"] = torchao_x86_latency(variant, frames, size,
                                                                                       args.runs)

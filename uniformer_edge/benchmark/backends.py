@@ -113,7 +113,7 @@ def backend_status(name: str) -> Optional[str]:
     return BACKENDS[name][1]()
 
 
-def cuda_status() -> Optional[str]:
+def _cuda_status() -> Optional[str]:
     """None when PyTorch sees a CUDA device, else why not."""
     if torch.version.cuda is None:
         return f"no CUDA: torch {torch.__version__} is a CPU-only build"
@@ -141,7 +141,7 @@ def setting_status(backend: str) -> dict[str, Optional[str]]:
     if overall is not None:
         return {s: overall for s in settings}
     if backend == "torch":
-        return {"cpu": None, "cuda": cuda_status()}
+        return {"cpu": None, "cuda": _cuda_status()}
     if backend == "onnxruntime":
         return {p: _ort_provider_status(p) for p in settings}
     return {s: None for s in settings}

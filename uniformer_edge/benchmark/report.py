@@ -68,7 +68,7 @@ def _device_entry(report: dict) -> dict:
 
 
 def unavailable_settings(entry: dict) -> list[str]:
-    """"<backend>[ <setting>]: not available here: <reason>" for what a device lacks."""
+    """Lines "<backend>[ <setting>]: not available here: <reason>" for what a device lacks."""
     lines = []
     for backend, state in entry["backends"].items():
         if state != "available":
