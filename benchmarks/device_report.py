@@ -54,7 +54,7 @@ def measure(models: list[tuple[str, int, int]], runs: int, threads: int, export_
                              formats=("onnx",), precisions=("fp32", "fp16"), check_clips=1, out=str(folder)))
         folders.append(str(folder))
     return run_benchmark(BenchmarkJob(artifacts=tuple(folders), backends=("torch", "onnxruntime"), threads=threads,
-                                      runs=runs, warmup=3, num_clips=8, out="unused"))
+                                      runs=runs, warmup=3, num_clips=8))
 
 
 def main():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import gc
 import resource
 import statistics
@@ -125,18 +126,27 @@ def _float_gpu_rows(cpu_model, clips, example, job: BenchmarkJob, score, baselin
         if gpu:
             torch.cuda.reset_peak_memory_stats()
         _reset_peak_rss()
-        logits = _logits(runner.fn, clips, job.batch)
-        latency = _measure(runner, example, job.warmup, job.runs)
-        base_ms = _measure(baseline, example, 1, max(3, job.runs // 4))["median_ms"]
-        row = {**common, "precision": precision, "setting": device, "load_s": load_s, "latency": latency,
-               "peak_rss_bytes": _peak_rss_bytes(),
+        row = {**common, "precision": precision, "backend": "torch", "load_s": load_s,
                "size_bytes": sum(p.numel() * p.element_size() for p in gpu_model.parameters()),
-               "torch_fp32_median_ms": base_ms, "speedup_vs_torch_fp32": base_ms / latency["median_ms"],
-               "accuracy": score(logits)}
+               **_timed(runner, clips, example, job, score, baseline)}
         if gpu:
             row["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
         yield row
         del gpu_model
+
+
+def _timed(runner: Runner, clips, example, job: BenchmarkJob, score, baseline: Runner) -> dict:
+    """One row's measurements: the scored logits of `clips`, latency, peak RSS, and the ratio to
+    the torch eager fp32 baseline."""
+    logits = _logits(runner.fn, clips, job.batch)
+    latency = _measure(runner, example, job.warmup, job.runs)
+    peak_rss = _peak_rss_bytes()
+    # The baseline is timed again right after each row: a machine whose speed drifts over a long
+    # run (throttling, a busy neighbour) would otherwise skew every ratio by the drift since the
+    # group's first baseline block.
+    base_ms = _measure(baseline, example, 1, max(3, job.runs // 4))["median_ms"]
+    return {"setting": runner.setting, "latency": latency, "peak_rss_bytes": peak_rss, "torch_fp32_median_ms": base_ms,
+            "speedup_vs_torch_fp32": base_ms / latency["median_ms"], "accuracy": score(logits)}
 
 
 @contextlib.contextmanager
@@ -192,6 +202,7 @@ def run_benchmark(job: BenchmarkJob, progress: bool = True) -> dict:
             with torch.no_grad(), _ieee_fp32():
                 reference = _logits(lambda x: model(x.to(device)), clips, job.batch)
             example = clips[:job.batch]
+            score = functools.partial(_accuracy, labels=labels, reference=reference, has_labels=has_labels)
             group = {"variant": first.variant, "frames": first.frames, "size": first.size,
                      "checkpoint": first.source.get("checkpoint"), "float_reference": f"float PyTorch model on {device}"
                      + (f" ({torch.cuda.get_device_name(0)}, full fp32: TF32 off)" if device == "cuda" else ""),
@@ -205,15 +216,14 @@ def run_benchmark(job: BenchmarkJob, progress: bool = True) -> dict:
                    "format": "torch eager", "precision": "fp32", "backend": "torch", "setting": "cpu",
                    "size_bytes": sum(p.numel() * p.element_size() for p in cpu_model.parameters()),
                    "load_s": 0.0, "latency": _measure(baseline, example, job.warmup, job.runs),
-                   "accuracy": _accuracy(_logits(baseline.fn, clips, job.batch), labels, reference, has_labels)}
+                   "accuracy": score(_logits(baseline.fn, clips, job.batch))}
             row["peak_rss_bytes"] = _peak_rss_bytes()
             report["rows"].append(row)
             row["speedup_vs_torch_fp32"] = 1.0
             model.to(device)
             if cuda:
-                report["rows"] += _float_gpu_rows(
-                    cpu_model, clips, example, job, lambda lg: _accuracy(lg, labels, reference, has_labels), baseline,
-                    {k: row[k] for k in ("variant", "input", "artifact", "format", "backend")})
+                report["rows"] += _float_gpu_rows(cpu_model, clips, example, job, score, baseline,
+                                                  {k: row[k] for k in ("variant", "input", "artifact", "format")})
             bar.update(1)
             for artifact in items:
                 for backend in job.backends:
@@ -238,18 +248,8 @@ def run_benchmark(job: BenchmarkJob, progress: bool = True) -> dict:
                     runners = runners_for(artifact, backend, threads)
                     load_s = time.perf_counter() - started
                     for runner in runners:
-                        logits = _logits(runner.fn, clips, job.batch)
-                        latency = _measure(runner, example, job.warmup, job.runs)
-                        peak_rss = _peak_rss_bytes()
-                        # The baseline is timed again right after each row: a machine whose speed
-                        # drifts over a long run (throttling, a busy neighbour) would otherwise skew
-                        # every ratio by the drift since the group's first baseline block.
-                        base_ms = _measure(baseline, example, 1, max(3, job.runs // 4))["median_ms"]
-                        report["rows"].append({**common, "setting": runner.setting, "load_s": load_s,
-                                               "latency": latency, "peak_rss_bytes": peak_rss,
-                                               "torch_fp32_median_ms": base_ms,
-                                               "speedup_vs_torch_fp32": base_ms / latency["median_ms"],
-                                               "accuracy": _accuracy(logits, labels, reference, has_labels)})
+                        report["rows"].append({**common, "load_s": load_s,
+                                               **_timed(runner, clips, example, job, score, baseline)})
                     del runners
         report["complete"] = True
     except KeyboardInterrupt:
