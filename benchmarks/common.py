@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from uniformer_edge.benchmark.device import cpu_name
+from uniformer_edge._cpu import cpu_name, instruction_sets
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -99,7 +99,8 @@ def environment() -> dict:
     import numpy
 
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-            "machine": platform.machine(), "processor": cpu_name(), "cores": os.cpu_count(),
+            "machine": platform.machine(), "processor": cpu_name(),
+            "instruction_sets": list(instruction_sets()), "cores": os.cpu_count(),
             "threads": torch.get_num_threads(), "platform": platform.platform()}
 
 

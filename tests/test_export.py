@@ -217,6 +217,7 @@ def test_executorch_fp32_and_int8_run_on_the_runtime(tmp_path):
     assert int8["size_bytes"] < 0.5 * fp32["size_bytes"]
 
 
+@pytest.mark.slow  # minutes: run by .ci/run after the default set
 def test_executorch_fp16_and_weight_quantized_programs(tmp_path):
     """fp16 behind fp32 inputs and outputs; w8/w4 with XNNPACK's per-call activation quantization,
     each run by the runtime against its PyTorch graph, smaller as the weights shrink."""
@@ -299,6 +300,7 @@ def test_xnnpack_quantization_keeps_depthwise_convolutions_and_residual_stream_f
     assert torch.nn.functional.cosine_similarity(got.flatten(), expected.flatten(), dim=0) > 0.99
 
 
+@pytest.mark.slow  # minutes: run by .ci/run after the default set
 def test_executorch_int8_qat_fine_tunes_the_calibrated_program(tmp_path):
     """QAT of the .pte's int8 graph moves the calibrated program and keeps it a working one; the
     export job fine-tunes it, records how, and runs it on the ExecuTorch runtime against its
@@ -383,3 +385,86 @@ def test_labels_with_wrong_count_and_cli_errors(tmp_path):
                             capture_output=True, text=True, env=env)
     assert result.returncode == 2 and "needs --target ios18" in result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
+
+
+def _trained_tiny_checkpoint(path, variant, overrides, num_classes, frames, size, steps=30):
+    """A tiny model fitted for a few steps to synthetic clips: weights and activations shaped by
+    training (larger, correlated), where random weights are not."""
+    from uniformer_edge.calibration import build_dataset
+    from uniformer_edge.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(variant, num_classes=num_classes, **overrides)
+    data = build_dataset("synthetic", "train", num_clips=16, frames=frames, size=size, seed=0)
+    clips = torch.stack([data[i][0] for i in range(len(data))])
+    labels = torch.tensor([data[i][1] for i in range(len(data))]) % num_classes
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    for step in range(steps):
+        batch = slice((step * 4) % 16, (step * 4) % 16 + 4)
+        logits = model(clips[batch])
+        logits = logits[0] if isinstance(logits, tuple) else logits  # light models add a training head
+        loss = torch.nn.functional.cross_entropy(logits, labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    torch.save({"model": model.state_dict()}, path)
+    return str(path)
+
+
+# Fresh cases at the CLI's defaults (4 check clips, 32 calibration clips): both families, several
+# seeds and class counts, random and trained weights.
+GATE_CASES = [("s", PLAIN, 1, 400, False), ("s", PLAIN, 2, 7, False), ("s", PLAIN, 3, 12, True),
+              ("xxs", LIGHT, 1, 400, False), ("xxs", LIGHT, 4, 10, False), ("xxs", LIGHT, 5, 12, True)]
+
+
+@pytest.mark.parametrize("variant,overrides,seed,num_classes,trained", GATE_CASES)
+def test_int8_onnx_gate_holds_on_fresh_cases(variant, overrides, seed, num_classes, trained, tmp_path):
+    from uniformer_edge._cpu import has_int8_dot_product
+
+    checkpoint = _trained_tiny_checkpoint(tmp_path / "trained.pth", variant, overrides, num_classes, 8, 32) \
+        if trained else None
+    manifest = run_export(ExportJob(variant=variant, checkpoint=checkpoint, model_overrides=overrides,
+                                    num_classes=None if trained else num_classes, formats=("onnx",),
+                                    precisions=("int8",), frames=8, size=32, seed=seed, out=str(tmp_path / "x")),
+                          progress=False)
+    art = _by(manifest, "onnx", "int8")
+    assert art["parity"]["passed"] and art["parity"]["vs_pytorch_quantized"]["cosine"] >= 0.999
+    assert manifest["cpu"]["instruction_sets"] is not None and manifest["cpu"]["name"]
+    # Where the CPU lacks VNNI the session ran with ONNX Runtime's exact int8 kernels, and every
+    # int8 artifact tells users which session entry they need on such CPUs.
+    expected = {"session.x64quantprecision": "1"} if has_int8_dot_product() is False else {}
+    assert art["parity"]["session_config"] == expected
+    assert art["onnxruntime_session_config"]["session.x64quantprecision"] == "1"
+
+
+def test_session_config_follows_the_cpu(monkeypatch):
+    from uniformer_edge.export import onnx as onnx_module
+
+    monkeypatch.setattr(onnx_module, "is_x86", lambda: True)
+    for vnni, expected in ((False, {"session.x64quantprecision": "1"}), (None, {"session.x64quantprecision": "1"}),
+                           (True, {})):
+        monkeypatch.setattr(onnx_module, "has_int8_dot_product", lambda v=vnni: v)
+        assert onnx_module.ort_session_config() == expected
+    monkeypatch.setattr(onnx_module, "is_x86", lambda: False)
+    assert onnx_module.ort_session_config() == {}
+
+
+def test_a_failing_precision_keeps_the_others(tmp_path, monkeypatch):
+    """One artifact that misses its gate is not written; the others are, listed with the miss."""
+    from uniformer_edge.export import ExportError
+    from uniformer_edge.export import pipeline
+
+    monkeypatch.setattr(pipeline, "FP16_MIN_COSINE", 1.5)  # no fp16 model can reach it
+    out = tmp_path / "x"
+    with pytest.raises(ExportError, match=r"1 of 2 artifacts not written: .*fp16\.onnx misses") as err:
+        run_export(ExportJob(variant="xxs", model_overrides=LIGHT, formats=("onnx",), precisions=("fp32", "fp16"),
+                             out=str(out), **INPUT), progress=False)
+    manifest = verify_manifest(out)
+    assert [a["precision"] for a in manifest["artifacts"]] == ["fp32"] and err.value.manifest == manifest
+    assert manifest["failed"][0]["precision"] == "fp16" and not list(out.glob("*fp16*"))
+    monkeypatch.setattr(pipeline, "FP32_MAX_REL_ERR", -1.0)
+    with pytest.raises(ExportError, match="nothing written"):
+        run_export(ExportJob(variant="xxs", model_overrides=LIGHT, formats=("onnx",), precisions=("fp32",),
+                             out=str(tmp_path / "y"), **INPUT), progress=False)
+    assert not (tmp_path / "y").exists()

@@ -178,6 +178,7 @@ def test_qat_resume_reproduces_uninterrupted_run(tmp_path):
         run_job(job("other", resume=True), progress=False)
 
 
+@pytest.mark.slow  # minutes: run by .ci/run after the default set
 def test_qat_under_torchrun(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     out = tmp_path / "ddp"
@@ -204,7 +205,7 @@ def test_cli_bad_input_writes_nothing(tmp_path):
         (["--variant", "xxs", "--observer", "magic"], "unknown observer 'magic'"),
         (["--variant", "xxs", "--checkpoint", str(tmp_path / "none.pth")], "checkpoint not found"),
         (["--variant", "xxs", "--method", "qat"], "QAT needs training data"),
-        (["--variant", "xxs", "--num-calib", "0"], "--num-calib must be at least 1"),
+        (["--variant", "xxs", "--num-calib", "0"], "--num-calib: must be a positive integer, got 0"),
         (["--variant", "xxs", "--recipe", "dynamic", "--export", "onnx"], "recipe dynamic cannot be exported"),
         (["--variant", "xxs", "--resume"], "--resume and --stop-after apply to --method qat"),
     ]

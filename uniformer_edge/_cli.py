@@ -1,8 +1,16 @@
 """Shared command-line plumbing: user errors become one clear line and a non-zero exit."""
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable, Optional, Sequence
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (`prog: error: ...; see --help`), not usage + error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 class UserError(Exception):
@@ -24,3 +32,23 @@ def run(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def _number(kind, minimum, what: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value < minimum or value != value:  # NaN fails every comparison
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+# Counts validated at parse time: 0 must never be read as "unset", a negative count never reach a loop.
+positive_int = _number(int, 1, "a positive integer")
+nonnegative_int = _number(int, 0, "0 or more")
+positive_float = _number(float, float.fromhex("0x1p-1074"), "a positive number")
+nonnegative_float = _number(float, 0.0, "0 or more")

@@ -16,7 +16,8 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)` on a temporary file beside `path`, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_partials(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -26,6 +27,47 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def remove_stale_partials(path: PathLike) -> list[Path]:
+    """Remove the temporary siblings (`.NAME.PID.*.partial` / `.tmp`) that earlier writes of
+    `path` left when their process was killed (SIGKILL, power loss): those whose process is gone.
+    A write in progress in another live process is left alone."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for sibling in path.parent.glob(f".{glob_escape(path.name)}.*"):
+        if sibling.suffix not in (".partial", ".tmp"):
+            continue
+        pid = sibling.name[len(path.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        if sibling.is_dir():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                sibling.unlink()
+        removed.append(sibling)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or cannot tell: leave it
+    return True
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:
@@ -72,6 +114,15 @@ def _json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def check_output_file(path: PathLike) -> Path:
+    """Check before any work that a file can be written at `path` (not a folder, a writable place)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"output file {path} is a directory")
+    _check_writable_parent(path)
+    return path
+
+
 def check_output_dir(path: PathLike, force: bool) -> Path:
     """Refuse an existing, non-empty output directory unless `force`; check it can be written."""
     path = Path(path)
@@ -79,6 +130,11 @@ def check_output_dir(path: PathLike, force: bool) -> Path:
         raise NotADirectoryError(f"output path exists and is not a directory: {path}")
     if path.is_dir() and any(path.iterdir()) and not force:
         raise FileExistsError(f"output directory {path} already exists; pass --force to replace it")
+    _check_writable_parent(path)
+    return path
+
+
+def _check_writable_parent(path: Path) -> None:
     parent = path.parent if path.parent != Path("") else Path(".")
     probe = parent
     while not probe.exists():
@@ -90,7 +146,6 @@ def check_output_dir(path: PathLike, force: bool) -> Path:
             pass
     except OSError as e:
         raise PermissionError(f"cannot write to {probe} (for output {path}): {e.strerror}") from None
-    return path
 
 
 @contextlib.contextmanager
@@ -99,7 +154,8 @@ def atomic_dir(path: PathLike, force: bool = False) -> Iterator[Path]:
     error or Ctrl-C leaves no half-written output (and any previous output untouched)."""
     path = check_output_dir(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    remove_stale_partials(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".partial", dir=path.parent))
     try:
         yield tmp
     except BaseException:

@@ -2,17 +2,16 @@
 on every backend this device has, against the float model; or `--merge` device reports."""
 from __future__ import annotations
 
-import argparse
 import sys
 
-from .._cli import run
+from .._cli import nonnegative_int, positive_int, Parser, run
 from .backends import BACKENDS
 from .report import merge_reports, write_report
 from .run import BenchmarkJob, run_benchmark
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    p = Parser(
         prog="python -m uniformer_edge.benchmark",
         description="Benchmark artifact folders (export outputs with manifest.json, or quantize outputs with "
                     "quantized.pt2): latency (median, p90, p99, min, std, clips/s, load time, peak memory, size) "
@@ -20,13 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "report.md and PNG plots. Backends this device lacks are listed as not available, with the reason.")
     p.add_argument("artifacts", nargs="*", metavar="ARTIFACT_DIR")
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), help=f"subset of: {', '.join(BACKENDS)}")
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's default)")
-    p.add_argument("--batch", type=int, default=1, help="clips per call (default 1)")
-    p.add_argument("--runs", type=int, default=20, help="timed runs (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up runs (default 3)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's default)")
+    p.add_argument("--batch", type=positive_int, default=1, help="clips per call (default 1)")
+    p.add_argument("--runs", type=positive_int, default=20, help="timed runs (default 20)")
+    p.add_argument("--warmup", type=nonnegative_int, default=3, help="untimed warm-up runs (default 3)")
     p.add_argument("--data", default="synthetic", help="evaluation data: 'synthetic' or an annotation list")
     p.add_argument("--root", help="video folder of --data")
-    p.add_argument("--num-clips", type=int, default=32, help="evaluation clips (default 32)")
+    p.add_argument("--num-clips", type=positive_int, default=32, help="evaluation clips (default 32)")
     p.add_argument("--merge", nargs="+", metavar="REPORT_JSON", help="merge device reports instead of measuring")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--force", action="store_true", help="replace an existing report folder")

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import torch
 
 from ..export import verify_manifest
+from ..quantize import read_quantize_config, verify_program
 
 __all__ = ["Artifact", "discover", "BACKENDS", "Runner", "runners_for", "backend_status", "setting_status",
            "ORT_PROVIDERS", "COREML_UNITS"]
@@ -56,15 +57,16 @@ def discover(folder) -> list[Artifact]:
         return [Artifact(folder / a["path"], a["format"], a["precision"], manifest["variant"],
                          manifest["input"]["frames"], manifest["input"]["size"], a["size_bytes"], source)
                 for a in manifest["artifacts"]]
-    if (folder / "quant_config.json").is_file() and (folder / "quantized.pt2").is_file():
-        cfg = json.loads((folder / "quant_config.json").read_text())
+    if (folder / "quant_config.json").is_file():
+        cfg = read_quantize_config(folder)
+        verify_program(folder / "quantized.pt2", cfg["program_sha256"])
         _, _, frames, size, _ = cfg["input_shape"]
         source = {"checkpoint": cfg["job"].get("checkpoint"), "seed": cfg["job"].get("seed", 0),
                   "model_overrides": cfg.get("model_overrides") or {}, "num_classes": cfg["num_classes"]}
         precision = {"w8a8": "int8"}.get(cfg["quant_config"]["recipe"], cfg["quant_config"]["recipe"])
         precision += "-qat" if cfg["method"] == "qat" else ""
         return [Artifact(folder / "quantized.pt2", "pt2", precision, cfg["variant"], frames, size,
-                         (folder / "quantized.pt2").stat().st_size, source)]
+                         (folder / "quantized.pt2").stat().st_size, {**source, "sha256": cfg["program_sha256"]})]
     raise FileNotFoundError(f"{folder} has no manifest.json (an export output) or quant_config.json + "
                             f"quantized.pt2 (a quantization output)")
 
@@ -160,7 +162,7 @@ def runners_for(artifact: Artifact, backend: str, threads: int) -> list[Runner]:
     if backend == "torch":
         from ..quantize import load_program
 
-        module = load_program(artifact.path).module()
+        module = load_program(artifact.path, artifact.source["sha256"]).module()
         return [Runner("torch", "cpu", lambda clips: module(clips))]
     if backend == "onnxruntime":
         import onnxruntime as ort

@@ -151,21 +151,43 @@ def read_report(path) -> dict:
         report = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not a benchmark report (invalid JSON: {err})") from None
-    schema = report.get("schema")
+    schema = report.get("schema") if isinstance(report, dict) else None
     if not isinstance(schema, int):
         raise ValueError(f"{path} is not a benchmark report (no schema version)")
     if schema > REPORT_SCHEMA:
         raise ValueError(f"{path} has report schema {schema}, newer than this toolkit reads ({REPORT_SCHEMA}); "
                          f"upgrade uniformer-edge")
+    entries = report.get("devices") if "devices" in report else [report]
+    for entry in entries if isinstance(entries, list) else [None]:
+        missing = [k for k in _DEVICE_KEYS if not isinstance(entry, dict) or k not in entry]
+        if missing:
+            what = ("an export manifest" if "artifacts" in report else
+                    "a quantize report" if "agreement" in report or "recipe" in report else "not one")
+            raise ValueError(f"{path} is not a benchmark report ({what}: no {', '.join(missing)}); "
+                             f"pass the report.json of `python -m uniformer_edge.benchmark`")
+        if not entry["rows"]:
+            raise ValueError(f"{path} is a benchmark report without rows: nothing to merge")
     return report
 
 
+_DEVICE_KEYS = ("device", "rows", "groups", "backends")
+
+
 def merge_reports(paths) -> dict:
-    """One report holding every device's table (a merged report can be merged again)."""
-    devices = []
+    """One report holding every device's table (a merged report can be merged again); a device
+    table that appears twice (the same report given twice, or inside a merged one) is kept once."""
+    import warnings
+
+    devices, seen = [], set()
     for p in paths:
         r = read_report(p)
-        devices += r.get("devices") or [_device_entry(r)]
+        for entry in r.get("devices") or [_device_entry(r)]:
+            key = json.dumps(entry, sort_keys=True, default=str)
+            if key in seen:
+                warnings.warn(f"{p}: a device table already merged from an earlier report; kept once", stacklevel=2)
+                continue
+            seen.add(key)
+            devices.append(entry)
     return {"schema": REPORT_SCHEMA, "merged_from": [str(p) for p in paths], "devices": devices, "complete": True}
 
 

@@ -110,7 +110,13 @@ def _load_clip_file(path: Path) -> np.ndarray:
         arr = obj.numpy()
     if arr.ndim != 4 or arr.shape[-1] != 3:
         raise ValueError(f"expected frames of shape (T, H, W, 3), got {tuple(arr.shape)}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise NonFiniteFrames(f"{path}: {int((~np.isfinite(arr)).sum())} frame values are NaN or infinite")
     return arr
+
+
+class NonFiniteFrames(ValueError):
+    """Frames holding NaN or infinity: an error, never a clip skipped or scored silently."""
 
 
 class VideoDataset(Dataset):
@@ -182,6 +188,8 @@ class VideoDataset(Dataset):
             if probe:
                 try:
                     count = _count_frames(path)
+                except NonFiniteFrames:
+                    raise
                 except Exception as e:  # any decoder failure means the file is unusable
                     skipped.append((path, f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"))
                     continue
@@ -205,6 +213,8 @@ class VideoDataset(Dataset):
                 return arr[sample_indices(len(arr), self.frames, self.sampling, self.sampling_rate)]
             count = _count_frames(path)
             return _decode(path, sample_indices(count, self.frames, self.sampling, self.sampling_rate))
+        except NonFiniteFrames:
+            raise
         except Exception as e:
             raise RuntimeError(f"cannot load {path}: {e}") from e
 

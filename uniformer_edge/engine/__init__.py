@@ -2,9 +2,9 @@
 from .distributed import DistContext, cleanup, init_distributed, shard
 from .evaluation import (Metrics, agreement, collect_logits, evaluate, iterate_batches, metrics_from_counts,
                          top1_drop, topk_accuracy)
-from .training import (TrainConfig, epoch_batches, classification_loss, dataset_num_classes, make_optimizer, train,
+from .training import (NonFiniteLoss, TrainConfig, epoch_batches, classification_loss, dataset_num_classes, make_optimizer, train,
                        train_one_epoch, warmup_cosine)
 
 __all__ = ["DistContext", "init_distributed", "cleanup", "shard", "Metrics", "evaluate", "iterate_batches",
            "metrics_from_counts", "collect_logits", "topk_accuracy", "top1_drop", "agreement", "TrainConfig", "epoch_batches", "train", "train_one_epoch", "warmup_cosine",
-           "classification_loss", "make_optimizer", "dataset_num_classes"]
+           "classification_loss", "make_optimizer", "dataset_num_classes", "NonFiniteLoss"]

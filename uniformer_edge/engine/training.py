@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Optional
@@ -22,13 +23,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .._io import atomic_torch_save, atomic_write_json
+from .._io import atomic_torch_save, atomic_write_json, check_output_dir
 from ..calibration import build_dataset
 from ..models import create_model, load_checkpoint
+from ..models.checkpoint import read_checkpoint_file
 from .distributed import DistContext, init_distributed
 from .evaluation import Metrics, evaluate
 
-__all__ = ["TrainConfig", "train", "warmup_cosine", "classification_loss", "make_optimizer",
+__all__ = ["TrainConfig", "NonFiniteLoss", "train", "warmup_cosine", "classification_loss", "make_optimizer",
            "dataset_num_classes", "train_one_epoch", "epoch_batches"]
 
 
@@ -62,10 +64,29 @@ class TrainConfig:
     num_workers: int = 0
     device: Optional[str] = None
 
+    def validate(self) -> "TrainConfig":
+        """Refuse counts and rates that would make training meaningless (one line each)."""
+        for name in ("frames", "size", "epochs", "batch_size", "sampling_rate"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        for name in ("num_train_clips", "num_val_clips"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        for name in ("min_lr", "weight_decay", "warmup_epochs", "label_smoothing", "drop_path"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        return self
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class NonFiniteLoss(ValueError):
+    """The training loss became NaN or infinite: the run stops, nothing is saved for that epoch."""
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -122,14 +143,21 @@ def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int, ctx: D
 
 def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, ctx: DistContext, *,
                     loss_fn: Callable, clip_grad: Optional[float], desc: str) -> float:
-    """One pass over `loader`; returns the mean loss over all ranks."""
+    """One pass over `loader`; returns the mean loss over all ranks. A non-finite loss on any
+    rank stops training (`NonFiniteLoss`) before it reaches the weights."""
     model.train()
     total, count = torch.zeros(()), 0
     bar = tqdm(loader, desc=desc, disable=not ctx.is_main, leave=False, unit="step")
-    for clips, labels in bar:
+    for step, (clips, labels) in enumerate(bar):
         clips = clips.to(ctx.device).contiguous(memory_format=torch.channels_last_3d)
         labels = labels.to(ctx.device)
         loss = loss_fn(model, clips, labels)
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if ctx.distributed:  # every rank stops together, none waits in the gradient all-reduce
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item():
+            raise NonFiniteLoss(f"{desc}, step {step + 1}: the training loss is {loss.item()} (not finite); "
+                                f"training stopped before updating the weights (lower --lr, check the data)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_grad:
@@ -144,6 +172,24 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, ctx: DistCon
         dist.all_reduce(total)
         total /= ctx.world_size
     return float(total) / max(count, 1)
+
+
+_RESUME_MAY_CHANGE = ("out", "device", "num_workers")
+_DEFAULT = asdict(TrainConfig())
+_TRAINING_STATE_KEYS = ("model_state", "optimizer_state", "scheduler_state", "epoch", "cfg", "best_top1", "history",
+                        "rng_states")
+
+
+def _read_training_state(path: Path) -> dict:
+    """A `last.pth` of this toolkit's training, with one-line errors for anything else."""
+    state = read_checkpoint_file(path)
+    if not isinstance(state, dict) or not all(k in state for k in _TRAINING_STATE_KEYS):
+        keys = ", ".join(map(str, list(state)[:6])) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"--resume: {path} is not a training checkpoint of this toolkit (it has {keys}; "
+                         f"expected {', '.join(_TRAINING_STATE_KEYS)}); start a new run with --checkpoint {path}")
+    if not isinstance(state["cfg"], dict):
+        raise ValueError(f"--resume: {path} has no saved settings (cfg)")
+    return state
 
 
 def _gather_rng(ctx: DistContext) -> list[torch.Tensor]:
@@ -166,18 +212,27 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False, ctx: Opti
     `stop_after` ends this invocation after that many epochs (time-limited jobs)."""
     ctx = ctx or init_distributed(cfg.device)
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a folder for checkpoints")
+    check_output_dir(out, force=True)  # writable, before any work
     last_path, best_path = out / "last.pth", out / "best.pth"
     state = None
     if resume:
         if not last_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint {last_path} to continue from")
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        state = _read_training_state(last_path)
         saved = TrainConfig.from_dict(state["cfg"])
-        cfg = TrainConfig(**{**asdict(saved), "out": cfg.out, "device": cfg.device,
-                             "num_workers": cfg.num_workers})
+        ignored = [f"{f.name} ({getattr(cfg, f.name)!r}; the run has {getattr(saved, f.name)!r})"
+                   for f in fields(TrainConfig) if f.name not in _RESUME_MAY_CHANGE
+                   and getattr(cfg, f.name) != getattr(saved, f.name) and getattr(cfg, f.name) != _DEFAULT[f.name]]
+        if ignored and ctx.is_main:
+            warnings.warn(f"--resume continues {last_path} with its saved settings; ignoring {', '.join(ignored)}",
+                          stacklevel=2)
+        cfg = TrainConfig(**{**asdict(saved), **{k: getattr(cfg, k) for k in _RESUME_MAY_CHANGE}})
     elif last_path.exists() and not force:
         raise FileExistsError(f"{last_path} exists; pass --resume to continue that run or --force to start over")
 
+    cfg.validate()
     train_set, val_set = _datasets(cfg)
     num_classes = dataset_num_classes(train_set)
     if len(train_set) < cfg.batch_size:
@@ -198,9 +253,14 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False, ctx: Opti
     start_epoch, best_top1, history = 0, -1.0, []
     torch.manual_seed(cfg.seed + 1 + ctx.rank)  # stochastic depth / dropout differ per rank
     if state is not None:
-        model.load_state_dict(state["model_state"])
-        optimizer.load_state_dict(state["optimizer_state"])
-        scheduler.load_state_dict(state["scheduler_state"])
+        try:
+            model.load_state_dict(state["model_state"])
+            optimizer.load_state_dict(state["optimizer_state"])
+            scheduler.load_state_dict(state["scheduler_state"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"--resume: {last_path} does not fit the UniFormer-{cfg.variant.upper()} run its "
+                             f"settings describe ({first})") from None
         start_epoch, best_top1, history = state["epoch"] + 1, state["best_top1"], list(state["history"])
         if len(state["rng_states"]) == ctx.world_size:
             torch.set_rng_state(state["rng_states"][ctx.rank])

@@ -1,23 +1,24 @@
 """`python -m uniformer_edge.export`: Core ML, ONNX and ExecuTorch artifacts with a manifest."""
 from __future__ import annotations
 
-import argparse
 import sys
 
-from .._cli import run
+from .._cli import nonnegative_int, positive_float, positive_int, Parser, run
 from ..models import list_variants
 from .coreml import MIN_TARGET, TARGETS
-from .pipeline import FORMATS, PRECISIONS, SUPPORTED, ExportJob, run_export
+from .pipeline import FORMATS, PRECISIONS, SUPPORTED, ExportError, ExportJob, run_export
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     support = "; ".join(f"{f}: {' '.join(SUPPORTED[f])}" for f in FORMATS)
     targets = ", ".join(f"{p} {t}" for p, t in MIN_TARGET.items() if t != "ios16")
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m uniformer_edge.export",
         description="Export a UniFormer model to ONNX, Core ML (.mlpackage) and ExecuTorch (.pte). Every artifact "
                     "is run against PyTorch where a runtime exists here (ONNX Runtime, ExecuTorch; Core ML only on "
-                    "macOS) and must meet its parity threshold; OUT/manifest.json lists sizes, SHA-256 and parity.",
+                    "macOS) and must meet its parity threshold; OUT/manifest.json lists sizes, SHA-256 and parity. An "
+                    "artifact that misses its threshold is not written (the others are, and the command exits 2 "
+                    "naming it).",
         epilog=f"Precisions per format: {support}. int8/w8/w4 in ONNX and int8 in Core ML come from the PT2E "
                f"graph (--quantized, or quantized here on --calib-data); int8-ort and int8-ort-entropy are ONNX "
                f"Runtime's quantize_static (MinMax or Entropy calibration). ExecuTorch int8 is XNNPACK's calibrated "
@@ -31,21 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", nargs="+", default=["onnx"], choices=FORMATS, help="formats (default onnx)")
     p.add_argument("--precision", nargs="+", default=None, choices=PRECISIONS,
                    help="precisions (default fp32, or the --quantized graph's)")
-    p.add_argument("--frames", type=int, help="frames per clip (default: the variant's usual input)")
-    p.add_argument("--size", type=int, help="frame size (default: the variant's usual input)")
+    p.add_argument("--frames", type=positive_int, help="frames per clip (default: the variant's usual input)")
+    p.add_argument("--size", type=positive_int, help="frame size (default: the variant's usual input)")
     p.add_argument("--labels", help="class names, one per line: Core ML gets a probabilities output and the names in its metadata")
-    p.add_argument("--num-classes", type=int, help="classes of a model without checkpoint (default 400)")
+    p.add_argument("--num-classes", type=positive_int, help="classes of a model without checkpoint (default 400)")
     p.add_argument("--target", default="ios17", choices=TARGETS, help="Core ML deployment target (default ios17)")
     p.add_argument("--calib-data", default="synthetic", help="calibration data for int8 exports made here")
     p.add_argument("--root", help="video folder of --calib-data")
-    p.add_argument("--num-calib", type=int, default=32, help="calibration clips (default 32)")
-    p.add_argument("--qat-epochs", type=int, default=0,
+    p.add_argument("--num-calib", type=positive_int, default=32, help="calibration clips (default 32)")
+    p.add_argument("--qat-epochs", type=nonnegative_int, default=0,
                    help="fine-tune the ExecuTorch int8 program with quantization-aware training for this many "
                         "epochs: activation ranges from the calibration, distillation from the float model, on the "
                         "training split of --calib-data (default 0: calibration only)")
-    p.add_argument("--qat-clips", type=int, default=1024, help="synthetic training clips for --qat-epochs (default 1024)")
-    p.add_argument("--qat-lr", type=float, default=2e-5, help="learning rate of --qat-epochs (default 2e-5)")
-    p.add_argument("--check-clips", type=int, default=4, help="clips used for the parity checks (default 4)")
+    p.add_argument("--qat-clips", type=positive_int, default=1024, help="synthetic training clips for --qat-epochs (default 1024)")
+    p.add_argument("--qat-lr", type=positive_float, default=2e-5, help="learning rate of --qat-epochs (default 2e-5)")
+    p.add_argument("--check-clips", type=positive_int, default=4, help="clips used for the parity checks (default 4)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     return p
@@ -59,14 +60,23 @@ def main(argv=None) -> int:
                     num_classes=args.num_classes, calib_data=args.calib_data, calib_root=args.root,
                     num_calib=args.num_calib, check_clips=args.check_clips,
                     qat_epochs=args.qat_epochs, qat_clips=args.qat_clips, qat_lr=args.qat_lr)
-    manifest = run_export(job)
+    try:
+        manifest = run_export(job)
+    except ExportError as err:
+        if err.manifest:
+            _print_artifacts(err.manifest)
+        raise
+    _print_artifacts(manifest)
+    print(f"wrote {job.out}/manifest.json")
+    return 0
+
+
+def _print_artifacts(manifest: dict) -> None:
     for art in manifest["artifacts"]:
         parity = art["parity"]
         figure = (f"not run: {parity['not run']}" if "not run" in parity else
                   f"cosine {parity.get('vs_pytorch_quantized', parity['vs_float'])['cosine']:.6f} on {parity['runtime']}")
         print(f"{art['path']}: {art['size_bytes'] / 1e6:.2f} MB, {figure}")
-    print(f"wrote {job.out}/manifest.json")
-    return 0
 
 
 if __name__ == "__main__":

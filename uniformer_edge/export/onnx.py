@@ -18,10 +18,11 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim, ExportedProgram
 
+from .._cpu import has_int8_dot_product, is_x86
 from .._io import atomic_write
 
-__all__ = ["OPSET", "export_onnx", "half_precision", "ort_session", "run_onnx", "ort_quantize_static",
-           "onnx_op_census"]
+__all__ = ["OPSET", "export_onnx", "half_precision", "ort_session", "ort_session_config", "run_onnx",
+           "ort_quantize_static", "onnx_op_census"]
 
 OPSET = 18  # the dynamo exporter's native opset; QDQ with per-channel axes needs >= 13
 
@@ -62,12 +63,55 @@ def export_onnx(model, path, example: Optional[Tensor] = None, opset: int = OPSE
         onnx_program = torch.onnx.export(program, (), None, input_names=["video"], output_names=["logits"],
                                          opset_version=opset, dynamo=True, external_data=False)
     proto = onnx_program.model_proto
+    _unshare_quantization_parameters(proto)
     onnx.checker.check_model(proto)
 
     def write(tmp):
         onnx.save_model(proto, tmp)
 
     return atomic_write(path, write)
+
+
+def _unshare_quantization_parameters(proto) -> int:
+    """Give every QuantizeLinear/DequantizeLinear its own scale and zero-point initializers.
+
+    The exporter shares equal constants between nodes; ONNX Runtime's exact-int8 rewrite
+    (`session.x64quantprecision`, see `ort_session_config`) converts each int8 weight's zero
+    point in place and fails on a shared one ("Attempt to replace the existing tensor")."""
+    import onnx
+
+    initializers = {init.name: init for init in proto.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            if name in initializers:
+                uses[name] = uses.get(name, 0) + 1
+    copies = 0
+    for index, node in enumerate(proto.graph.node):
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for slot in range(1, len(node.input)):
+            name = node.input[slot]
+            if name in initializers and uses[name] > 1:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(initializers[name])
+                copy.name = f"{name}__q{index}_{slot}"
+                proto.graph.initializer.append(copy)
+                node.input[slot] = copy.name
+                uses[name] -= 1
+                copies += 1
+    return copies
+
+
+def ort_session_config() -> dict[str, str]:
+    """ONNX Runtime session entries that our int8 models need on this CPU.
+
+    On x86 without VNNI (or AMX) ONNX Runtime's u8 x s8 kernels add neighbouring products in
+    saturating 16-bit arithmetic (PMADDUBSW: 255 x 127 x 2 > 32767), so full-range int8 weights
+    give wrong sums; `session.x64quantprecision` makes it use exact u8 x u8 kernels instead.
+    With VNNI the sums are 32-bit and exact, so the faster kernels stay."""
+    exact_by_default = not is_x86() or has_int8_dot_product() is True
+    return {} if exact_by_default else {"session.x64quantprecision": "1"}
 
 
 @contextlib.contextmanager
@@ -85,19 +129,37 @@ def _quiet_loggers(*names):
 
 def ort_session(path, threads: Optional[int] = None, providers: Optional[list[str]] = None,
                 profile_prefix: Optional[Path] = None):
-    """An ONNX Runtime session; with `profile_prefix` it records every node's kernel time, written
-    to a JSON trace at that prefix by `session.end_profiling()`."""
+    """An ONNX Runtime session with `ort_session_config()`; with `profile_prefix` it records every
+    node's kernel time, written to a JSON trace at that prefix by `session.end_profiling()`. The
+    entries it runs with are in `session.uniformer_config` (the exact-int8 rewrite fails on some
+    graphs ONNX Runtime's own quantizer writes: those run with its default kernels, and say so)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if profile_prefix is not None:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(profile_prefix)
-    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    def make(config: dict):
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 4
+        for key, value in config.items():
+            options.add_session_config_entry(key, value)
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(profile_prefix)
+        session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        session.uniformer_config = dict(config)
+        return session
+
+    config = ort_session_config()
+    try:
+        return make(config)
+    except Exception as err:  # onnxruntime's Fail is not importable by a stable name
+        if not config or "replace the existing tensor" not in str(err):
+            raise
+    session = make({})
+    session.uniformer_config = {"not applied": f"{', '.join(config)}: ONNX Runtime's exact-int8 rewrite fails on "
+                                               f"this graph; its u8 x s8 kernels saturate on this CPU"}
+    return session
 
 
 def run_onnx(session, clips: Tensor) -> Tensor:
@@ -255,4 +317,8 @@ def ort_quantize_static(float_onnx, path, batches: Iterable[tuple[Tensor, Tensor
         quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method], **({"calibration_cache_path": cache} if cache else {}))
-        return atomic_write(path, lambda t: Path(t).write_bytes(out.read_bytes()))
+        import onnx
+
+        proto = onnx.load(str(out))
+        _unshare_quantization_parameters(proto)
+        return atomic_write(path, lambda t: onnx.save_model(proto, t))

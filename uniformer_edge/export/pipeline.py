@@ -1,7 +1,8 @@
 """The export job behind `python -m uniformer_edge.export`: every requested format x precision,
 each checked against PyTorch on a runtime where one exists, listed in `manifest.json`.
 
-Parity thresholds (an artifact that misses its threshold fails the job; nothing is written):
+Parity thresholds (an artifact that misses its threshold is not written; the others are, and the
+job fails naming it):
 fp32: relative max error <= 1e-4 against the float model; fp16: cosine >= 0.999 and the
 same top-1; exports of a PT2E-quantized graph: cosine >= 0.999 against that graph in PyTorch
 (0.998 for the quantized ExecuTorch programs, see `XNNPACK_INT8_MIN_COSINE`).
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -21,11 +23,12 @@ import torch
 
 from .. import __version__
 from .._cli import UserError
+from .._cpu import cpu_name, has_int8_dot_product, instruction_sets
 from .._io import atomic_dir, check_output_dir, sha256_file, sha256_tree
 from ..calibration import MEAN, STD, build_dataset, calibration_set, read_class_names
 from ..engine import agreement
 from ..models import create_model, deploy, get_variant, read_state_dict
-from ..quantize import QuantConfig, load_program, quantize_ptq
+from ..quantize import QuantConfig, load_program, quantize_ptq, read_quantize_config, verify_program
 from ..quantize.qat import QATSchedule
 
 __all__ = ["ExportJob", "run_export", "FORMATS", "PRECISIONS", "SUPPORTED", "MANIFEST_SCHEMA", "verify_manifest",
@@ -52,7 +55,12 @@ _SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage", "executorch": ".pte"}
 
 
 class ExportError(UserError):
-    """An artifact missed its parity threshold (reported as one line by the CLI)."""
+    """An artifact missed its parity threshold (reported as one line by the CLI); `manifest` is
+    the manifest written for the artifacts that passed, if any were."""
+
+    def __init__(self, message: str, manifest: Optional[dict] = None):
+        super().__init__(message)
+        self.manifest = manifest
 
 
 @dataclass
@@ -92,8 +100,11 @@ class ExportJob:
             raise ValueError("--variant is required (or --quantized, which names its variant)")
         spec = get_variant(self.variant)
         self.variant = spec.name
-        self.frames = self.frames or spec.default_input[0]
-        self.size = self.size or spec.default_input[1]
+        for name in ("frames", "size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        self.frames = spec.default_input[0] if self.frames is None else self.frames
+        self.size = spec.default_input[1] if self.size is None else self.size
         self.formats, self.precisions = tuple(dict.fromkeys(self.formats)), tuple(dict.fromkeys(self.precisions))
         for fmt in self.formats:
             if fmt not in FORMATS:
@@ -128,14 +139,8 @@ class ExportJob:
 
     def _read_quantized(self):
         folder = Path(self.quantized)
-        config_path, program_path = folder / "quant_config.json", folder / "quantized.pt2"
-        if not folder.is_dir():
-            raise FileNotFoundError(f"--quantized directory not found: {folder}")
-        for p in (config_path, program_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"--quantized {folder} has no {p.name}: is it the output of "
-                                        f"`python -m uniformer_edge.quantize`?")
-        cfg = json.loads(config_path.read_text())
+        cfg = read_quantize_config(folder)
+        verify_program(folder / "quantized.pt2", cfg["program_sha256"])  # before any work, not only at loading
         recipe = cfg["quant_config"]["recipe"]
         inverse = {v: k for k, v in PT2E_RECIPE.items()}
         if recipe not in inverse:
@@ -145,7 +150,7 @@ class ExportJob:
             raise ValueError(f"--quantized {folder} holds a UniFormer-{cfg['variant'].upper()} model, "
                              f"not --variant {self.variant}")
         _, _, frames, size, _ = cfg["input_shape"]
-        if (self.frames and self.frames != frames) or (self.size and self.size != size):
+        if (self.frames is not None and self.frames != frames) or (self.size is not None and self.size != size):
             raise ValueError(f"--quantized {folder} was quantized at {frames}x{size}; "
                              f"it cannot be exported at {self.frames or frames}x{self.size or size}")
         self.variant, self.frames, self.size = cfg["variant"], frames, size
@@ -205,7 +210,8 @@ class _Exporter:
             self.float_logits = self.model(self.clips)
         self._calib, self._programs, self._et_quantized = None, {}, {}
         if job.quantized:
-            self._programs[job.quant_config["precision"]] = load_program(Path(job.quantized) / "quantized.pt2")
+            self._programs[job.quant_config["precision"]] = load_program(Path(job.quantized) / "quantized.pt2",
+                                                                           job.quant_config["program_sha256"])
 
     def calibration(self):
         if self._calib is None:
@@ -274,9 +280,16 @@ class _Exporter:
             raise ExportError(f"{path.name}: the exporter dropped every QuantizeLinear/DequantizeLinear node")
         import onnxruntime
 
-        output = run_onnx(ort_session(path), self.clips)
+        session = ort_session(path)
+        output = run_onnx(session, self.clips)
         parity = self._parity(f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider", output, precision, "onnx")
-        return {"census": census, "parity": parity, "input": {"name": "video", "shape": ["batch", 3, *self._thw()],
+        parity["session_config"] = session.uniformer_config
+        extra = {}
+        if census.get("QuantizeLinear"):
+            extra["onnxruntime_session_config"] = {
+                "session.x64quantprecision": "1",
+                "when": "x86 CPUs without VNNI or AMX: their u8 x s8 kernels saturate int16 pair sums"}
+        return {**extra, "census": census, "parity": parity, "input": {"name": "video", "shape": ["batch", 3, *self._thw()],
                                                               "dtype": "float32"}}
 
     def coreml(self, precision: str, path: Path) -> dict:
@@ -350,10 +363,14 @@ class _Exporter:
 
 
 def run_export(job: ExportJob, progress: bool = True) -> dict:
-    """Export every format x precision of `job` into `job.out` (atomically) and return the manifest."""
+    """Export every format x precision of `job` into `job.out` (atomically) and return the manifest.
+
+    An artifact that misses its parity threshold is not kept; the others are written, with the
+    miss listed under the manifest's `failed`, and `ExportError` (carrying the manifest) is raised
+    after writing. When every artifact misses, nothing is written."""
     check_output_dir(job.out, job.force)
     exporter = _Exporter(job, progress)
-    artifacts = []
+    artifacts, failed = [], []
     with atomic_dir(job.out, force=job.force) as tmp:
         for fmt in job.formats:
             for precision in job.precisions:
@@ -361,16 +378,27 @@ def run_export(job: ExportJob, progress: bool = True) -> dict:
                 if progress:
                     print(f"exporting {name} ...", flush=True)
                 started = time.time()
-                info = getattr(exporter, fmt)(precision, tmp / name)
+                path = tmp / name
+                try:
+                    info = getattr(exporter, fmt)(precision, path)
+                except ExportError as err:
+                    failed.append({"path": name, "format": fmt, "precision": precision, "reason": str(err)})
+                    _remove(path)
+                    continue
                 parity = info["parity"]
                 if parity.get("passed") is False:
-                    raise ExportError(f"{name} misses its parity threshold ({parity['threshold']}): "
-                                      f"{json.dumps({k: v for k, v in parity.items() if k.startswith('vs_')})}")
-                path = tmp / name
+                    figures = {k: v for k, v in parity.items() if k.startswith("vs_")}
+                    failed.append({"path": name, "format": fmt, "precision": precision, "parity": parity,
+                                   "reason": f"{name} misses its parity threshold ({parity['threshold']}): "
+                                             f"{json.dumps(figures)}"})
+                    _remove(path)
+                    continue
                 artifacts.append({"path": name, "format": fmt, "precision": precision,
                                   "target": info.get("target"), "export_seconds": round(time.time() - started, 2),
                                   "size_bytes": _size(path), "sha256": sha256_tree(path) if path.is_dir() else sha256_file(path),
                                   **{k: v for k, v in info.items() if k != "target"}})
+        if not artifacts:
+            raise ExportError("; ".join(f["reason"] for f in failed) + " (nothing written)")
         manifest = {
             "schema": MANIFEST_SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "variant": job.variant, "num_classes": exporter.num_classes, "labels": exporter.labels,
@@ -382,11 +410,27 @@ def run_export(job: ExportJob, progress: bool = True) -> dict:
             "input": {"name": "video", "dtype": "float32", "layout": "B,3,T,H,W", "frames": job.frames,
                       "size": job.size, "preprocessing": exporter.preprocessing()},
             "output": {"name": "logits", "dtype": "float32", "classes": exporter.num_classes},
-            "artifacts": artifacts, "versions": _library_versions(), "platform": platform.platform(),
+            "artifacts": artifacts, "failed": failed, "versions": _library_versions(),
+            "platform": platform.platform(),
+            "cpu": {"name": cpu_name(), "instruction_sets": list(instruction_sets()),
+                    "int8_dot_product": has_int8_dot_product()},
         }
         text = json.dumps(manifest, indent=2) + "\n"
         (tmp / "manifest.json").write_text(text)
-    return json.loads(text)  # exactly what manifest.json holds (tuples become lists)
+    manifest = json.loads(text)  # exactly what manifest.json holds (tuples become lists)
+    if failed:
+        raise ExportError(f"{len(failed)} of {len(failed) + len(artifacts)} artifacts not written: "
+                          + "; ".join(f["reason"] for f in failed)
+                          + f". The other {len(artifacts)} are in {job.out} (manifest.json lists the failures)",
+                          manifest=manifest)
+    return manifest
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _size(path: Path) -> int:
@@ -402,11 +446,24 @@ def verify_manifest(folder) -> dict:
     path = folder / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder} has no manifest.json: is it the output of `python -m uniformer_edge.export`?")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list) \
+            or not all(isinstance(a, dict) and {"path", "sha256"} <= a.keys() for a in manifest["artifacts"]):
+        raise ValueError(f"{path} is not an export manifest (no list of artifacts with path and sha256)")
+    for key in ("variant", "input", "source", "num_classes"):
+        if key not in manifest:
+            raise ValueError(f"{path} is not an export manifest (no {key})")
+    if not isinstance(manifest.get("schema", 0), int):
+        raise ValueError(f"{path}: schema must be an integer")
     if manifest.get("schema", 0) > MANIFEST_SCHEMA:
         raise ValueError(f"{path} has manifest schema {manifest['schema']}, newer than this toolkit reads "
                          f"({MANIFEST_SCHEMA}); upgrade uniformer-edge")
     for art in manifest["artifacts"]:
+        if not isinstance(art["path"], str) or Path(art["path"]).name != art["path"] or art["path"] in ("", ".", ".."):
+            raise ValueError(f"{path}: artifact path {art['path']!r} is not a file name inside {folder}")
         p = folder / art["path"]
         if not p.exists():
             raise ValueError(f"artifact {p} listed in {path} is missing")

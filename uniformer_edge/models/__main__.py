@@ -1,17 +1,16 @@
 """`python -m uniformer_edge.models`: parameters and GMACs of a UniFormer variant."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from .._cli import run
+from .._cli import positive_int, Parser, run
 from .info import model_info
 from .registry import create_model, from_official_config, get_variant, list_variants
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    p = Parser(
         prog="python -m uniformer_edge.models",
         description="Print the parameter count and GMACs (multiply-adds of convolutions, linear layers "
                     "and matrix products, counted once: the paper's per-view convention) of a UniFormer "
@@ -19,9 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", default="s", help=f"registered variant: {', '.join(list_variants())} (default s)")
     p.add_argument("--config", help="official config.yaml to build the model from instead of --variant")
     p.add_argument("--checkpoint", help="checkpoint to load (checks that it fits the model)")
-    p.add_argument("--num-classes", type=int, default=400, help="classifier size (default 400)")
-    p.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
-    p.add_argument("--size", type=int, default=224, help="square frame size in pixels (default 224)")
+    p.add_argument("--num-classes", type=positive_int, default=400, help="classifier size (default 400)")
+    p.add_argument("--frames", type=positive_int, default=8, help="frames per clip (default 8)")
+    p.add_argument("--size", type=positive_int, default=224, help="square frame size in pixels (default 224)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return p
 

@@ -17,7 +17,7 @@ from typing import Mapping, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CheckpointError", "LoadReport", "read_state_dict", "checkpoint_metadata", "load_checkpoint",
+__all__ = ["CheckpointError", "LoadReport", "read_checkpoint_file", "read_state_dict", "checkpoint_metadata", "load_checkpoint",
            "inflate_2d_kernel"]
 
 # Keys a checkpoint may nest its weights under, in the order the official loaders look.
@@ -93,6 +93,12 @@ def _load_file(path: Path):
     return obj
 
 
+def read_checkpoint_file(path: Union[str, os.PathLike]):
+    """The whole content of a checkpoint file, read safely (weights_only=True); every failure
+    (missing, truncated, not a checkpoint, pickled objects) is a one-line CheckpointError."""
+    return _load_file(Path(path))
+
+
 def read_state_dict(path: Union[str, os.PathLike]) -> dict[str, Tensor]:
     """Read a state dict from a checkpoint file, unwrapping `model_state` / `model` /
     `state_dict` and stripping a `module.` (DDP) or `_orig_mod.` (torch.compile) prefix."""
@@ -124,16 +130,22 @@ def _layer_scale_hint(missing: list[str], unexpected: list[str]) -> str:
     return ""
 
 
-def load_checkpoint(model: nn.Module, path: Union[str, os.PathLike], strict: bool = True) -> LoadReport:
+def load_checkpoint(model: nn.Module, path: Union[str, os.PathLike], strict: bool = True,
+                    new_head: bool = True) -> LoadReport:
     """Load a checkpoint into `model`.
 
     Accepts a bare state dict or one under `model_state`, `model` or `state_dict`, with or
     without a `module.` prefix. A classifier head of another class count is dropped with a
     warning (fine-tuning); 2-D kernels are inflated to 3-D (ImageNet initialisation). With
     `strict=True` any other missing or unexpected key is an error; shape mismatches always are.
-    The light models' train-only `norm_cls`/`head_cls` may be absent from the file.
+    The light models' train-only `norm_cls`/`head_cls` may be absent from the file. With
+    `new_head=False` (evaluation) a head of another class count is an error. Non-finite weights
+    always are.
     """
     state = read_state_dict(path)
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(f"{path}: {len(broken)} tensor(s) hold NaN or infinite values: {_listing(broken)}")
     target = model.state_dict()
     report = LoadReport(path=str(path), loaded=0)
     usable: dict[str, Tensor] = {}
@@ -159,6 +171,12 @@ def load_checkpoint(model: nn.Module, path: Union[str, os.PathLike], strict: boo
         if key not in state:
             (report.missing_train_only if key.startswith(TRAIN_ONLY_PREFIXES) else report.missing).append(key)
 
+    if report.dropped_head and not new_head:
+        shapes = {k: tuple(state[k].shape) for k in report.dropped_head}
+        raise CheckpointError(f"{path}: its classifier has another class count than the model "
+                              f"({', '.join(f'{k} {v}' for k, v in shapes.items())} vs "
+                              f"{tuple(target[report.dropped_head[0]].shape)}); evaluating it would score a random "
+                              f"head (fine-tune it with `train --checkpoint`)")
     if mismatched:
         raise CheckpointError(f"{path}: {len(mismatched)} tensor(s) do not fit the model: {_listing(mismatched)}"
                               + _layer_scale_hint(report.missing, report.unexpected))

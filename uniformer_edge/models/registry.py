@@ -57,7 +57,7 @@ def get_variant(name: str) -> VariantSpec:
 
 
 def create_model(name: str, num_classes: int = 400, checkpoint: Optional[Union[str, os.PathLike]] = None,
-                 strict: bool = True, **overrides) -> nn.Module:
+                 strict: bool = True, new_head: bool = True, **overrides) -> nn.Module:
     """Build a registered variant (`list_variants()`), optionally loading a checkpoint.
 
     Keyword overrides replace the variant's constructor arguments, e.g.
@@ -72,7 +72,7 @@ def create_model(name: str, num_classes: int = 400, checkpoint: Optional[Union[s
             kwargs["layer_scale"] = 0.1  # initial value only; the checkpoint's values are loaded
     model = spec.model_cls(**kwargs)
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint, strict=strict)
+        load_checkpoint(model, checkpoint, strict=strict, new_head=new_head)
     return model
 
 

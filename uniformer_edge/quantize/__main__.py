@@ -2,19 +2,18 @@
 with the float model."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from .._cli import run
+from .._cli import nonnegative_float, nonnegative_int, positive_float, positive_int, Parser, run
 from ..models import list_variants
 from .config import OBSERVERS, RECIPES, QuantConfig
 from .pipeline import QuantizeJob, run_job
 from .qat import QATStopped
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    p = Parser(
         prog="python -m uniformer_edge.quantize",
         description="Quantize a UniFormer model with torchao's PT2E flow and compare it with the float model. "
                     "Writes OUT/quantized.pt2 (torch.export program), quant_config.json, report.json and "
@@ -25,40 +24,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="ptq", choices=["ptq", "qat"], help="post-training or quantization-aware")
     p.add_argument("--recipe", default="w8a8", help=f"{', '.join(RECIPES)} (default w8a8)")
     p.add_argument("--observer", default="minmax", help=f"activation ranges: {', '.join(OBSERVERS)} (default minmax)")
-    p.add_argument("--percentile", type=float, default=99.99, help="for --observer percentile (default 99.99)")
+    p.add_argument("--percentile", type=positive_float, default=99.99, help="for --observer percentile (default 99.99)")
     p.add_argument("--ops", default="conv,linear,matmul", help="op groups to quantize (default conv,linear,matmul)")
     p.add_argument("--keep-float", default="", metavar="PATTERNS",
                    help="comma-separated module-name patterns to leave float, e.g. 'patch_embed1*,head'")
     p.add_argument("--calib-data", default="synthetic", help="'synthetic' or an annotation list")
     p.add_argument("--root", help="video folder of --calib-data")
-    p.add_argument("--num-calib", type=int, default=32, help="calibration clips, class-stratified (default 32)")
+    p.add_argument("--num-calib", type=positive_int, default=32, help="calibration clips, class-stratified (default 32)")
     p.add_argument("--eval-data", help="evaluation list (default: the synthetic test split / --calib-data)")
     p.add_argument("--eval-root", help="video folder of --eval-data")
-    p.add_argument("--num-eval", type=int, default=96, help="synthetic evaluation clips (default 96)")
+    p.add_argument("--num-eval", type=positive_int, default=96, help="synthetic evaluation clips (default 96)")
     p.add_argument("--train-data", help="QAT training data: 'synthetic' or an annotation list")
     p.add_argument("--train-root", help="video folder of --train-data")
-    p.add_argument("--qat-epochs", type=int, default=1, help="QAT epochs (default 1)")
-    p.add_argument("--qat-clips", type=int, default=512, help="synthetic QAT training clips per epoch")
-    p.add_argument("--qat-lr", type=float, default=5e-5, help="QAT learning rate (default 5e-5)")
-    p.add_argument("--freeze-observers-after", type=int, metavar="STEPS",
+    p.add_argument("--qat-epochs", type=positive_int, default=1, help="QAT epochs (default 1)")
+    p.add_argument("--qat-clips", type=positive_int, default=512, help="synthetic QAT training clips per epoch")
+    p.add_argument("--qat-lr", type=positive_float, default=5e-5, help="QAT learning rate (default 5e-5)")
+    p.add_argument("--freeze-observers-after", type=nonnegative_int, metavar="STEPS",
                    help="freeze QAT activation ranges after this many steps (default: half of training)")
-    p.add_argument("--distill-weight", type=float, default=0.5,
+    p.add_argument("--distill-weight", type=nonnegative_float, default=0.5,
                    help="weight of the KL distillation loss from the float model (default 0.5)")
-    p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (default 2)")
+    p.add_argument("--temperature", type=positive_float, default=2.0, help="distillation temperature (default 2)")
     p.add_argument("--resume", action="store_true",
                    help="QAT: continue an interrupted job from OUT.qat-state.pth (saved after every epoch)")
-    p.add_argument("--stop-after", type=int, metavar="EPOCHS",
+    p.add_argument("--stop-after", type=positive_int, metavar="EPOCHS",
                    help="QAT: end this invocation after that many epochs, state saved (time-limited jobs)")
     p.add_argument("--analyze", action="store_true",
                    help="per-layer sensitivity (only this layer quantized / only this layer float) and "
                         "per-block SQNR, in report.json and report.md")
-    p.add_argument("--max-drop", type=float, metavar="POINTS",
+    p.add_argument("--max-drop", type=nonnegative_float, metavar="POINTS",
                    help="mixed precision: keep the fewest layers float so that top-1 drops at most POINTS")
-    p.add_argument("--analysis-clips", type=int, default=32, help="evaluation clips used by the analysis")
-    p.add_argument("--frames", type=int, help="frames per clip (default: the variant's usual input)")
-    p.add_argument("--size", type=int, help="frame size (default: the variant's usual input)")
-    p.add_argument("--batch-size", type=int, default=8, help="clips per batch (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed for data selection")
+    p.add_argument("--analysis-clips", type=positive_int, default=32, help="evaluation clips used by the analysis")
+    p.add_argument("--frames", type=positive_int, help="frames per clip (default: the variant's usual input)")
+    p.add_argument("--size", type=positive_int, help="frame size (default: the variant's usual input)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="clips per batch (default 8)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed for data selection")
     p.add_argument("--out", help="output folder (default artifacts/uniformer-<variant>-<recipe>)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--export", nargs="+", metavar="FORMAT", choices=["onnx", "coreml", "executorch"],

@@ -65,8 +65,11 @@ class QuantizeJob:
             raise ValueError(f"unknown method {self.method!r}; choose ptq or qat")
         spec = get_variant(self.variant)
         self.variant = spec.name
-        self.frames = self.frames or spec.default_input[0]
-        self.size = self.size or spec.default_input[1]
+        for name in ("frames", "size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        self.frames = spec.default_input[0] if self.frames is None else self.frames
+        self.size = spec.default_input[1] if self.size is None else self.size
         self.out = self.out or default_out_dir(self.variant, self.config.recipe, self.method)
         if self.method == "qat" and not self.train_data:
             raise ValueError("QAT needs training data: pass --train-data synthetic, or a video list with --train-root")
@@ -179,7 +182,7 @@ def run_job(job: QuantizeJob, progress: bool = True) -> dict:
                   "input_shape": [1, 3, job.frames, job.size, job.size], "num_classes": num_classes,
                   "model_overrides": job.model_overrides,
                   "checkpoint_sha256": sha256_file(job.checkpoint) if job.checkpoint else None,
-                  "torch": torch.__version__}
+                  "program_sha256": sha256_file(tmp / "quantized.pt2"), "torch": torch.__version__}
         (tmp / "quant_config.json").write_text(json.dumps(config, indent=2) + "\n")
         report = {
             "schema": REPORT_SCHEMA, "variant": job.variant, "method": job.method, "recipe": job.config.recipe,

@@ -17,15 +17,7 @@ from ..models import deploy
 from .config import QuantConfig
 from .quantizer import UniformerQuantizer
 
-__all__ = ["export_float", "export_batch_dynamic", "prepare", "calibrate", "convert", "quantize_ptq", "PreparedModel", "load_program"]
-
-
-def load_program(path) -> ExportedProgram:
-    """Load a saved quantized program (`quantized.pt2`). Importing torchao's PT2E package first
-    registers the quantize/dequantize ops the program refers to."""
-    import torchao.quantization.pt2e  # noqa: F401
-
-    return torch.export.load(path)
+__all__ = ["export_float", "export_batch_dynamic", "prepare", "calibrate", "convert", "quantize_ptq", "PreparedModel"]
 
 
 def export_float(model: nn.Module, example: Tensor, conv3d: str = "native") -> ExportedProgram:
