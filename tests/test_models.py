@@ -348,7 +348,71 @@ def test_official_config_errors(tmp_path):
         from_official_config({"UNIFORMER": {}, "MODEL": {}})
     with pytest.raises(ValueError, match="'SlowFast' is not a UniFormer"):
         from_official_config({"MODEL": {"MODEL_NAME": "SlowFast"}})
-    with pytest.raises(ValueError, match="scalar UNIFORMER.MLP_RATIO"):
-        from_official_config({"MODEL": {"MODEL_NAME": "Uniformer"}, "UNIFORMER": {"MLP_RATIO": [4, 4, 4, 4]}})
+    with pytest.raises(ValueError, match=r"one MLP ratio for every stage; UNIFORMER.MLP_RATIO \[4, 4, 3, 4\]"):
+        from_official_config({"MODEL": {"MODEL_NAME": "Uniformer"}, "UNIFORMER": {"MLP_RATIO": [4, 4, 3, 4]}})
+    with pytest.raises(ValueError, match="INPUT_CHANNEL_NUM \\[1\\] asks for 1 input channels"):
+        from_official_config({"MODEL": {"MODEL_NAME": "Uniformer"}, "DATA": {"INPUT_CHANNEL_NUM": [1]}})
+    with pytest.raises(ValueError, match="needs UNIFORMER.INIT_VALUE"):
+        from_official_config({"MODEL": {"MODEL_NAME": "Uniformer_light_ls_fp32"}})
+    with pytest.warns(UserWarning, match="does not know: NEW_THING"):
+        from_official_config({"MODEL": {"MODEL_NAME": "Uniformer"}, "UNIFORMER": {"NEW_THING": 1}})
     with pytest.raises(FileNotFoundError, match="nowhere.yaml"):
         from_official_config(tmp_path / "nowhere.yaml")
+
+
+# Official video configs, as released (model-relevant sections only; NUM_FRAMES does not change
+# the model). Reference: the official classes' key lists and parameter counts (../shared/reference).
+_S = {"EMBED_DIM": [64, 128, 320, 512], "DEPTH": [3, 4, 8, 3], "HEAD_DIM": 64, "MLP_RATIO": 4,
+      "DROPOUT_RATE": 0, "ATTENTION_DROPOUT_RATE": 0, "DROP_DEPTH_RATE": 0.1, "SPLIT": False}
+_FINE_TUNE = {**_S, "MLP_RATIO": [4.0, 4.0, 4.0, 4.0], "DROP_DEPTH_RATE": 0.2, "HEAD_DROPOUT_RATE": 0,
+              "PRETRAIN_NAME": "uniformer_small_k400_16x4"}
+_XXS = {"EMBED_DIM": [56, 112, 224, 448], "DEPTH": [2, 5, 8, 2], "HEAD_DIM": 28, "MLP_RATIO": 3,
+        "DROP_DEPTH_RATE": 0.05}
+_XS = {"EMBED_DIM": [64, 128, 256, 512], "DEPTH": [3, 5, 9, 3], "HEAD_DIM": 32, "MLP_RATIO": 3,
+       "PRUNE_RATIO": [[], [], [1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5]],
+       "TRADE_OFF": [[], [], [1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]}
+OFFICIAL_CONFIGS = {
+    **{f"uniformer_s{t}_k400": ("S", "Uniformer", dict(_S, PRETRAIN_NAME="uniformer_small_in1k"), 400, t)
+       for t in (8, 16, 32)},
+    **{f"uniformer_b{t}_k400": ("B", "Uniformer", dict(_S, DEPTH=[5, 8, 20, 7], DROP_DEPTH_RATE=0.3), 400, t)
+       for t in (8, 16, 32)},
+    "uniformer_b16_k600": ("B", "Uniformer", dict(_S, DEPTH=[5, 8, 20, 7]), 600, 16),
+    "uniformer_s16x4_ucf101_prek400": ("S", "Uniformer", _FINE_TUNE, 101, 16),
+    "uniformer_s16x4_hmdb51_prek400": ("S", "Uniformer", _FINE_TUNE, 51, 16),
+    "uniformer_xxs8x160_k400": ("XXS", "Uniformer_light", _XXS, 400, 8),
+    "uniformer_xxs4x128_k400 (LayerScale)": ("XXS", "Uniformer_light_ls_fp32", dict(_XXS, INIT_VALUE=0.1), 400, 4),
+    "uniformer_xs32x192_k400": ("XS", "Uniformer_light_fp32", _XS, 400, 32),
+    # Configs that omit keys: the official defaults (S) fill them in.
+    "no UNIFORMER section": ("S", "Uniformer", {}, 400, 8),
+    **{f"S without {key}": ("S", "Uniformer", {k: v for k, v in _S.items() if k != key}, 400, 8) for key in _S},
+}
+
+
+@pytest.mark.parametrize("name", list(OFFICIAL_CONFIGS))
+def test_official_configs_build_the_official_models(name, reference_dir):
+    variant, cls, uniformer, classes, frames = OFFICIAL_CONFIGS[name]
+    config = {"MODEL": {"MODEL_NAME": cls, "NUM_CLASSES": classes, "ARCH": "uniformer"},
+              "DATA": {"NUM_FRAMES": frames, "INPUT_CHANNEL_NUM": [3]}, "UNIFORMER": uniformer}
+    model = from_official_config(config)
+    official = json.loads((reference_dir / f"keys_{variant}.json").read_text())
+    stats = json.loads((reference_dir / "stats.json").read_text())["variants"][variant]
+    mine = model.state_dict()
+    layer_scale = cls == "Uniformer_light_ls_fp32"
+    names = [k for k in mine if ".gamma_" not in k] if layer_scale else list(mine)
+    assert names == [k for k, _ in official]
+    for key, shape in official:
+        want = [classes, *shape[1:]] if key.startswith(("head.", "head_cls.")) else shape
+        assert list(mine[key].shape) == want, key
+    params = sum(p.numel() for n, p in model.named_parameters() if ".gamma_" not in n)
+    head = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("head.", "head_cls.")))
+    assert params - head == stats["params"] - head * 400 // classes
+
+
+def test_official_config_quirks():
+    plain = {"MODEL": {"MODEL_NAME": "Uniformer_light"}, "UNIFORMER": dict(_XXS, STD=True, SPLIT=True)}
+    # Uniformer_light reads neither STD nor SPLIT; the fp32 classes honour STD.
+    assert list(from_official_config(plain).state_dict()) == list(create_model("xxs").state_dict())
+    fp32 = {"MODEL": {"MODEL_NAME": "Uniformer_light_fp32"}, "UNIFORMER": dict(_XXS, STD=True)}
+    assert from_official_config(fp32).patch_embed2.proj.weight.shape[2] == 3
+    with pytest.raises(ValueError, match="SPLIT=True"):
+        from_official_config({"MODEL": {"MODEL_NAME": "Uniformer_light_fp32"}, "UNIFORMER": dict(_XXS, SPLIT=True)})

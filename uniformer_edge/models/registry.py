@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Union
@@ -82,14 +83,18 @@ def create_model(name: str, num_classes: int = 400, checkpoint: Optional[Union[s
 _LIGHT_CLASSES = {"Uniformer_light", "Uniformer_light_fp32", "Uniformer_light_ls_fp32"}
 _ALL_CLASSES = {"Uniformer"} | _LIGHT_CLASSES
 
-# Defaults of the official `defaults.py` for fields a config may leave out.
+# The official `defaults.py` (UNIFORMER section) for the fields a config may leave out. It
+# has no INIT_VALUE: the LayerScale class reads one from every config that uses it.
 _OFFICIAL_DEFAULTS = dict(
-    EMBED_DIM=[64, 128, 320, 512], DEPTH=[5, 8, 20, 7], HEAD_DIM=64, MLP_RATIO=4, QKV_BIAS=True,
+    EMBED_DIM=[64, 128, 320, 512], DEPTH=[3, 4, 8, 3], HEAD_DIM=64, MLP_RATIO=4, QKV_BIAS=True,
     QKV_SCALE=None, REPRESENTATION_SIZE=None, DROPOUT_RATE=0.0, ATTENTION_DROPOUT_RATE=0.0,
-    DROP_DEPTH_RATE=0.1, SPLIT=False, STD=False,
+    DROP_DEPTH_RATE=0.1, PRETRAIN_NAME=None, SPLIT=False, STAGE_TYPE=[0, 0, 1, 1], STD=False,
     PRUNE_RATIO=[list(s) for s in DEFAULT_PRUNE_RATIO], TRADE_OFF=[list(s) for s in DEFAULT_TRADE_OFF],
-    INIT_VALUE=0.1,
 )
+# Keys released configs carry beyond the defaults; none changes the inference graph.
+_KNOWN_EXTRAS = {"INIT_VALUE", "HEAD_DROPOUT_RATE"}
+# `Uniformer_light` reads neither STD nor SPLIT; the other classes honour both.
+_READS_STD_AND_SPLIT = {"Uniformer", "Uniformer_light_fp32", "Uniformer_light_ls_fp32"}
 
 
 def _read_yaml(path: Union[str, os.PathLike]) -> dict:
@@ -107,13 +112,27 @@ def _read_yaml(path: Union[str, os.PathLike]) -> dict:
     return cfg
 
 
+def _scalar_mlp_ratio(ratio, where: str) -> float:
+    """The `Uniformer` class multiplies by one scalar MLP_RATIO. Two released fine-tune configs
+    (UCF101, HMDB51) write it per stage with equal values, which is that scalar; unequal values
+    are a model the class cannot build."""
+    if not isinstance(ratio, (list, tuple)):
+        return float(ratio)
+    if len(ratio) == 4 and len({float(r) for r in ratio}) == 1:
+        return float(ratio[0])
+    raise ValueError(f"{where}: the Uniformer class takes one MLP ratio for every stage; UNIFORMER.MLP_RATIO "
+                     f"{list(ratio)} has different values (the official class cannot build it either)")
+
+
 def official_config_kwargs(cfg: Union[Mapping[str, Any], str, os.PathLike]) -> tuple[type, dict]:
-    """Map an official config (dict or `config.yaml` path) to (model class, constructor kwargs)."""
+    """Map an official config (dict or `config.yaml` path) to (model class, constructor kwargs).
+    Keys a config omits take the official `defaults.py` values; unknown UNIFORMER keys warn."""
     where = str(cfg) if isinstance(cfg, (str, os.PathLike)) else "config"
     if isinstance(cfg, (str, os.PathLike)):
         cfg = _read_yaml(cfg)
     model_sec = dict(cfg.get("MODEL") or {})
-    uni = {**_OFFICIAL_DEFAULTS, **(cfg.get("UNIFORMER") or {})}
+    given = dict(cfg.get("UNIFORMER") or {})
+    uni = {**_OFFICIAL_DEFAULTS, **given}
     name = model_sec.get("MODEL_NAME")
     if name is None:
         raise ValueError(f"{where}: MODEL.MODEL_NAME is missing; it names the class "
@@ -121,28 +140,43 @@ def official_config_kwargs(cfg: Union[Mapping[str, Any], str, os.PathLike]) -> t
     if name not in _ALL_CLASSES:
         raise ValueError(f"{where}: MODEL.MODEL_NAME {name!r} is not a UniFormer video class "
                          f"({', '.join(sorted(_ALL_CLASSES))})")
-    if uni["SPLIT"]:
+    unknown = sorted(set(given) - set(_OFFICIAL_DEFAULTS) - _KNOWN_EXTRAS)
+    if unknown:
+        warnings.warn(f"{where}: ignoring UNIFORMER key(s) this toolkit does not know: {', '.join(unknown)}",
+                      stacklevel=3)
+    channels = (cfg.get("DATA") or {}).get("INPUT_CHANNEL_NUM", [3])
+    first = channels[0] if isinstance(channels, (list, tuple)) and channels else channels
+    if first != 3:
+        raise ValueError(f"{where}: DATA.INPUT_CHANNEL_NUM {channels} asks for {first} input channels; "
+                         f"UniFormer models here take RGB clips (3 channels)")
+    reads_std = name in _READS_STD_AND_SPLIT
+    if uni["SPLIT"] and reads_std:
         raise ValueError(f"{where}: UNIFORMER.SPLIT=True (split attention) is not supported; "
                          "no released checkpoint uses it")
+    if uni["STAGE_TYPE"] != [0, 0, 1, 1]:
+        raise ValueError(f"{where}: UNIFORMER.STAGE_TYPE {uni['STAGE_TYPE']} is not the released layout [0, 0, 1, 1]")
     kwargs = dict(
         embed_dim=list(uni["EMBED_DIM"]), depth=list(uni["DEPTH"]), head_dim=int(uni["HEAD_DIM"]),
         qkv_bias=bool(uni["QKV_BIAS"]), qk_scale=uni["QKV_SCALE"] or None,
         representation_size=uni["REPRESENTATION_SIZE"] or None,
         num_classes=int(model_sec.get("NUM_CLASSES", 400)),
         drop_rate=float(uni["DROPOUT_RATE"]), attn_drop_rate=float(uni["ATTENTION_DROPOUT_RATE"]),
-        drop_path_rate=float(uni["DROP_DEPTH_RATE"]), std_patch=bool(uni["STD"]),
+        drop_path_rate=float(uni["DROP_DEPTH_RATE"]), std_patch=bool(uni["STD"]) and reads_std,
     )
     ratio = uni["MLP_RATIO"]
     if name == "Uniformer":
-        if isinstance(ratio, (list, tuple)):
-            raise ValueError(f"{where}: the Uniformer class takes a scalar UNIFORMER.MLP_RATIO, got {ratio} "
-                             "(the official class cannot run this config either)")
-        return UniFormer, {**kwargs, "mlp_ratio": float(ratio)}
+        return UniFormer, {**kwargs, "mlp_ratio": _scalar_mlp_ratio(ratio, where)}
+    layer_scale = None
+    if name == "Uniformer_light_ls_fp32":
+        if "INIT_VALUE" not in given:
+            raise ValueError(f"{where}: Uniformer_light_ls_fp32 needs UNIFORMER.INIT_VALUE (the LayerScale "
+                             f"initial value; the official defaults have none, released configs use 0.1)")
+        layer_scale = float(given["INIT_VALUE"])
     kwargs.update(
         mlp_ratio=list(ratio) if isinstance(ratio, (list, tuple)) else [ratio] * 4,
         prune_ratio=[list(s) for s in uni["PRUNE_RATIO"]],
         trade_off=[list(s) for s in uni["TRADE_OFF"]],
-        layer_scale=float(uni["INIT_VALUE"]) if name == "Uniformer_light_ls_fp32" else None,
+        layer_scale=layer_scale,
     )
     return UniFormerLight, kwargs
 
