@@ -187,6 +187,7 @@ def test_entropy_histograms_survive_a_range_that_grows_by_orders_of_magnitude(tm
     assert histograms["video"][0].sum() == 2 * 3 * 4 * 8 * 8
 
 
+@pytest.mark.slow  # minutes: run by .ci/run after the default set
 def test_coreml_compressed_and_w8a8(tmp_path):
     manifest = run_export(ExportJob(variant="xxs", model_overrides=LIGHT, formats=("coreml",),
                                     precisions=("int8", "w8", "w4", "palettize4", "palettize6"), target="ios18",
@@ -201,6 +202,7 @@ def test_coreml_compressed_and_w8a8(tmp_path):
     assert sizes["palettize4"] < sizes["palettize6"] < sizes["w8"]
 
 
+@pytest.mark.slow  # minutes: run by .ci/run after the default set
 def test_executorch_fp32_and_int8_run_on_the_runtime(tmp_path):
     pytest.importorskip("executorch.runtime", reason="ExecuTorch is an optional extra")
     manifest = run_export(ExportJob(variant="s", model_overrides=PLAIN, formats=("executorch",),

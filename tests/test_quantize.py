@@ -135,6 +135,7 @@ def test_quantize_job_outputs(tmp_path):
         run_job(QuantizeJob(**JOB, out=str(out)), progress=False)
 
 
+@pytest.mark.slow  # minutes: run by .ci/run after the default set
 def test_qat_job_with_checkpoint(tmp_path):
     torch.manual_seed(0)
     ckpt = tmp_path / "model.pth"
@@ -153,6 +154,7 @@ def test_qat_job_with_checkpoint(tmp_path):
 SMALL_LIGHT = {k: v for k, v in TINY_LIGHT.items() if k != "num_classes"}
 
 
+@pytest.mark.slow  # minutes: run by .ci/run after the default set
 def test_qat_resume_reproduces_uninterrupted_run(tmp_path):
     from uniformer_edge.quantize.qat import QATStopped, qat_state_path
 
