@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -37,7 +38,7 @@ def remove_stale_partials(path: PathLike) -> list[Path]:
     removed = []
     if not path.parent.is_dir():
         return removed
-    for sibling in path.parent.glob(f".{glob_escape(path.name)}.*"):
+    for sibling in path.parent.glob(f".{glob.escape(path.name)}.*"):
         if sibling.suffix not in (".partial", ".tmp"):
             continue
         pid = sibling.name[len(path.name) + 2:].split(".", 1)[0]
@@ -50,12 +51,6 @@ def remove_stale_partials(path: PathLike) -> list[Path]:
                 sibling.unlink()
         removed.append(sibling)
     return removed
-
-
-def glob_escape(name: str) -> str:
-    import glob
-
-    return glob.escape(name)
 
 
 def _process_alive(pid: int) -> bool:
