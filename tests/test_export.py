@@ -188,21 +188,6 @@ def test_entropy_histograms_survive_a_range_that_grows_by_orders_of_magnitude(tm
 
 
 @pytest.mark.slow  # minutes: run by .ci/run after the default set
-def test_coreml_compressed_and_w8a8(tmp_path):
-    manifest = run_export(ExportJob(variant="xxs", model_overrides=LIGHT, formats=("coreml",),
-                                    precisions=("int8", "w8", "w4", "palettize4", "palettize6"), target="ios18",
-                                    out=str(tmp_path / "c"), **INPUT), progress=False)
-    census = {a["precision"]: a["census"] for a in manifest["artifacts"]}
-    assert census["int8"]["quantize"] > 0 and census["int8"]["dequantize"] > 0
-    # iOS18 programs use the newer blockwise op for int8 as well
-    assert census["w8"].get("constexpr_affine_dequantize", 0) + census["w8"].get("constexpr_blockwise_shift_scale", 0) > 0
-    assert census["w4"].get("constexpr_blockwise_shift_scale", 0) > 0
-    assert census["palettize4"]["constexpr_lut_to_dense"] > 0 and census["palettize6"]["constexpr_lut_to_dense"] > 0
-    sizes = {a["precision"]: a["size_bytes"] for a in manifest["artifacts"]}
-    assert sizes["palettize4"] < sizes["palettize6"] < sizes["w8"]
-
-
-@pytest.mark.slow  # minutes: run by .ci/run after the default set
 def test_executorch_fp32_and_int8_run_on_the_runtime(tmp_path):
     pytest.importorskip("executorch.runtime", reason="ExecuTorch is an optional extra")
     manifest = run_export(ExportJob(variant="s", model_overrides=PLAIN, formats=("executorch",),
@@ -340,6 +325,7 @@ def test_executorch_int8_qat_fine_tunes_the_calibrated_program(tmp_path):
     assert int8["parity"]["passed"] and int8["parity"]["vs_pytorch_quantized"]["cosine"] >= 0.999
 
 
+@pytest.mark.slow  # tens of seconds: run by .ci/run after the default set
 def test_export_from_quantize_output(tmp_path):
     from uniformer_edge.quantize import QuantizeJob, run_job
 
@@ -452,6 +438,7 @@ def test_session_config_follows_the_cpu(monkeypatch):
     assert onnx_module.ort_session_config() == {}
 
 
+@pytest.mark.slow  # tens of seconds: run by .ci/run after the default set
 def test_a_failing_precision_keeps_the_others(tmp_path, monkeypatch):
     """One artifact that misses its gate is not written; the others are, listed with the miss."""
     from uniformer_edge.export import ExportError

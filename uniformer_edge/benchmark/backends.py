@@ -78,6 +78,7 @@ class Runner:
     setting: str  # e.g. "cpu", "cuda", "CPUExecutionProvider", "CPU_AND_NE"
     fn: Callable[[torch.Tensor], torch.Tensor]
     fixed_batch: Optional[int] = None
+    extra: dict = field(default_factory=dict)  # reported with the row, e.g. Core ML's compute plan
 
 
 def _ort_status() -> Optional[str]:
@@ -155,6 +156,16 @@ def _per_clip(fn):
     return run
 
 
+def _compute_plan(path, units: str) -> dict:
+    """Core ML's compute plan (ops and estimated cost per compute device), or why there is none."""
+    from ..export.coreml import compute_plan
+
+    try:
+        return compute_plan(path, units)
+    except Exception as err:  # MLComputePlan needs macOS 14.4+ and coremltools >= 8
+        return {"not available": f"{type(err).__name__}: {err}"}
+
+
 def runners_for(artifact: Artifact, backend: str, threads: int) -> list[Runner]:
     """Every setting of `backend` this device has for `artifact` (empty if it does not run it)."""
     if BACKENDS[backend][0] != artifact.format:
@@ -185,7 +196,8 @@ def runners_for(artifact: Artifact, backend: str, threads: int) -> list[Runner]:
 
             def run(clip, m=model):
                 return torch.from_numpy(np.asarray(m.predict({"video": clip.numpy()})["logits"])).float()
-            out.append(Runner("coreml", units, _per_clip(run), fixed_batch=1))
+            out.append(Runner("coreml", units, _per_clip(run), fixed_batch=1,
+                              extra={"compute_plan": _compute_plan(artifact.path, units)}))
         return out
     from ..export.executorch import load_executorch
 

@@ -248,7 +248,7 @@ def run_benchmark(job: BenchmarkJob, progress: bool = True) -> dict:
                     runners = runners_for(artifact, backend, threads)
                     load_s = time.perf_counter() - started
                     for runner in runners:
-                        report["rows"].append({**common, "load_s": load_s,
+                        report["rows"].append({**common, "load_s": load_s, **runner.extra,
                                                **_timed(runner, clips, example, job, score, baseline)})
                     del runners
         report["complete"] = True

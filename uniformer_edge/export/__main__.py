@@ -5,7 +5,7 @@ import sys
 
 from .._cli import nonnegative_int, positive_float, positive_int, Parser, run
 from ..models import list_variants
-from .coreml import MIN_TARGET, TARGETS
+from .coreml import FORMS, MIN_TARGET, TARGETS
 from .pipeline import FORMATS, PRECISIONS, SUPPORTED, ExportError, ExportJob, run_export
 
 
@@ -16,7 +16,8 @@ def build_parser() -> Parser:
         prog="python -m uniformer_edge.export",
         description="Export a UniFormer model to ONNX, Core ML (.mlpackage) and ExecuTorch (.pte). Every artifact "
                     "is run against PyTorch where a runtime exists here (ONNX Runtime, ExecuTorch; Core ML only on "
-                    "macOS) and must meet its parity threshold; OUT/manifest.json lists sizes, SHA-256 and parity. An "
+                    "macOS; every Core ML package also by the MIL reference, which executes the saved program with "
+                    "numpy on any system) and must meet its parity threshold; OUT/manifest.json lists sizes, SHA-256 and parity. An "
                     "artifact that misses its threshold is not written (the others are, and the command exits 2 "
                     "naming it).",
         epilog=f"Precisions per format: {support}. int8/w8/w4 in ONNX and int8 in Core ML come from the PT2E "
@@ -36,7 +37,11 @@ def build_parser() -> Parser:
     p.add_argument("--size", type=positive_int, help="frame size (default: the variant's usual input)")
     p.add_argument("--labels", help="class names, one per line: Core ML gets a probabilities output and the names in its metadata")
     p.add_argument("--num-classes", type=positive_int, help="classes of a model without checkpoint (default 400)")
-    p.add_argument("--target", default="ios17", choices=TARGETS, help="Core ML deployment target (default ios17)")
+    p.add_argument("--target", choices=TARGETS, help="Core ML deployment target (default ios17, or ios18 when w4 is "
+                                                     "requested: per-block int4 weights need it)")
+    p.add_argument("--coreml-form", default="ane", choices=FORMS,
+                   help="Core ML program form: ane (default) is built from the frame-batched 2-D form, with no 5-D "
+                        "convolution, which the Neural Engine needs; 3d keeps the native Conv3d (CPU/GPU only)")
     p.add_argument("--calib-data", default="synthetic", help="calibration data for int8 exports made here")
     p.add_argument("--root", help="video folder of --calib-data")
     p.add_argument("--num-calib", type=positive_int, default=32, help="calibration clips (default 32)")
@@ -56,7 +61,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     job = ExportJob(variant=args.variant, checkpoint=args.checkpoint, quantized=args.quantized,
                     formats=tuple(args.format), precisions=tuple(args.precision or ()), frames=args.frames,
-                    size=args.size, labels=args.labels, target=args.target, out=args.out, force=args.force,
+                    size=args.size, labels=args.labels, target=args.target, coreml_form=args.coreml_form,
+                    out=args.out, force=args.force,
                     num_classes=args.num_classes, calib_data=args.calib_data, calib_root=args.root,
                     num_calib=args.num_calib, check_clips=args.check_clips,
                     qat_epochs=args.qat_epochs, qat_clips=args.qat_clips, qat_lr=args.qat_lr)
@@ -71,12 +77,17 @@ def main(argv=None) -> int:
     return 0
 
 
+def _figure(parity: dict) -> str:
+    if "not run" in parity:
+        return f"{parity['runtime']} not run: {parity['not run']}"
+    against = parity.get('vs_pytorch_quantized') or parity.get('vs_package_weights') or parity['vs_float']
+    return f"cosine {against['cosine']:.6f} on {parity['runtime']}"
+
+
 def _print_artifacts(manifest: dict) -> None:
     for art in manifest["artifacts"]:
-        parity = art["parity"]
-        figure = (f"not run: {parity['not run']}" if "not run" in parity else
-                  f"cosine {parity.get('vs_pytorch_quantized', parity['vs_float'])['cosine']:.6f} on {parity['runtime']}")
-        print(f"{art['path']}: {art['size_bytes'] / 1e6:.2f} MB, {figure}")
+        figures = [_figure(art[key]) for key in ("reference_parity", "parity") if key in art]
+        print(f"{art['path']}: {art['size_bytes'] / 1e6:.2f} MB, {'; '.join(figures)}")
 
 
 if __name__ == "__main__":

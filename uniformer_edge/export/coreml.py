@@ -4,8 +4,10 @@
 Input `video` (float32 multi-array 1x3xTxHxW), output `logits` (float32); with labels also a
 `probabilities` output (softmax) and the class names in the metadata (`classes`, JSON list in
 output order). coremltools 9.0 cannot attach a classifier (`classLabel`) to a torch.export
-program (IndexError in its proto writer), so the app maps the argmax to a name itself. Prediction only exists on macOS: on
-other systems packages are inspected (`skip_model_load=True`), never called validated."""
+program (IndexError in its proto writer), so the app maps the argmax to a name itself.
+Prediction only exists on macOS; on every system the saved program is executed by the MIL
+reference (`mil_reference`), and `neural_engine_census` reports its static Neural Engine
+eligibility."""
 from __future__ import annotations
 
 import json
@@ -24,7 +26,7 @@ from torch.export import ExportedProgram
 from .. import __version__
 
 __all__ = ["COREML_PRECISIONS", "MIN_TARGET", "convert_coreml", "coreml_op_census", "coreml_io", "can_predict",
-           "predict_coreml", "TARGETS"]
+           "predict_coreml", "TARGETS", "FORMS", "with_package_weights", "ANE_NATIVE_OPS", "neural_engine_census", "compute_plan"]
 
 TARGETS = ("ios16", "ios17", "ios18")
 COREML_PRECISIONS = ("fp32", "fp16", "w8", "w4", "palettize4", "palettize6", "int8")
@@ -32,6 +34,25 @@ COREML_PRECISIONS = ("fp32", "fp16", "w8", "w4", "palettize4", "palettize6", "in
 MIN_TARGET = {"fp32": "ios16", "fp16": "ios16", "w8": "ios16", "palettize4": "ios16", "palettize6": "ios16",
               "int8": "ios17",  # activation quantize/dequantize ops
               "w4": "ios18"}    # per-block int4 weights
+
+
+# Core ML program forms: "ane" is built from the frame-batched 2-D deploy form (Conv2d over
+# temporal taps, no 5-D convolution: the Neural Engine cannot lower Conv3d on any device);
+# "3d" keeps the model's native Conv3d.
+FORMS = ("ane", "3d")
+
+# MIL op types the Apple Neural Engine runs natively as far as public sources tell (Apple
+# publishes no list): 2-D convolution incl. depthwise/grouped, matmul/linear, layer norm,
+# softmax, GELU, elementwise arithmetic and data movement, int8 (de)quantization on A17 Pro / M4,
+# and load-time weight decompression. Sources: ../shared/COREML_ON_LINUX.md, the ANE guide's
+# "Capability surface" (ane-guide.readthedocs.io: the scatter family has no hardware path) and
+# hollance/neural-engine docs/unsupported-layers.md. topk, gathers, scatters and selects (the
+# light models' token pruning) are outside it.
+ANE_NATIVE_OPS = frozenset({
+    "const", "constexpr_blockwise_shift_scale", "constexpr_lut_to_dense", "conv", "linear", "matmul", "layer_norm",
+    "softmax", "gelu", "add", "sub", "mul", "real_div", "maximum", "minimum", "reduce_mean", "reduce_sum",
+    "reduce_max", "reshape", "transpose", "expand_dims", "squeeze", "slice_by_index", "split", "concat", "cast",
+    "quantize", "dequantize"})
 
 
 def can_predict() -> Optional[str]:
@@ -169,6 +190,95 @@ def coreml_io(path_or_model) -> dict:
 
     return {"inputs": describe(spec.description.input), "outputs": describe(spec.description.output),
             "spec_version": spec.specificationVersion}
+
+
+def neural_engine_census(program) -> dict:
+    """Static Neural Engine eligibility of a MIL program (`mil_reference.load_mil_program`):
+    5-D convolutions, ops touching rank-5 tensors, op types outside `ANE_NATIVE_OPS`, and the
+    compute precision (an fp32 program never runs on the Neural Engine). Eligibility only: which
+    unit runs each op is Core ML's decision on the device (`compute_plan`)."""
+    from coremltools.converters.mil.mil import types
+
+    conv5d, rank5, outside, compute = 0, {}, {}, set()
+    for op in program.functions["main"].operations:
+        if op.op_type == "const":
+            continue
+        tensors = [v for v in op.outputs]
+        for value in op.inputs.values():
+            tensors += list(value) if isinstance(value, (list, tuple)) else [value]
+        ranks = [len(v.shape) for v in tensors if types.is_tensor(v.sym_type)]
+        if op.op_type == "conv" and len(op.inputs["x"].shape) == 5:
+            conv5d += 1
+        if ranks and max(ranks) >= 5 and not op.op_type.startswith("constexpr_"):
+            rank5[op.op_type] = rank5.get(op.op_type, 0) + 1
+        if op.op_type not in ANE_NATIVE_OPS:
+            outside[op.op_type] = outside.get(op.op_type, 0) + 1
+        if op.op_type in ("conv", "linear", "matmul"):
+            compute.add(types.builtin_to_string(op.outputs[0].dtype))
+    precision = "fp32" if "fp32" in compute else "fp16"
+    return {"conv_5d": conv5d, "ops_on_rank5_tensors": sum(rank5.values()), "rank5_op_types": dict(sorted(rank5.items())),
+            "ops_outside_ane_list": dict(sorted(outside.items())), "compute_precision": precision,
+            "eligible": conv5d == 0 and not outside and precision == "fp16",
+            "note": "static eligibility (op types, tensor ranks, precision), not placement: Core ML decides on the "
+                    "device which unit runs each op"}
+
+
+def compute_plan(path, compute_units: str = "ALL") -> dict:
+    """Core ML's compute plan of a package on this Mac (macOS 14.4+, coremltools >= 8): the share
+    of ops, and of the plan's estimated cost, on each compute device."""
+    import coremltools as ct
+    from coremltools.models.compute_plan import MLComputePlan
+
+    reason = can_predict()
+    if reason:
+        raise RuntimeError(reason)
+    compiled = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units)).get_compiled_model_path()
+    plan = MLComputePlan.load_from_path(path=compiled, compute_units=getattr(ct.ComputeUnit, compute_units))
+    ops, cost = {}, {}
+    program = plan.model_structure.program
+    for function in program.functions.values():
+        for operation in function.block.operations:
+            usage = plan.get_compute_device_usage_for_mlprogram_operation(operation)
+            if usage is None:
+                continue
+            device = type(usage.preferred_compute_device).__name__.replace("ML", "").replace("ComputeDevice", "")
+            ops[device] = ops.get(device, 0) + 1
+            estimate = plan.get_estimated_cost_for_mlprogram_operation(operation)
+            cost[device] = cost.get(device, 0.0) + (estimate.weight if estimate is not None else 0.0)
+    total_ops, total_cost = sum(ops.values()) or 1, sum(cost.values()) or 1.0
+    return {"compute_units": compute_units, "ops": ops,
+            "op_share": {k: v / total_ops for k, v in ops.items()},
+            "cost_share": {k: v / total_cost for k, v in cost.items()}}
+
+
+_COMPRESSED_SUFFIXES = ("_to_fp16_palettized", "_to_fp16_quantized")
+
+
+def with_package_weights(module: nn.Module, weights: dict, wrapped: bool) -> nn.Module:
+    """A copy of `module` (what was converted) holding the weights a compressed package
+    decompresses at load time (`MilReference.decompressed_weights`): the PyTorch counterpart of a
+    w8 / w4 / palettized package. Raises ValueError for a weight it cannot place."""
+    import copy
+
+    out = copy.deepcopy(module)
+    params = dict(out.named_parameters())
+    by_const = {"p_" + ("model_" if wrapped else "") + name.replace(".", "_"): name for name in params}
+    if len(by_const) != len(params):
+        raise ValueError("parameter names collide once dots become underscores")
+    placed = 0
+    for const, value in weights.items():
+        base = next((const[: -len(s)] for s in _COMPRESSED_SUFFIXES if const.endswith(s)), None)
+        if base not in by_const:
+            raise ValueError(f"compressed weight {const} matches no parameter of the converted model")
+        param = params[by_const[base]]
+        if tuple(param.shape) != tuple(value.shape):
+            raise ValueError(f"compressed weight {const} has shape {value.shape}, the parameter {tuple(param.shape)}")
+        with torch.no_grad():
+            param.copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
+        placed += 1
+    if not placed:
+        raise ValueError("the package holds no compressed weights")
+    return out
 
 
 def predict_coreml(path, clips: Tensor, compute_units: str = "ALL") -> Tensor:

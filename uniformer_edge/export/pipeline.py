@@ -6,7 +6,10 @@ job fails naming it):
 fp32: relative max error <= 1e-4 against the float model; fp16: cosine >= 0.999 and the
 same top-1; exports of a PT2E-quantized graph: cosine >= 0.999 against that graph in PyTorch
 (0.998 for the quantized ExecuTorch programs, see `XNNPACK_INT8_MIN_COSINE`).
-Every artifact also reports SQNR, KL and top-1 agreement against the float model."""
+Every artifact also reports SQNR, KL and top-1 agreement against the float model.
+
+Core ML packages are also executed by the MIL reference (`mil_reference`) from the saved
+package on every system, with their own thresholds (`COREML_REFERENCE_THRESHOLDS`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,10 +17,11 @@ import json
 import platform
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -32,7 +36,7 @@ from ..quantize import QuantConfig, load_program, quantize_ptq, read_quantize_co
 from ..quantize.qat import QATSchedule
 
 __all__ = ["ExportJob", "run_export", "FORMATS", "PRECISIONS", "SUPPORTED", "MANIFEST_SCHEMA", "verify_manifest",
-           "ExportError"]
+           "ExportError", "coreml_reference_parity", "fp16_safety", "COREML_REFERENCE_THRESHOLDS"]
 
 MANIFEST_SCHEMA = 1
 FORMATS = ("onnx", "coreml", "executorch")
@@ -51,6 +55,19 @@ FP32_MAX_REL_ERR, FP16_MIN_COSINE, QUANT_MIN_COSINE = 1e-4, 0.999, 0.999
 # against the PyTorch graph (0.9993 / 0.9993 while the residual adds were int8, XXS 0.9988 in
 # an earlier form); the margin covers other checkpoints.
 XNNPACK_INT8_MIN_COSINE = 0.998
+# The MIL reference's thresholds per Core ML precision: (reference, minimum cosine, same top-1).
+# fp32 uses FP32_MAX_REL_ERR. fp16 programs store fp16 between ops; the light models' token
+# pruning sorts tokens by score, and fp16 scores can swap two tokens at the cut, which moves a
+# whole token between the kept and the merged set, so fp16 keeps the bound of the other fp16
+# exports. W8A8 compares with the PT2E graph in PyTorch by cosine only: a rounding tie in one
+# int8 value can cascade, so no elementwise bound holds. Weight-compressed packages compare, like
+# the ONNX weight-only exports, with their PyTorch counterpart: the converted model holding the
+# weights the package decompresses.
+COREML_REFERENCE_THRESHOLDS = {
+    "fp16": ("float", FP16_MIN_COSINE, True), "int8": ("pytorch_quantized", QUANT_MIN_COSINE, False),
+    **{p: ("package_weights", QUANT_MIN_COSINE, False) for p in ("w8", "w4", "palettize4", "palettize6")}}
+# A float op output within this factor of fp16's largest value (65504) is reported by name.
+FP16_HEADROOM = 4.0
 _SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage", "executorch": ".pte"}
 
 
@@ -73,7 +90,8 @@ class ExportJob:
     frames: Optional[int] = None
     size: Optional[int] = None
     labels: Optional[str] = None
-    target: str = "ios17"
+    target: Optional[str] = None  # Core ML target; default: ios17, or the later one a requested precision needs
+    coreml_form: str = "ane"  # "ane": frame-batched 2-D program for the Neural Engine; "3d": native Conv3d
     out: str = "exports"
     force: bool = False
     num_classes: Optional[int] = None
@@ -90,7 +108,7 @@ class ExportJob:
     quant_config: dict = field(default_factory=dict, init=False)
 
     def __post_init__(self):
-        from .coreml import MIN_TARGET, TARGETS
+        from .coreml import FORMS, MIN_TARGET, TARGETS
 
         if self.quantized:
             self._read_quantized()
@@ -117,8 +135,13 @@ class ExportJob:
                 having = [f for f in FORMATS if prec in SUPPORTED[f]]
                 raise ValueError(f"precision {prec} is not available for {', '.join(lacking)} "
                                  f"(formats with {prec}: {', '.join(having)})")
+        if self.target is None:
+            needed = [MIN_TARGET[p] for p in self.precisions if "coreml" in self.formats and p in MIN_TARGET]
+            self.target = max(["ios17", *needed], key=TARGETS.index)
         if self.target not in TARGETS:
             raise ValueError(f"unknown --target {self.target!r}; choose from {', '.join(TARGETS)}")
+        if self.coreml_form not in FORMS:
+            raise ValueError(f"unknown --coreml-form {self.coreml_form!r}; choose from {', '.join(FORMS)}")
         if "coreml" in self.formats:
             for prec in self.precisions:
                 if TARGETS.index(self.target) < TARGETS.index(MIN_TARGET[prec]):
@@ -189,6 +212,46 @@ def _compare(reference: torch.Tensor, output: torch.Tensor) -> dict:
     return {"max_rel_err": rel, **agreement(reference, output)}
 
 
+def coreml_reference_parity(output: torch.Tensor, float_logits: torch.Tensor, precision: str,
+                            quantized_reference: Optional[Callable[[], torch.Tensor]] = None) -> dict:
+    """Figures and verdict of a Core ML package's MIL-reference `output` under
+    `COREML_REFERENCE_THRESHOLDS`; `quantized_reference()` gives the logits of the PyTorch
+    counterpart (the PT2E graph for int8, the model with the package's weights for w8/w4/palettized)."""
+    vs_float = _compare(float_logits, output)
+    entry = {"clips": len(output), "vs_float": vs_float}
+    if precision == "fp32":
+        return {**entry, "threshold": f"max_rel_err <= {FP32_MAX_REL_ERR} vs float",
+                "passed": vs_float["max_rel_err"] <= FP32_MAX_REL_ERR}
+    against, minimum, same_top1 = COREML_REFERENCE_THRESHOLDS[precision]
+    figures, what = vs_float, "float"
+    if against != "float":
+        key, what = {"pytorch_quantized": ("vs_pytorch_quantized", "the PyTorch quantized graph"),
+                     "package_weights": ("vs_package_weights", "the model with the package's decompressed "
+                                                               "weights in PyTorch")}[against]
+        with torch.no_grad():
+            figures = entry[key] = _compare(quantized_reference(), output)
+    passed = figures["cosine"] >= minimum and (not same_top1 or figures["top1_agreement"] == 1.0)
+    return {**entry, "threshold": f"cosine >= {minimum}{' and same top-1' if same_top1 else ''} vs {what}",
+            "passed": passed}
+
+
+def fp16_safety(reference, name: str) -> dict:
+    """Largest float magnitudes of a MIL program's ops over its tracked runs against fp16's range;
+    warns naming each op within FP16_HEADROOM of overflow."""
+    from .mil_reference import FP16_MAX
+
+    magnitudes = reference.magnitudes
+    peak_name = max(magnitudes, key=magnitudes.get)
+    near = reference.near_overflow(FP16_HEADROOM)
+    for op_name, op_type, peak in near:
+        warnings.warn(f"{name}: {op_type} op {op_name} reaches {peak:.5g}, within {FP16_HEADROOM:g}x of "
+                      f"fp16's largest value {FP16_MAX:g}", stacklevel=2)
+    return {"fp16_max": FP16_MAX, "largest_magnitude": magnitudes[peak_name], "largest_op": peak_name,
+            "largest_op_type": reference.op_types[peak_name],
+            "headroom": FP16_MAX / max(magnitudes[peak_name], 1e-30),
+            "near_overflow": [{"op": n, "type": t, "magnitude": m} for n, t, m in near]}
+
+
 class _Exporter:
     """Builds the artifacts of one job inside a temporary output folder."""
 
@@ -220,13 +283,15 @@ class _Exporter:
             self._calib = calibration_set(source, j.num_calib, seed=j.seed, batch_size=8)
         return self._calib
 
-    def program(self, precision: str):
-        """The PT2E-quantized program for `precision` (from --quantized, or quantized here)."""
-        if precision not in self._programs:
+    def program(self, precision: str, conv3d: str = "native"):
+        """The PT2E-quantized program for `precision` (from --quantized, or quantized here) of the
+        deploy form with `conv3d` ("native" or "2d"; --quantized programs are native)."""
+        key = precision if conv3d == "native" else (precision, conv3d)
+        if key not in self._programs:
             cfg = QuantConfig(recipe=PT2E_RECIPE[precision])
-            self._programs[precision], _ = quantize_ptq(self.model, self.calibration(), cfg, self.example,
-                                                        progress=self.progress)
-        return self._programs[precision]
+            self._programs[key], _ = quantize_ptq(self.model, self.calibration(), cfg, self.example, conv3d=conv3d,
+                                                  progress=self.progress)
+        return self._programs[key]
 
     def preprocessing(self) -> dict:
         return {"frames": self.job.frames, "size": self.job.size, "channels": "RGB", "layout": "B,3,T,H,W",
@@ -293,27 +358,59 @@ class _Exporter:
                                                               "dtype": "float32"}}
 
     def coreml(self, precision: str, path: Path) -> dict:
-        from .coreml import can_predict, convert_coreml, coreml_io, coreml_op_census, predict_coreml, save_mlpackage
+        from .coreml import (can_predict, convert_coreml, coreml_io, coreml_op_census, neural_engine_census,
+                             predict_coreml, save_mlpackage)
+        from .mil_reference import RUNTIME_NAME, RUNTIME_NOTE, MilReference
 
-        source = self.program("int8").module() if precision == "int8" else deploy(self.model)
+        form, form_note = self.job.coreml_form, None
+        if precision == "int8" and form == "ane" and self.job.quantized:
+            form, form_note = "3d", (f"--quantized {self.job.quantized} holds a graph of the 5-D (Conv3d) form; "
+                                     "export without --quantized (int8 is then quantized here) for the Neural "
+                                     "Engine form")
+            warnings.warn(f"Core ML int8: {form_note}", stacklevel=2)
+        conv3d = "2d" if form == "ane" else "native"
+        if precision == "int8":
+            source = self.program("int8", conv3d).module()
+        else:
+            source = deploy(self.model, conv3d=conv3d, frames=self.job.frames if conv3d == "2d" else None)
         mlmodel = convert_coreml(source, self.example, precision, self.job.target, self.labels,
                                  self.preprocessing(), f"UniFormer-{self.job.variant.upper()} "
-                                 f"{self.job.frames}x{self.job.size}, {precision}")
+                                 f"{self.job.frames}x{self.job.size}, {precision}, {form} form")
         save_mlpackage(mlmodel, path)
         census, io = coreml_op_census(path), coreml_io(path)
         if io["inputs"].get("video", {}).get("shape") != [1, 3, *self._thw()] or "logits" not in io["outputs"]:
             raise ExportError(f"{path.name}: unexpected inputs/outputs {io}")
         if precision == "int8" and not census.get("quantize"):
             raise ExportError(f"{path.name}: no activation quantize ops in the converted program")
+        reference = MilReference(path)  # read back from disk: what the package holds, not the in-memory model
+        output = torch.from_numpy(reference.run_batch(self.clips.numpy(), "video", "logits",
+                                                      track=precision != "fp32"))
+        reference_parity = {"runtime": RUNTIME_NAME, "what": RUNTIME_NOTE,
+                            **coreml_reference_parity(output, self.float_logits, precision,
+                                                      lambda: self._counterpart(precision, conv3d, source,
+                                                                                reference)(self.clips))}
         reason = can_predict()
         if reason:
-            parity = {"not run": reason, "inspected": "spec reloaded with skip_model_load=True: op census, I/O names, "
-                                                      "shapes and dtypes"}
+            parity = {"runtime": "Core ML", "not run": reason}
         else:
             parity = self._parity("coremltools (macOS, compute units ALL)", predict_coreml(path, self.clips),
                                   precision, "coreml")
-        return {"census": census, "io": io, "parity": parity, "target": self.job.target,
+        info = {"census": census, "io": io, "form": form, "parity": parity, "reference_parity": reference_parity,
+                "neural_engine": neural_engine_census(reference.program), "target": self.job.target,
                 "input": {"name": "video", "shape": [1, 3, *self._thw()], "dtype": "float32"}}
+        if form_note:
+            info["form_note"] = form_note
+        if precision != "fp32":
+            info["fp16_safety"] = fp16_safety(reference, path.name)
+        return info
+
+    def _counterpart(self, precision: str, conv3d: str, source, reference):
+        """The PyTorch module a quantized or weight-compressed package must match."""
+        from .coreml import with_package_weights
+
+        if precision == "int8":
+            return self.program("int8", conv3d).module()
+        return with_package_weights(source, reference.decompressed_weights(), wrapped=bool(self.labels))
 
     def executorch(self, precision: str, path: Path) -> dict:
         from .executorch import (XnnpackHalf, executorch_available, load_executorch, lower_executorch, run_executorch,
@@ -385,12 +482,14 @@ def run_export(job: ExportJob, progress: bool = True) -> dict:
                     failed.append({"path": name, "format": fmt, "precision": precision, "reason": str(err)})
                     _remove(path)
                     continue
-                parity = info["parity"]
-                if parity.get("passed") is False:
+                missed = [(key, info[key]) for key in ("parity", "reference_parity")
+                          if isinstance(info.get(key), dict) and info[key].get("passed") is False]
+                if missed:
+                    key, parity = missed[0]
                     figures = {k: v for k, v in parity.items() if k.startswith("vs_")}
-                    failed.append({"path": name, "format": fmt, "precision": precision, "parity": parity,
-                                   "reason": f"{name} misses its parity threshold ({parity['threshold']}): "
-                                             f"{json.dumps(figures)}"})
+                    failed.append({"path": name, "format": fmt, "precision": precision, key: parity,
+                                   "reason": f"{name} misses its {parity['runtime']} parity threshold "
+                                             f"({parity['threshold']}): {json.dumps(figures)}"})
                     _remove(path)
                     continue
                 artifacts.append({"path": name, "format": fmt, "precision": precision,
