@@ -32,7 +32,7 @@ from uniformer_edge.calibration import build_dataset
 from uniformer_edge.engine import agreement
 from uniformer_edge.export import ExportJob, run_export
 from uniformer_edge.export.mil_reference import FP16_MAX, MilReference
-from uniformer_edge.models import create_model, deploy
+from uniformer_edge.models import create_model, deploy, read_state_dict
 
 _CHILD = """
 import json, resource, sys, time, warnings
@@ -84,7 +84,8 @@ def fp16_safety(folder: Path, forms, num_eval: int, checkpoint=None) -> list[dic
     test = build_dataset("synthetic", "test", num_clips=num_eval, **data)
     clips = torch.stack([test[i][0] for i in range(len(test))])
     labels = torch.tensor([int(test[i][1]) for i in range(len(test))])
-    model = create_model(r["variant"], checkpoint=checkpoint, new_head=False).eval()
+    num_classes = int(read_state_dict(checkpoint)["head.weight"].shape[0])
+    model = create_model(r["variant"], num_classes=num_classes, checkpoint=checkpoint, new_head=False).eval()
     with torch.no_grad():
         float_logits = torch.cat([model(clips[i:i + 32]) for i in range(0, len(clips), 32)])
     rows = []

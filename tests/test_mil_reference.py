@@ -32,12 +32,12 @@ def _r(*shape, dtype=np.float32, scale=1.0):
     return (RNG.standard_normal(shape) * scale).astype(dtype)
 
 
-def _build(make):
+def _build(make, opset=None):
     """The op `make()` creates, inside a throwaway program; its inputs are all constants, so
     coremltools' value inference has already computed its outputs' `.val`."""
     holder = {}
 
-    @mb.program(input_specs=[mb.TensorSpec(shape=(1,))], opset_version=ct.target.iOS18)
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1,))], opset_version=opset or ct.target.iOS18)
     def prog(dummy):
         out = make()
         holder["op"] = (out[0] if isinstance(out, (list, tuple)) else out).op
@@ -121,12 +121,20 @@ _CASES = [
     ("lut_to_dense", lambda: mb.constexpr_lut_to_dense(
         indices=RNG.integers(0, 16, (8, 4, 3, 3)).astype(types.np_uint4_dtype),
         lut=_r(2, 1, 1, 1, 16, 1, dtype=np.float16))),
+    # the iOS16/17 forms, which packages targeting ios16/ios17 hold
+    ("affine_dequantize_ios17", lambda: mb.constexpr_affine_dequantize(
+        quantized_data=RNG.integers(-128, 128, (4, 6, 3)).astype(np.int8),
+        zero_point=RNG.integers(-3, 3, 4).astype(np.int8), scale=np.abs(_r(4)) + 0.01, axis=0), "ios17"),
+    ("lut_to_dense_ios17", lambda: mb.constexpr_lut_to_dense(
+        lut=_r(64, dtype=np.float16), indices=RNG.integers(0, 256, 30).astype(np.uint8),
+        shape=np.array([8, 5], np.uint32)), "ios17"),
 ]
+_OPSETS = {"ios17": ct.target.iOS17}
 
 
-@pytest.mark.parametrize("make", [c[1] for c in _CASES], ids=[c[0] for c in _CASES])
-def test_op_matches_coremltools(make):
-    op = _build(make)
+@pytest.mark.parametrize("case", _CASES, ids=[c[0] for c in _CASES])
+def test_op_matches_coremltools(case):
+    op = _build(case[1], _OPSETS.get(case[2]) if len(case) > 2 else None)
     theirs = _theirs(op)
     assert all(v is not None for v in theirs), f"coremltools computed no value for {op.op_type}"
     ours = _run_ours(op)
@@ -143,7 +151,7 @@ def test_op_matches_coremltools(make):
 
 
 def test_every_implemented_op_is_cross_checked():
-    covered = {_build(make).op_type for _, make in _CASES} | {"conv", "const"}
+    covered = {_build(c[1], _OPSETS.get(c[2]) if len(c) > 2 else None).op_type for c in _CASES} | {"conv", "const"}
     # maximum/minimum/comparisons are one numpy call each and appear in no package of ours
     unchecked = IMPLEMENTED_OPS - covered - {"maximum", "minimum", "greater", "less", "less_equal", "equal"}
     assert not unchecked, f"ops without a cross-check: {sorted(unchecked)}"
@@ -331,6 +339,19 @@ def test_every_precision_of_the_ane_form_passes_the_reference(tmp_path, variant,
     # token pruning (topk, gathers, scatters) is outside the Neural Engine list
     outside = by_precision["fp16"]["neural_engine"]["ops_outside_ane_list"]
     assert ("topk" in outside) == (variant == "xxs")
+
+
+@pytest.mark.slow  # a minute: run by .ci/run after the default set
+def test_compressed_packages_at_the_default_target(tmp_path):
+    """ios17, the default target, stores compressed weights with the older decompression ops."""
+    manifest = run_export(ExportJob(variant="s", model_overrides=SMALL, formats=("coreml",),
+                                    precisions=("int8", "w8", "palettize6"), frames=8, size=32, check_clips=2,
+                                    num_calib=4, num_classes=10, out=str(tmp_path / "out")), progress=False)
+    assert not manifest["failed"]
+    for art in manifest["artifacts"]:
+        assert art["target"] == "ios17" and art["reference_parity"]["passed"], art["reference_parity"]
+    census = {a["precision"]: a["census"] for a in manifest["artifacts"]}
+    assert census["w8"]["constexpr_affine_dequantize"] > 0 and census["palettize6"]["constexpr_lut_to_dense"] > 0
 
 
 @pytest.mark.slow

@@ -49,7 +49,7 @@ FORMS = ("ane", "3d")
 # hollance/neural-engine docs/unsupported-layers.md. topk, gathers, scatters and selects (the
 # light models' token pruning) are outside it.
 ANE_NATIVE_OPS = frozenset({
-    "const", "constexpr_blockwise_shift_scale", "constexpr_lut_to_dense", "conv", "linear", "matmul", "layer_norm",
+    "const", "constexpr_affine_dequantize", "constexpr_blockwise_shift_scale", "constexpr_lut_to_dense", "conv", "linear", "matmul", "layer_norm",
     "softmax", "gelu", "add", "sub", "mul", "real_div", "maximum", "minimum", "reduce_mean", "reduce_sum",
     "reduce_max", "reshape", "transpose", "expand_dims", "squeeze", "slice_by_index", "split", "concat", "cast",
     "quantize", "dequantize"})

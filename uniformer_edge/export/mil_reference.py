@@ -383,7 +383,24 @@ def _constexpr_blockwise_shift_scale(op, get):
     return [data * scale]
 
 
+def _constexpr_affine_dequantize(op, get):
+    """iOS16/17 weight decompression: (data - zero_point) * scale, both per `axis` or scalar."""
+    data = np.asarray(get("quantized_data")).astype(np.float32)
+    axis = int(get("axis") if get("axis") is not None else 0)
+    zero = _per_axis(np.asarray(get("zero_point")).astype(np.float32), data, axis)
+    return [(data - zero) * _f(_per_axis(get("scale"), data, axis))]
+
+
 def _constexpr_lut_to_dense(op, get):
+    if get("shape") is not None:  # iOS16/17: one palette, indices packed LSB first into bytes
+        lut, shape = np.asarray(get("lut")), [int(d) for d in get("shape")]
+        nbits = int(round(math.log2(lut.size)))
+        if 2 ** nbits != lut.size or lut.ndim != 1:
+            raise UnsupportedOp(f"constexpr_lut_to_dense with a palette of shape {lut.shape}")
+        bits = np.unpackbits(np.asarray(get("indices")).astype(np.uint8), bitorder="little")
+        count = int(np.prod(shape))
+        bits = bits[: count * nbits].reshape(count, nbits).astype(np.int64)
+        return [lut[bits @ (1 << np.arange(nbits))].reshape(shape)]
     indices, lut = np.asarray(get("indices")).astype(np.int64), np.asarray(get("lut"))
     if get("vector_axis") is not None or lut.shape[-1] != 1:
         raise UnsupportedOp("constexpr_lut_to_dense with vector palettes")
@@ -414,7 +431,7 @@ _OPS: dict[str, Callable] = {
     "gather": _gather, "gather_along_axis": _gather_along_axis, "scatter_along_axis": _scatter_along_axis,
     "topk": _topk, "quantize": _quantize, "dequantize": _dequantize,
     "constexpr_blockwise_shift_scale": _constexpr_blockwise_shift_scale,
-    "constexpr_lut_to_dense": _constexpr_lut_to_dense,
+    "constexpr_lut_to_dense": _constexpr_lut_to_dense, "constexpr_affine_dequantize": _constexpr_affine_dequantize,
 }
 IMPLEMENTED_OPS = frozenset(_OPS) | {"const"}
 
