@@ -139,7 +139,7 @@ def main():
         lines.append(f"| {c['form']} | {c['load_s']:.1f} | {c['run_s']:.1f} | {c['peak_rss_gb']:.2f} | "
                      f"{c['max_rel_err']:.1e} | {c['conv_5d']} | {c['ops_on_rank5_tensors']} |")
     lines += ["", "Peak memory is the resident peak of a fresh process that loads the package and runs it.", "",
-              f"## fp16 safety: {'checkpoint ' + Path(args.checkpoint).name if args.checkpoint else 'the reference model'} "
+              f"## fp16 safety: {'--checkpoint ' + args.checkpoint + ', not the reference model' if args.checkpoint else 'the reference model'} "
               f"(UniFormer-{REFERENCE_RECIPE['variant'].upper()} {REFERENCE_RECIPE['frames']}x"
               f"{REFERENCE_RECIPE['size']}, trained) on {args.num_eval} test clips",
               "", "| form | package | logit SQNR vs float (dB) | top-1 agreement | float top-1 | package top-1 | "
