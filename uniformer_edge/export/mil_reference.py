@@ -555,10 +555,12 @@ class MilReference:
         return {name: env[name] for name in self.output_names}
 
     def decompressed_weights(self) -> dict[str, np.ndarray]:
-        """The outputs of the program's constexpr ops (weights decompressed at load time), by name."""
-        self.run({n: np.zeros(v.shape, _NP_DTYPES[self.input_dtypes[n]]) for n, v in self.function.inputs.items()})
-        return {op.outputs[0].name: self.constants[op.outputs[0].name] for op in self.ops
-                if op.op_type.startswith("constexpr_")}
+        """The outputs of the program's constexpr ops (weights decompressed at load time), by name.
+        A run caches them; only a reference that has not run yet runs once, on zeros, to fill it."""
+        names = [op.outputs[0].name for op in self.ops if op.op_type.startswith("constexpr_")]
+        if any(name not in self.constants for name in names):
+            self.run({n: np.zeros(v.shape, _NP_DTYPES[self.input_dtypes[n]]) for n, v in self.function.inputs.items()})
+        return {name: self.constants[name] for name in names}
 
     def run_batch(self, clips: np.ndarray, input_name: Optional[str] = None, output_name: Optional[str] = None,
                   track: bool = False) -> np.ndarray:
