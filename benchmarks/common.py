@@ -74,7 +74,7 @@ def torchao_x86_prepare(graph: torch.fx.GraphModule):
     """torchao's stock X86 Inductor quantizer (its default static config) prepared on `graph`, as a
     user would apply it, and what it annotated: op -> count, and the Conv3d it left float. It
     annotates conv1d/conv2d only, so on UniFormer its int8 ops are the linear layers and the
-    GELUs and adds that follow them (on the frame-conv form, `deploy(conv3d="2d")`, its
+    GELUs and adds that follow them (on the frame-batched form, `forms.frame_batched`, its
     conv-add pattern raises "Input partition has more than one output node")."""
     from collections import Counter
 

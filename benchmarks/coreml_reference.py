@@ -32,6 +32,7 @@ from uniformer_edge.calibration import build_dataset
 from uniformer_edge.engine import agreement
 from uniformer_edge.export import ExportError, ExportJob, run_export
 from uniformer_edge.export.mil_reference import FP16_MAX, MilReference
+from uniformer_edge.forms import frame_batched
 from uniformer_edge.models import create_model, deploy, read_state_dict
 
 _CHILD = """
@@ -61,7 +62,7 @@ def cost(folder: Path, forms) -> list[dict]:
         expected = model(clip).numpy()
     rows = []
     for form in forms:
-        deployed = deploy(model, conv3d="2d" if form == "ane" else "native", frames=8 if form == "ane" else None)
+        deployed = frame_batched(model, 8) if form == "ane" else deploy(model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             path = save_mlpackage(convert_coreml(deployed, clip, "fp32", "ios17"), folder / f"s-{form}.mlpackage")

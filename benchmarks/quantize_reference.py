@@ -30,8 +30,8 @@ from common import (EXECUTORCH_QAT_ROW, EXECUTORCH_ROW, REFERENCE_RECIPE, RESULT
                     torchao_x86_prepare, write_results, x86_census_text)
 from uniformer_edge.calibration import build_dataset, calibration_set
 from uniformer_edge.engine import agreement, collect_logits, top1_drop, topk_accuracy
-from uniformer_edge.export.executorch import (executorch_available, load_executorch, lower_executorch,
-                                              run_executorch, xnnpack_quantize)
+from uniformer_edge.export.executorch import executorch_available, load_executorch, lower_executorch, run_executorch
+from uniformer_edge.quantize.xnnpack import xnnpack_quantize
 from uniformer_edge.export.onnx import export_onnx, ort_quantize_static, ort_session, run_onnx
 from uniformer_edge.models import create_model, deploy
 from uniformer_edge.models.uniformer import EvoSABlock

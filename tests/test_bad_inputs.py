@@ -234,3 +234,20 @@ def test_stale_partial_outputs_of_killed_runs_are_removed(tmp_path):
         (tmp / "done").write_text("y")
     assert (out / "done").exists() and not stale[0].exists() and live.exists()
     assert remove_stale_partials(out) == []
+
+
+def test_cli_prints_toolkit_errors_as_one_line_and_lets_bugs_raise(capsys):
+    from uniformer_edge.errors import ExportError, InputError
+
+    def failing(error):
+        def main(argv):
+            raise error
+        return main
+
+    assert run(failing(InputError("bad --frames")), []) == 2
+    assert run(failing(ExportError("x.onnx misses its threshold")), []) == 2
+    assert _errors(capsys) == ["uniformer_edge: error: bad --frames",
+                               "uniformer_edge: error: x.onnx misses its threshold"]
+    # an internal ValueError is a bug, not bad input: it keeps its traceback
+    with pytest.raises(ValueError, match="internal"):
+        run(failing(ValueError("internal invariant")), [])

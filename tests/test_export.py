@@ -219,14 +219,14 @@ def test_executorch_fp16_and_weight_quantized_programs(tmp_path):
         assert {op for op in art["census"] if op != "getitem"} == {"executorch_call_delegate", "aten.mean.dim"}
     assert w8["parity"]["vs_float"]["sqnr_db"] > w4["parity"]["vs_float"]["sqnr_db"] + 10
     assert w4["size_bytes"] < w8["size_bytes"] < fp16["size_bytes"]
-    from uniformer_edge.export.executorch import xnnpack_weight_quantize
+    from uniformer_edge.quantize.xnnpack import xnnpack_weight_quantize
 
     with pytest.raises(ValueError, match="8 or 4 bits"):
         xnnpack_weight_quantize(torch.nn.Identity(), torch.zeros(1, 3, 8, 32, 32), bits=2)
 
 
 def test_layer_norm_as_xnnpack_ops_matches_layer_norm():
-    from uniformer_edge.export.executorch import LayerNormAsXnnpackOps
+    from uniformer_edge.forms import LayerNormAsXnnpackOps
 
     torch.manual_seed(0)
     norm = torch.nn.LayerNorm(48, eps=1e-6)
@@ -248,7 +248,8 @@ def test_layer_norm_as_xnnpack_ops_matches_layer_norm():
 
 def test_xnnpack_quantization_keeps_depthwise_convolutions_and_residual_stream_float():
     pytest.importorskip("executorch.runtime", reason="ExecuTorch is an optional extra")
-    from uniformer_edge.export.executorch import _is_residual_add, xnnpack_quantize
+    from uniformer_edge.forms import is_residual_add
+    from uniformer_edge.quantize.xnnpack import xnnpack_quantize
     from uniformer_edge.models import create_model
     from uniformer_edge.models.uniformer import CBlock, SABlock
 
@@ -277,7 +278,7 @@ def test_xnnpack_quantization_keeps_depthwise_convolutions_and_residual_stream_f
     # the residual stream stays fp32: every residual add takes the stream from the add before it
     # (or from the position embedding's fp32 depthwise runs, its residual folded in), not from an
     # int8 tensor
-    residual_adds = [n for n in converted.graph.nodes if _is_residual_add(n)]
+    residual_adds = [n for n in converted.graph.nodes if is_residual_add(n)]
     assert len(residual_adds) == 2 * sum(isinstance(m, (CBlock, SABlock)) for m in model.modules())
     for add in residual_adds:
         assert any("dequantize" not in str(a.target) for a in add.args), add
@@ -294,7 +295,7 @@ def test_executorch_int8_qat_fine_tunes_the_calibrated_program(tmp_path):
     PyTorch graph."""
     pytest.importorskip("executorch.runtime", reason="ExecuTorch is an optional extra")
     from uniformer_edge.calibration import build_dataset
-    from uniformer_edge.export.executorch import xnnpack_quantize
+    from uniformer_edge.quantize.xnnpack import xnnpack_quantize
     from uniformer_edge.models import create_model
     from uniformer_edge.quantize.qat import QATSchedule
 
@@ -341,6 +342,12 @@ def test_export_from_quantize_output(tmp_path):
         ExportJob(quantized=str(qdir), variant="s", out=str(tmp_path / "y"))
     with pytest.raises(ValueError, match="cannot provide w8"):
         ExportJob(quantized=str(qdir), precisions=("w8",), out=str(tmp_path / "y"))
+    # programs quantized by the export step calibrate on the quantize job's data unless told otherwise
+    inherited = ExportJob(quantized=str(qdir), formats=("executorch",), out=str(tmp_path / "y"))
+    assert (inherited.calib_data, inherited.num_calib, inherited.seed) == ("synthetic", 4, 0)
+    told = ExportJob(quantized=str(qdir), formats=("executorch",), out=str(tmp_path / "y"), calib_data="synthetic",
+                     num_calib=9)
+    assert told.num_calib == 9
 
 
 @pytest.mark.parametrize("kwargs,message", [

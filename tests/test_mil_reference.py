@@ -21,6 +21,7 @@ from uniformer_edge.export.coreml import convert_coreml, neural_engine_census, s
 from uniformer_edge.export.mil_reference import (_OPS, IMPLEMENTED_OPS, MilReference, UnsupportedOp,  # noqa: E402
                                                  _dtype_name, _round)
 from uniformer_edge.export.pipeline import COREML_REFERENCE_THRESHOLDS, coreml_reference_parity  # noqa: E402
+from uniformer_edge.forms import frame_batched  # noqa: E402
 from uniformer_edge.models import create_model, deploy  # noqa: E402
 
 SMALL = {k: v for k, v in TINY.items() if k != "num_classes"}
@@ -369,7 +370,7 @@ def test_census_counts_five_dimensional_convs(tmp_path):
     torch.manual_seed(0)
     model = create_model("s", **TINY).eval()
     native, _ = _save(deploy(model), tmp_path, "fp16", name="native", size=32)
-    ane, _ = _save(deploy(model, conv3d="2d", frames=8), tmp_path, "fp16", name="ane", size=32)
+    ane, _ = _save(frame_batched(model, 8), tmp_path, "fp16", name="ane", size=32)
     native_census = neural_engine_census(MilReference(native).program)
     ane_census = neural_engine_census(MilReference(ane).program)
     assert native_census["conv_5d"] == sum(isinstance(m, torch.nn.Conv3d) for m in deploy(model).modules())

@@ -9,9 +9,14 @@ import torch
 from torch import nn
 
 from conftest import TINY, TINY_LIGHT, randomize_batchnorm, rel_err
-from uniformer_edge.models import (Conv3dAs2d, TimeUnrolledConv, UniFormer, UniFormerLight, create_model, deploy,
-                                   from_official_config, list_variants)
+from uniformer_edge.forms import Conv3dAs2d, TimeUnrolledConv, frame_batched
+from uniformer_edge.models import UniFormer, UniFormerLight, create_model, deploy, from_official_config, list_variants
 from uniformer_edge.models.uniformer import _flat_order, _inverse_order, _permute_tokens
+
+def _form(model, conv3d: str):
+    """The deploy form (`conv3d="native"`) or the frame-batched 2-D form (`"2d"`)."""
+    return deploy(model) if conv3d == "native" else frame_batched(model)
+
 
 FIXTURES = {"uniformer": "parity_uniformer_tiny.pt", "light": "parity_uniformer_light_tiny.pt"}
 
@@ -48,7 +53,7 @@ def test_light_fixture_prunes_tokens(reference_dir):
 @pytest.mark.parametrize("conv3d", ["native", "2d"])
 def test_deploy_matches_official(reference_dir, which, conv3d):
     fx, model = load_fixture(reference_dir, which)
-    deployed = deploy(model, conv3d=conv3d)
+    deployed = _form(model, conv3d)
     with torch.no_grad():
         assert rel_err(deployed(fx["input"]), fx["logits"]) < 1e-4
 
@@ -98,7 +103,7 @@ def test_deploy_parity_and_form(case, conv3d):
     x = torch.randn(2, 3, 8, 64, 64)
     with torch.no_grad():
         expected = model(x)
-        deployed = deploy(model, conv3d=conv3d)
+        deployed = _form(model, conv3d)
         got = deployed(x)
     assert rel_err(got, expected) < 1e-4
     kinds = {type(m) for m in deployed.modules()}
@@ -127,13 +132,13 @@ def test_conv3d_as_2d(kernel, stride, padding, groups, frames, batch):
     conv = nn.Conv3d(8, 16, kernel, stride, padding, groups=groups)
     x = torch.randn(batch, 8, frames, 20, 20)
 
-    def frame_batched(clip):  # (B, C, T, H, W) -> (B*T, C, H, W)
+    def frames_of(clip):  # (B, C, T, H, W) -> (B*T, C, H, W)
         return clip.transpose(1, 2).flatten(0, 1)
 
     with torch.no_grad():
         expected = conv(x)
         assert rel_err(Conv3dAs2d(conv)(x), expected) < 1e-5
-        assert rel_err(Conv3dAs2d(conv)(frame_batched(x), batch), frame_batched(expected)) < 1e-5
+        assert rel_err(Conv3dAs2d(conv)(frames_of(x), batch), frames_of(expected)) < 1e-5
 
 
 def test_depthwise_conv3d_as_2d_skips_padding_taps():
@@ -144,10 +149,10 @@ def test_depthwise_conv3d_as_2d_skips_padding_taps():
     for tap in as_2d.taps:
         tap.register_forward_hook(lambda module, args, out: frames_read.append(args[0].shape[0]))
     x = torch.randn(2, 8, 4, 10, 10)
-    frame_batched = x.transpose(1, 2).flatten(0, 1)
+    frames = x.transpose(1, 2).flatten(0, 1)
     with torch.no_grad():
         expected = conv(x)
-        assert rel_err(as_2d(frame_batched, 2), expected.transpose(1, 2).flatten(0, 1)) < 1e-5
+        assert rel_err(as_2d(frames, 2), expected.transpose(1, 2).flatten(0, 1)) < 1e-5
         assert sum(frames_read) == 2 * 14  # of 4 frames x 5 taps, 6 fall on temporal padding
         # on clips each tap convolves every frame once (one layout conversion in XNNPACK)
         frames_read.clear()
@@ -158,8 +163,8 @@ def test_depthwise_conv3d_as_2d_skips_padding_taps():
 def test_deploy_float_depthwise_folds_position_residuals_when_per_channel_safe():
     model = _tiny(UniFormerLight, **TINY_LIGHT)
     x = torch.randn(2, 3, 8, 64, 64)
-    kept = deploy(model, conv3d="2d", per_channel_safe=True)
-    folded = deploy(model, conv3d="2d", per_channel_safe=True, float_depthwise=True)
+    kept = frame_batched(model, per_channel_safe=True)
+    folded = frame_batched(model, per_channel_safe=True, float_depthwise=True)
 
     def residuals(form):
         return [m.pos_embed_residual for m in form.modules() if hasattr(m, "pos_embed_residual")]
@@ -199,14 +204,12 @@ def test_deploy_with_fixed_frames_takes_clips_in_the_stem(case):
     cls, kw = DEPLOY_CASES[case]
     model = _tiny(cls, **kw)
     x = torch.randn(2, 3, 8, 64, 64)
-    deployed = deploy(model, conv3d="2d", per_channel_safe=True, frames=8)
+    deployed = frame_batched(model, 8, per_channel_safe=True)
     with torch.no_grad():
         assert rel_err(deployed(x), model(x)) < 1e-4
     assert isinstance(deployed.patch_embed1.embed1.convs[0], TimeUnrolledConv)
     with pytest.raises(ValueError, match="clips of 8 frames, got 4"):
         deployed(x[:, :, :4])
-    with pytest.raises(ValueError, match="frames=8 applies to conv3d='2d' only"):
-        deploy(model, frames=8)
 
 
 def test_token_permutation_matches_gather_and_scatter():
@@ -230,7 +233,7 @@ def test_torch_export(variant):
     x = torch.randn(1, 3, 8, 64, 64)
     with torch.no_grad():
         expected = model(x)
-    for m in (model, deploy(model, conv3d="native"), deploy(model, conv3d="2d")):
+    for m in (model, deploy(model), frame_batched(model)):
         program = torch.export.export(m, (x,))
         with torch.no_grad():
             assert rel_err(program.module()(x), expected) < 1e-4

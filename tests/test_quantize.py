@@ -208,7 +208,6 @@ def test_cli_bad_input_writes_nothing(tmp_path):
         (["--variant", "xxs", "--checkpoint", str(tmp_path / "none.pth")], "checkpoint not found"),
         (["--variant", "xxs", "--method", "qat"], "QAT needs training data"),
         (["--variant", "xxs", "--num-calib", "0"], "--num-calib: must be a positive integer, got 0"),
-        (["--variant", "xxs", "--recipe", "dynamic", "--export", "onnx"], "recipe dynamic cannot be exported"),
         (["--variant", "xxs", "--resume"], "--resume and --stop-after apply to --method qat"),
     ]
     for args, message in cases:

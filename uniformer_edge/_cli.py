@@ -1,9 +1,12 @@
-"""Shared command-line plumbing: user errors become one clear line and a non-zero exit."""
+"""Shared command-line plumbing: the toolkit's errors (`uniformer_edge.errors`) and file-system
+errors become one clear line and exit 2; anything else is a bug and keeps its traceback."""
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import Callable, Optional, Sequence
+
+from .errors import UniformerEdgeError
 
 
 class Parser(argparse.ArgumentParser):
@@ -13,20 +16,15 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-class UserError(Exception):
-    """Bad input from the user: printed as one line, no traceback."""
-
-
-# Errors raised for bad input by the library itself (bad names, files, checkpoints, configs).
-_USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, PermissionError,
-                NotADirectoryError, IsADirectoryError)
+_ONE_LINE = (UniformerEdgeError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError,
+             IsADirectoryError)
 
 
 def run(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None,
         prog: str = "uniformer_edge") -> int:
     try:
         return main(argv) or 0
-    except _USER_ERRORS as e:
+    except _ONE_LINE as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

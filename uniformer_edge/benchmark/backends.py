@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..errors import InputError
 from ..export import verify_manifest
 from ..quantize import read_quantize_config, verify_program
 
@@ -112,7 +113,7 @@ BACKENDS = {"torch": ("pt2", lambda: None), "onnxruntime": ("onnx", _ort_status)
 def backend_status(name: str) -> Optional[str]:
     """None when the backend runs here, else why not."""
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+        raise InputError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
     return BACKENDS[name][1]()
 
 

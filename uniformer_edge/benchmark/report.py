@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import InputError
 from .._io import atomic_dir
 from .run import REPORT_SCHEMA
 
@@ -150,12 +151,12 @@ def read_report(path) -> dict:
     try:
         report = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not a benchmark report (invalid JSON: {err})") from None
+        raise InputError(f"{path} is not a benchmark report (invalid JSON: {err})") from None
     schema = report.get("schema") if isinstance(report, dict) else None
     if not isinstance(schema, int):
-        raise ValueError(f"{path} is not a benchmark report (no schema version)")
+        raise InputError(f"{path} is not a benchmark report (no schema version)")
     if schema > REPORT_SCHEMA:
-        raise ValueError(f"{path} has report schema {schema}, newer than this toolkit reads ({REPORT_SCHEMA}); "
+        raise InputError(f"{path} has report schema {schema}, newer than this toolkit reads ({REPORT_SCHEMA}); "
                          f"upgrade uniformer-edge")
     entries = report.get("devices") if "devices" in report else [report]
     for entry in entries if isinstance(entries, list) else [None]:
@@ -163,10 +164,10 @@ def read_report(path) -> dict:
         if missing:
             what = ("an export manifest" if "artifacts" in report else
                     "a quantize report" if "agreement" in report or "recipe" in report else "not one")
-            raise ValueError(f"{path} is not a benchmark report ({what}: no {', '.join(missing)}); "
+            raise InputError(f"{path} is not a benchmark report ({what}: no {', '.join(missing)}); "
                              f"pass the report.json of `python -m uniformer_edge.benchmark`")
         if not entry["rows"]:
-            raise ValueError(f"{path} is a benchmark report without rows: nothing to merge")
+            raise InputError(f"{path} is a benchmark report without rows: nothing to merge")
     return report
 
 

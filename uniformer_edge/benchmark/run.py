@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from ..calibration import build_dataset
 from ..engine import agreement, topk_accuracy
 from ..models import create_model, deploy
@@ -47,14 +48,14 @@ class BenchmarkJob:
     def __post_init__(self):
         for b in self.backends:
             if b not in BACKENDS:
-                raise ValueError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+                raise InputError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
         for name, value in (("--batch", self.batch), ("--runs", self.runs), ("--num-clips", self.num_clips)):
             if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+                raise InputError(f"{name} must be at least 1, got {value}")
         if self.warmup < 0:
-            raise ValueError(f"--warmup must be non-negative, got {self.warmup}")
+            raise InputError(f"--warmup must be non-negative, got {self.warmup}")
         if not self.artifacts:
-            raise ValueError("give at least one artifact folder")
+            raise InputError("give at least one artifact folder")
 
 
 def _reset_peak_rss() -> None:

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import InputError
+
 __all__ = ["CalibrationSet", "calibration_set", "stratified_indices"]
 
 
@@ -47,7 +49,7 @@ class CalibrationSet:
         clip, label = self.dataset[index]
         if not torch.isfinite(clip).all():
             name = self.dataset.item_name(index) if hasattr(self.dataset, "item_name") else f"item {index}"
-            raise ValueError(f"calibration clip {name} contains NaN or Inf values")
+            raise InputError(f"calibration clip {name} contains NaN or Inf values")
         return clip, label
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -65,11 +67,11 @@ def calibration_set(dataset: Dataset, num_clips: int, seed: int = 0, batch_size:
     Datasets with a `labels` list are stratified by class; others are sampled uniformly.
     """
     if num_clips < 1:
-        raise ValueError(f"a calibration set needs at least 1 clip, got num_clips={num_clips}")
+        raise InputError(f"a calibration set needs at least 1 clip, got num_clips={num_clips}")
     if len(dataset) == 0:
-        raise ValueError("cannot calibrate on an empty dataset")
+        raise InputError("cannot calibrate on an empty dataset")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
     num = min(num_clips, len(dataset))
     labels = getattr(dataset, "labels", None)
     if labels is not None:

@@ -6,6 +6,7 @@ from typing import Optional
 
 from torch.utils.data import Dataset
 
+from ..errors import InputError
 from .synthetic import SyntheticMotion
 from .video import VideoDataset
 
@@ -23,7 +24,7 @@ def build_dataset(data: str, split: str = "test", frames: int = 8, size: int = 2
         return SyntheticMotion(split, frames=frames, size=size, num_clips=num_clips, seed=seed)
     if data == "folder":
         if root is None:
-            raise ValueError("--data folder needs --root, the folder-per-class video folder")
+            raise InputError("--data folder needs --root, the folder-per-class video folder")
         return VideoDataset(root, None, frames, size, sampling, sampling_rate, class_names, num_classes)
     if not Path(data).is_file():
         raise FileNotFoundError(f"annotation list not found: {data} (use --data synthetic for the built-in "

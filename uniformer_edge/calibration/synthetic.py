@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import InputError
 from .transforms import normalize
 
 __all__ = ["SyntheticMotion", "CLASSES", "REVERSED_CLASS", "SPLITS", "render_clip"]
@@ -183,13 +184,13 @@ class SyntheticMotion(Dataset):
                  seed: int = 0, height: int | None = None, width: int | None = None,
                  reverse: bool = False, single_frame: bool = False):
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+            raise InputError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
         if frames < 2:
-            raise ValueError(f"the synthetic benchmark needs at least 2 frames per clip, got {frames}")
+            raise InputError(f"the synthetic benchmark needs at least 2 frames per clip, got {frames}")
         self.split, self.frames, self.seed = split, frames, seed
         self.height, self.width = height or size, width or size
         if min(self.height, self.width) < 16:
-            raise ValueError(f"frames of at least 16x16 pixels are needed, got {self.height}x{self.width}")
+            raise InputError(f"frames of at least 16x16 pixels are needed, got {self.height}x{self.width}")
         self.num_clips = DEFAULT_SIZES[split] if num_clips is None else num_clips
         self.reverse, self.single_frame = reverse, single_frame
         self.labels = [i % len(CLASSES) for i in range(self.num_clips)]

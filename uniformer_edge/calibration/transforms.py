@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError
+
 __all__ = ["MEAN", "STD", "normalize", "sample_indices", "resize_short_side", "center_crop", "SAMPLING_MODES",
            "frames_needed"]
 
@@ -30,14 +32,14 @@ def sample_indices(num_available: int, frames: int, mode: str = "uniform", rate:
     centred in the video (the Kinetics TxR protocol, e.g. 8x8); needs (frames-1)*rate+1 frames.
     """
     if mode not in SAMPLING_MODES:
-        raise ValueError(f"unknown sampling {mode!r}; choose from {', '.join(SAMPLING_MODES)}")
+        raise InputError(f"unknown sampling {mode!r}; choose from {', '.join(SAMPLING_MODES)}")
     if num_available < 1:
-        raise ValueError("video has no frames")
+        raise InputError("video has no frames")
     if mode == "uniform":
         return np.minimum(((np.arange(frames) + 0.5) * num_available / frames).astype(np.int64), num_available - 1)
     span = (frames - 1) * rate + 1
     if num_available < span:
-        raise ValueError(f"{frames}x{rate} strided sampling needs {span} frames, video has {num_available}")
+        raise InputError(f"{frames}x{rate} strided sampling needs {span} frames, video has {num_available}")
     start = (num_available - span) // 2
     return start + np.arange(frames) * rate
 

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from .transforms import (SAMPLING_MODES, center_crop, frames_needed, normalize, resize_short_side,
                          sample_indices)
 
@@ -36,7 +37,7 @@ def read_class_names(path: PathLike) -> list[str]:
         raise FileNotFoundError(f"class-name file not found: {path}")
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not names:
-        raise ValueError(f"class-name file {path} is empty")
+        raise InputError(f"class-name file {path} is empty")
     return names
 
 
@@ -52,14 +53,14 @@ def read_annotations(path: PathLike) -> list[tuple[str, int]]:
             continue
         match = re.fullmatch(r"(.+?)[\s,]+(\S+)", line)
         if match is None:
-            raise ValueError(f"{path}:{lineno}: expected 'path label', got {line!r}")
+            raise InputError(f"{path}:{lineno}: expected 'path label', got {line!r}")
         name, label = match.groups()
         try:
             entries.append((name, int(label)))
         except ValueError:
-            raise ValueError(f"{path}:{lineno}: label {label!r} is not an integer") from None
+            raise InputError(f"{path}:{lineno}: label {label!r} is not an integer") from None
     if not entries:
-        raise ValueError(f"annotation list {path} has no entries")
+        raise InputError(f"annotation list {path} has no entries")
     return entries
 
 
@@ -77,12 +78,12 @@ def _decode(path: Path, wanted: Optional[np.ndarray] = None) -> np.ndarray:
             if last is not None and i >= last:
                 break
     if not frames:
-        raise ValueError("no decodable video frames")
+        raise InputError("no decodable video frames")
     if wanted is None:
         return np.stack([frames[i] for i in sorted(frames)])
     missing = [i for i in wanted if int(i) not in frames]
     if missing:
-        raise ValueError(f"frames {missing[:3]} could not be decoded")
+        raise InputError(f"frames {missing[:3]} could not be decoded")
     return np.stack([frames[int(i)] for i in wanted])
 
 
@@ -94,7 +95,7 @@ def _count_frames(path: Path) -> int:
 
     with av.open(str(path)) as container:
         if not container.streams.video:
-            raise ValueError("no video stream")
+            raise InputError("no video stream")
         declared = container.streams.video[0].frames
     return declared if declared > 0 else len(_decode(path))
 
@@ -106,16 +107,16 @@ def _load_clip_file(path: Path) -> np.ndarray:
     else:
         obj = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(obj, torch.Tensor):
-            raise ValueError(f"expected a tensor of frames, found {type(obj).__name__}")
+            raise InputError(f"expected a tensor of frames, found {type(obj).__name__}")
         arr = obj.numpy()
     if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"expected frames of shape (T, H, W, 3), got {tuple(arr.shape)}")
+        raise InputError(f"expected frames of shape (T, H, W, 3), got {tuple(arr.shape)}")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise NonFiniteFrames(f"{path}: {int((~np.isfinite(arr)).sum())} frame values are NaN or infinite")
     return arr
 
 
-class NonFiniteFrames(ValueError):
+class NonFiniteFrames(InputError):
     """Frames holding NaN or infinity: an error, never a clip skipped or scored silently."""
 
 
@@ -138,7 +139,7 @@ class VideoDataset(Dataset):
         self.frames, self.size = frames, size
         self.sampling, self.sampling_rate = sampling, sampling_rate
         if sampling not in SAMPLING_MODES:
-            raise ValueError(f"unknown sampling {sampling!r}; choose from {', '.join(SAMPLING_MODES)}")
+            raise InputError(f"unknown sampling {sampling!r}; choose from {', '.join(SAMPLING_MODES)}")
 
         if annotations is not None:
             entries = read_annotations(annotations)
@@ -153,7 +154,7 @@ class VideoDataset(Dataset):
         self.num_classes = num_classes or (len(names) if names else max(label for _, label in entries) + 1)
         bad = [(p, label) for p, label in entries if not 0 <= label < self.num_classes]
         if bad:
-            raise ValueError(f"{source}: {len(bad)} label(s) outside 0..{self.num_classes - 1}, e.g. "
+            raise InputError(f"{source}: {len(bad)} label(s) outside 0..{self.num_classes - 1}, e.g. "
                              f"{bad[0][0]} -> {bad[0][1]}")
         self.items, skipped = self._check_files(entries, probe)
         if skipped:
@@ -161,19 +162,19 @@ class VideoDataset(Dataset):
                 warnings.warn(f"skipping {path}: {reason}", stacklevel=2)
             warnings.warn(f"{source}: skipped {len(skipped)} of {len(entries)} videos", stacklevel=2)
         if not self.items:
-            raise ValueError(f"{source}: no usable videos (all {len(entries)} skipped)")
+            raise InputError(f"{source}: no usable videos (all {len(entries)} skipped)")
         self.labels = [label for _, label in self.items]
         self.skipped = skipped
 
     def _scan_folders(self) -> tuple[list[str], list[tuple[str, int]]]:
         class_dirs = sorted(d for d in self.root.iterdir() if d.is_dir())
         if not class_dirs:
-            raise ValueError(f"{self.root}: no class folders (expected root/<class>/<video>) and no annotation list")
+            raise InputError(f"{self.root}: no class folders (expected root/<class>/<video>) and no annotation list")
         suffixes = VIDEO_SUFFIXES + CLIP_SUFFIXES
         entries = [(str(f.relative_to(self.root)), label)
                    for label, d in enumerate(class_dirs) for f in sorted(d.iterdir()) if f.suffix.lower() in suffixes]
         if not entries:
-            raise ValueError(f"{self.root}: class folders hold no videos ({', '.join(suffixes)})")
+            raise InputError(f"{self.root}: class folders hold no videos ({', '.join(suffixes)})")
         return [d.name for d in class_dirs], entries
 
     def _check_files(self, entries, probe: bool):

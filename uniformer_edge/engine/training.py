@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..errors import InputError, UniformerEdgeError
 from .._io import atomic_torch_save, atomic_write_json, check_output_dir
 from ..calibration import build_dataset
 from ..models import create_model, load_checkpoint
@@ -68,15 +69,15 @@ class TrainConfig:
         """Refuse counts and rates that would make training meaningless (one line each)."""
         for name in ("frames", "size", "epochs", "batch_size", "sampling_rate"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+                raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         for name in ("num_train_clips", "num_val_clips"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+                raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+            raise InputError(f"--lr must be a positive number, got {self.lr}")
         for name in ("min_lr", "weight_decay", "warmup_epochs", "label_smoothing", "drop_path"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+                raise InputError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         return self
 
     @classmethod
@@ -85,7 +86,7 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-class NonFiniteLoss(ValueError):
+class NonFiniteLoss(UniformerEdgeError, ValueError):
     """The training loss became NaN or infinite: the run stops, nothing is saved for that epoch."""
 
 
@@ -185,10 +186,10 @@ def _read_training_state(path: Path) -> dict:
     state = read_checkpoint_file(path)
     if not isinstance(state, dict) or not all(k in state for k in _TRAINING_STATE_KEYS):
         keys = ", ".join(map(str, list(state)[:6])) if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"--resume: {path} is not a training checkpoint of this toolkit (it has {keys}; "
+        raise InputError(f"--resume: {path} is not a training checkpoint of this toolkit (it has {keys}; "
                          f"expected {', '.join(_TRAINING_STATE_KEYS)}); start a new run with --checkpoint {path}")
     if not isinstance(state["cfg"], dict):
-        raise ValueError(f"--resume: {path} has no saved settings (cfg)")
+        raise InputError(f"--resume: {path} has no saved settings (cfg)")
     return state
 
 
@@ -236,9 +237,9 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False, ctx: Opti
     train_set, val_set = _datasets(cfg)
     num_classes = dataset_num_classes(train_set)
     if len(train_set) < cfg.batch_size:
-        raise ValueError(f"training set has {len(train_set)} clips, fewer than one batch of {cfg.batch_size}")
+        raise InputError(f"training set has {len(train_set)} clips, fewer than one batch of {cfg.batch_size}")
     if cfg.batch_size % ctx.world_size:
-        raise ValueError(f"batch size {cfg.batch_size} is not divisible by {ctx.world_size} processes")
+        raise InputError(f"batch size {cfg.batch_size} is not divisible by {ctx.world_size} processes")
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     extra = {} if cfg.layer_scale is None else {"layer_scale": cfg.layer_scale}
@@ -259,7 +260,7 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False, ctx: Opti
             scheduler.load_state_dict(state["scheduler_state"])
         except (RuntimeError, ValueError, KeyError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"--resume: {last_path} does not fit the UniFormer-{cfg.variant.upper()} run its "
+            raise InputError(f"--resume: {last_path} does not fit the UniFormer-{cfg.variant.upper()} run its "
                              f"settings describe ({first})") from None
         start_epoch, best_top1, history = state["epoch"] + 1, state["best_top1"], list(state["history"])
         if len(state["rng_states"]) == ctx.world_size:

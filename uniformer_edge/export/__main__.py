@@ -42,9 +42,11 @@ def build_parser() -> Parser:
     p.add_argument("--coreml-form", default="ane", choices=FORMS,
                    help="Core ML program form: ane (default) is built from the frame-batched 2-D form, with no 5-D "
                         "convolution, which the Neural Engine needs; 3d keeps the native Conv3d (CPU/GPU only)")
-    p.add_argument("--calib-data", default="synthetic", help="calibration data for int8 exports made here")
+    p.add_argument("--calib-data", help="calibration data of the programs quantized here: 'synthetic' or an "
+                                        "annotation list (default: the --quantized folder's, else synthetic)")
     p.add_argument("--root", help="video folder of --calib-data")
-    p.add_argument("--num-calib", type=positive_int, default=32, help="calibration clips (default 32)")
+    p.add_argument("--num-calib", type=positive_int,
+                   help="calibration clips (default: the --quantized folder's, else 32)")
     p.add_argument("--qat-epochs", type=nonnegative_int, default=0,
                    help="fine-tune the ExecuTorch int8 program with quantization-aware training for this many "
                         "epochs: activation ranges from the calibration, distillation from the float model, on the "

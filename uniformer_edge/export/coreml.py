@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.export import ExportedProgram
 
+from ..errors import InputError
 from .. import __version__
 
 __all__ = ["COREML_PRECISIONS", "MIN_TARGET", "convert_coreml", "coreml_op_census", "coreml_io", "can_predict",
@@ -97,12 +98,12 @@ def convert_coreml(model, example: Tensor, precision: str, target: str, labels: 
     import coremltools.optimize.coreml as cto
 
     if precision not in COREML_PRECISIONS:
-        raise ValueError(f"Core ML precision {precision!r} unknown; choose from {', '.join(COREML_PRECISIONS)}")
+        raise InputError(f"Core ML precision {precision!r} unknown; choose from {', '.join(COREML_PRECISIONS)}")
     if target not in TARGETS:
-        raise ValueError(f"unknown Core ML target {target!r}; choose from {', '.join(TARGETS)}")
+        raise InputError(f"unknown Core ML target {target!r}; choose from {', '.join(TARGETS)}")
     needed = MIN_TARGET[precision]
     if TARGETS.index(target) < TARGETS.index(needed):
-        raise ValueError(f"Core ML {precision} needs --target {needed} or later (got {target})")
+        raise InputError(f"Core ML {precision} needs --target {needed} or later (got {target})")
     example = example[:1]
     wrapped = _WithProbabilities(model) if labels else model
     program = _drop_aliases(torch.export.export(wrapped, (example,)).run_decompositions({}))

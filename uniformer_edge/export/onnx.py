@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim, ExportedProgram
 
+from ..errors import InputError
 from .._cpu import has_int8_dot_product, is_x86
 from .._io import atomic_write
 
@@ -185,7 +186,7 @@ def _entropy_ranges(model: Path, clips: Iterable[Tensor], tmp: Path) -> Path:
     from onnxruntime.quantization import CalibrationMethod, quantize_static
 
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
-        raise ValueError(f"ONNX Runtime Entropy calibration needs onnxruntime>=1.32 (calibration caches); "
+        raise InputError(f"ONNX Runtime Entropy calibration needs onnxruntime>=1.32 (calibration caches); "
                          f"this is {onnxruntime.__version__}, whose Entropy ranges equal MinMax")
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
@@ -306,7 +307,7 @@ def ort_quantize_static(float_onnx, path, batches: Iterable[tuple[Tensor, Tensor
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     if method not in methods:
-        raise ValueError(f"unknown ONNX Runtime calibration method {method!r}; choose from {', '.join(methods)}")
+        raise InputError(f"unknown ONNX Runtime calibration method {method!r}; choose from {', '.join(methods)}")
     with tempfile.TemporaryDirectory() as tmp, _quiet_loggers("root"), contextlib.redirect_stdout(io.StringIO()):
         pre = Path(tmp) / "preprocessed.onnx"
         quant_pre_process(str(float_onnx), str(pre))  # shape inference + graph optimisation, as ORT asks

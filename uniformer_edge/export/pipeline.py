@@ -25,12 +25,13 @@ from typing import Callable, Optional
 
 import torch
 
+from ..errors import ExportError, InputError
 from .. import __version__
-from .._cli import UserError
 from .._cpu import cpu_name, has_int8_dot_product, instruction_sets
 from .._io import atomic_dir, check_output_dir, sha256_file, sha256_tree
 from ..calibration import MEAN, STD, build_dataset, calibration_set, read_class_names
 from ..engine import agreement
+from ..forms import frame_batched
 from ..models import create_model, deploy, get_variant, read_state_dict
 from ..quantize import QuantConfig, load_program, quantize_ptq, read_quantize_config, verify_program
 from ..quantize.qat import QATSchedule
@@ -51,9 +52,7 @@ PT2E_RECIPE = {"int8": "w8a8", "w8": "w8", "w4": "w4"}
 FP32_MAX_REL_ERR, FP16_MIN_COSINE, QUANT_MIN_COSINE = 1e-4, 0.999, 0.999
 # XNNPACK's int8 kernels requantize with their own fixed-point rounding after every quantized op
 # (which PyTorch's graph simulates in fp32), and the light models' top-k token pruning amplifies
-# any difference: random-weight UniFormer-S and XXS at 8x224 / 8x160 measure 0.9998 / 0.9997
-# against the PyTorch graph (0.9993 / 0.9993 while the residual adds were int8, XXS 0.9988 in
-# an earlier form); the margin covers other checkpoints.
+# any difference (figures in benchmarks/results/export_models.md); the margin covers other checkpoints.
 XNNPACK_INT8_MIN_COSINE = 0.998
 # The MIL reference's thresholds per Core ML precision: (reference, minimum cosine, same top-1).
 # fp32 uses FP32_MAX_REL_ERR. fp16 programs store fp16 between ops; the light models' token
@@ -71,15 +70,6 @@ FP16_HEADROOM = 4.0
 _SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage", "executorch": ".pte"}
 
 
-class ExportError(UserError):
-    """An artifact missed its parity threshold (reported as one line by the CLI); `manifest` is
-    the manifest written for the artifacts that passed, if any were."""
-
-    def __init__(self, message: str, manifest: Optional[dict] = None):
-        super().__init__(message)
-        self.manifest = manifest
-
-
 @dataclass
 class ExportJob:
     variant: Optional[str] = None
@@ -95,9 +85,11 @@ class ExportJob:
     out: str = "exports"
     force: bool = False
     num_classes: Optional[int] = None
-    calib_data: str = "synthetic"
+    # Calibration of the programs quantized here (ExecuTorch int8, ONNX int8-ort, int8 without
+    # --quantized). None: the --quantized folder's calibration data, else synthetic and 32 clips.
+    calib_data: Optional[str] = None
     calib_root: Optional[str] = None
-    num_calib: int = 32
+    num_calib: Optional[int] = None
     check_clips: int = 4
     seed: int = 0
     # QAT of the ExecuTorch int8 program (0 epochs: calibration only), on the training split of --calib-data
@@ -112,52 +104,53 @@ class ExportJob:
 
         if self.quantized:
             self._read_quantized()
+        self.calib_data, self.num_calib = self.calib_data or "synthetic", self.num_calib or 32
         if not self.precisions:
             self.precisions = (self.quant_config["precision"],) if self.quantized else ("fp32",)
         if not self.variant:
-            raise ValueError("--variant is required (or --quantized, which names its variant)")
+            raise InputError("--variant is required (or --quantized, which names its variant)")
         spec = get_variant(self.variant)
         self.variant = spec.name
         for name in ("frames", "size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+                raise InputError(f"--{name} must be a positive integer, got {getattr(self, name)}")
         self.frames = spec.default_input[0] if self.frames is None else self.frames
         self.size = spec.default_input[1] if self.size is None else self.size
         self.formats, self.precisions = tuple(dict.fromkeys(self.formats)), tuple(dict.fromkeys(self.precisions))
         for fmt in self.formats:
             if fmt not in FORMATS:
-                raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+                raise InputError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
         for prec in self.precisions:
             if prec not in PRECISIONS:
-                raise ValueError(f"unknown precision {prec!r}; choose from {', '.join(PRECISIONS)}")
+                raise InputError(f"unknown precision {prec!r}; choose from {', '.join(PRECISIONS)}")
             lacking = [f for f in self.formats if prec not in SUPPORTED[f]]
             if lacking:
                 having = [f for f in FORMATS if prec in SUPPORTED[f]]
-                raise ValueError(f"precision {prec} is not available for {', '.join(lacking)} "
+                raise InputError(f"precision {prec} is not available for {', '.join(lacking)} "
                                  f"(formats with {prec}: {', '.join(having)})")
         if self.target is None:
             needed = [MIN_TARGET[p] for p in self.precisions if "coreml" in self.formats and p in MIN_TARGET]
             self.target = max(["ios17", *needed], key=TARGETS.index)
         if self.target not in TARGETS:
-            raise ValueError(f"unknown --target {self.target!r}; choose from {', '.join(TARGETS)}")
+            raise InputError(f"unknown --target {self.target!r}; choose from {', '.join(TARGETS)}")
         if self.coreml_form not in FORMS:
-            raise ValueError(f"unknown --coreml-form {self.coreml_form!r}; choose from {', '.join(FORMS)}")
+            raise InputError(f"unknown --coreml-form {self.coreml_form!r}; choose from {', '.join(FORMS)}")
         if "coreml" in self.formats:
             for prec in self.precisions:
                 if TARGETS.index(self.target) < TARGETS.index(MIN_TARGET[prec]):
-                    raise ValueError(f"Core ML {prec} needs --target {MIN_TARGET[prec]} or later (got {self.target})")
+                    raise InputError(f"Core ML {prec} needs --target {MIN_TARGET[prec]} or later (got {self.target})")
         if self.quantized:
             mine = self.quant_config["precision"]
             other = [p for p in self.precisions if p in PT2E_RECIPE and p != mine and p != "int8-ort"]
             if other:
-                raise ValueError(f"--quantized {self.quantized} holds a {self.quant_config['recipe']} graph "
+                raise InputError(f"--quantized {self.quantized} holds a {self.quant_config['recipe']} graph "
                                  f"(precision {mine}); it cannot provide {', '.join(other)}")
         if self.check_clips < 1:
-            raise ValueError("check_clips must be at least 1")
+            raise InputError("check_clips must be at least 1")
         if self.qat_epochs < 0:
-            raise ValueError(f"--qat-epochs must be 0 or more, got {self.qat_epochs}")
+            raise InputError(f"--qat-epochs must be 0 or more, got {self.qat_epochs}")
         if self.qat_epochs and not ("executorch" in self.formats and "int8" in self.precisions):
-            raise ValueError("--qat-epochs fine-tunes the ExecuTorch int8 program: it needs --format executorch "
+            raise InputError("--qat-epochs fine-tunes the ExecuTorch int8 program: it needs --format executorch "
                              "--precision int8")
 
     def _read_quantized(self):
@@ -167,24 +160,29 @@ class ExportJob:
         recipe = cfg["quant_config"]["recipe"]
         inverse = {v: k for k, v in PT2E_RECIPE.items()}
         if recipe not in inverse:
-            raise ValueError(f"--quantized {folder}: recipe {recipe} cannot be exported "
+            raise InputError(f"--quantized {folder}: recipe {recipe} cannot be exported "
                              f"(exportable: {', '.join(PT2E_RECIPE.values())})")
         if self.variant and get_variant(self.variant).name != cfg["variant"]:
-            raise ValueError(f"--quantized {folder} holds a UniFormer-{cfg['variant'].upper()} model, "
+            raise InputError(f"--quantized {folder} holds a UniFormer-{cfg['variant'].upper()} model, "
                              f"not --variant {self.variant}")
         _, _, frames, size, _ = cfg["input_shape"]
         if (self.frames is not None and self.frames != frames) or (self.size is not None and self.size != size):
-            raise ValueError(f"--quantized {folder} was quantized at {frames}x{size}; "
+            raise InputError(f"--quantized {folder} was quantized at {frames}x{size}; "
                              f"it cannot be exported at {self.frames or frames}x{self.size or size}")
         self.variant, self.frames, self.size = cfg["variant"], frames, size
         self.checkpoint = self.checkpoint or cfg["job"].get("checkpoint")
         if self.checkpoint and cfg.get("checkpoint_sha256") and Path(self.checkpoint).is_file() \
                 and sha256_file(self.checkpoint) != cfg["checkpoint_sha256"]:
-            raise ValueError(f"checkpoint {self.checkpoint} is not the one {folder} was quantized from "
+            raise InputError(f"checkpoint {self.checkpoint} is not the one {folder} was quantized from "
                              f"(SHA-256 differs)")
         self.num_classes = self.num_classes or cfg.get("num_classes")
         self.model_overrides = self.model_overrides or cfg.get("model_overrides") or {}
         self.quant_config = {**cfg, "recipe": recipe, "precision": inverse[recipe]}
+        if self.calib_data is None:  # what the folder was calibrated on reaches every program calibrated here
+            job = cfg["job"]
+            self.calib_data, self.calib_root = job.get("calib_data", "synthetic"), job.get("calib_root")
+            self.num_calib = self.num_calib or job.get("num_calib")
+            self.seed = job.get("seed", self.seed)
 
 
 def _library_versions() -> dict:
@@ -260,7 +258,7 @@ class _Exporter:
         self.labels = read_class_names(job.labels) if job.labels else None
         num_classes = _num_classes(job, self.labels)
         if self.labels and len(self.labels) != num_classes:
-            raise ValueError(f"labels file {job.labels} has {len(self.labels)} classes, the model {num_classes}")
+            raise InputError(f"labels file {job.labels} has {len(self.labels)} classes, the model {num_classes}")
         torch.manual_seed(job.seed)  # random-weight models are reproducible from the manifest
         self.model = create_model(job.variant, num_classes=num_classes, checkpoint=job.checkpoint,
                                   **job.model_overrides).eval()
@@ -372,7 +370,7 @@ class _Exporter:
         if precision == "int8":
             source = self.program("int8", conv3d).module()
         else:
-            source = deploy(self.model, conv3d=conv3d, frames=self.job.frames if conv3d == "2d" else None)
+            source = frame_batched(self.model, self.job.frames) if conv3d == "2d" else deploy(self.model)
         mlmodel = convert_coreml(source, self.example, precision, self.job.target, self.labels,
                                  self.preprocessing(), f"UniFormer-{self.job.variant.upper()} "
                                  f"{self.job.frames}x{self.job.size}, {precision}, {form} form")
@@ -413,12 +411,13 @@ class _Exporter:
         return with_package_weights(source, reference.decompressed_weights(), wrapped=bool(self.labels))
 
     def executorch(self, precision: str, path: Path) -> dict:
-        from .executorch import (XnnpackHalf, executorch_available, load_executorch, lower_executorch, run_executorch,
-                                 xnnpack_form, xnnpack_quantize, xnnpack_weight_quantize)
+        from ..forms import XnnpackHalf, xnnpack_form
+        from ..quantize.xnnpack import xnnpack_quantize, xnnpack_weight_quantize
+        from .executorch import executorch_available, load_executorch, lower_executorch, run_executorch
 
         reason = executorch_available()
         if reason:
-            raise ValueError(reason)
+            raise InputError(reason)
         quantization = None
         if precision == "int8":
             finetuning = self._finetuning()
@@ -548,26 +547,26 @@ def verify_manifest(folder) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from None
+        raise InputError(f"{path} is not valid JSON ({err})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list) \
             or not all(isinstance(a, dict) and {"path", "sha256"} <= a.keys() for a in manifest["artifacts"]):
-        raise ValueError(f"{path} is not an export manifest (no list of artifacts with path and sha256)")
+        raise InputError(f"{path} is not an export manifest (no list of artifacts with path and sha256)")
     for key in ("variant", "input", "source", "num_classes"):
         if key not in manifest:
-            raise ValueError(f"{path} is not an export manifest (no {key})")
+            raise InputError(f"{path} is not an export manifest (no {key})")
     if not isinstance(manifest.get("schema", 0), int):
-        raise ValueError(f"{path}: schema must be an integer")
+        raise InputError(f"{path}: schema must be an integer")
     if manifest.get("schema", 0) > MANIFEST_SCHEMA:
-        raise ValueError(f"{path} has manifest schema {manifest['schema']}, newer than this toolkit reads "
+        raise InputError(f"{path} has manifest schema {manifest['schema']}, newer than this toolkit reads "
                          f"({MANIFEST_SCHEMA}); upgrade uniformer-edge")
     for art in manifest["artifacts"]:
         if not isinstance(art["path"], str) or Path(art["path"]).name != art["path"] or art["path"] in ("", ".", ".."):
-            raise ValueError(f"{path}: artifact path {art['path']!r} is not a file name inside {folder}")
+            raise InputError(f"{path}: artifact path {art['path']!r} is not a file name inside {folder}")
         p = folder / art["path"]
         if not p.exists():
-            raise ValueError(f"artifact {p} listed in {path} is missing")
+            raise InputError(f"artifact {p} listed in {path} is missing")
         digest = sha256_tree(p) if p.is_dir() else sha256_file(p)
         if digest != art["sha256"]:
-            raise ValueError(f"artifact {p} does not match its manifest (SHA-256 {digest[:12]}..., "
+            raise InputError(f"artifact {p} does not match its manifest (SHA-256 {digest[:12]}..., "
                              f"manifest {art['sha256'][:12]}...): it was modified after export")
     return manifest

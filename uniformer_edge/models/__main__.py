@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..errors import InputError
 from .._cli import positive_int, Parser, run
 from .info import model_info
 from .registry import create_model, from_official_config, get_variant, list_variants
@@ -28,7 +29,7 @@ def build_parser() -> Parser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.frames < 1 or args.size < 32:
-        raise ValueError(f"need --frames >= 1 and --size >= 32, got {args.frames} and {args.size}")
+        raise InputError(f"need --frames >= 1 and --size >= 32, got {args.frames} and {args.size}")
     if args.config:
         model = from_official_config(args.config)
         name = args.config

@@ -17,6 +17,8 @@ from typing import Mapping, Union
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
+
 __all__ = ["CheckpointError", "LoadReport", "read_checkpoint_file", "read_state_dict", "checkpoint_metadata", "load_checkpoint",
            "inflate_2d_kernel"]
 
@@ -31,7 +33,7 @@ TRAIN_ONLY_PREFIXES = ("norm_cls.", "head_cls.")
 _LIST_LIMIT = 12
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
 
 

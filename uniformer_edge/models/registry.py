@@ -9,6 +9,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from torch import nn
 
+from ..errors import InputError
 from .checkpoint import load_checkpoint, read_state_dict
 from .uniformer import DEFAULT_PRUNE_RATIO, DEFAULT_TRADE_OFF, UniFormer, UniFormerLight
 
@@ -53,7 +54,7 @@ def list_variants() -> list[str]:
 def get_variant(name: str) -> VariantSpec:
     key = name.lower().replace("uniformer-", "").replace("uniformer_", "")
     if key not in _VARIANTS:
-        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(_VARIANTS)}")
+        raise InputError(f"unknown variant {name!r}; choose from {', '.join(_VARIANTS)}")
     return _VARIANTS[key]
 
 
@@ -106,9 +107,9 @@ def _read_yaml(path: Union[str, os.PathLike]) -> dict:
     except FileNotFoundError:
         raise FileNotFoundError(f"official config not found: {path}") from None
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not a valid YAML file ({e})") from None
+        raise InputError(f"{path}: not a valid YAML file ({e})") from None
     if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: expected a mapping with UNIFORMER and MODEL sections")
+        raise InputError(f"{path}: expected a mapping with UNIFORMER and MODEL sections")
     return cfg
 
 
@@ -120,7 +121,7 @@ def _scalar_mlp_ratio(ratio, where: str) -> float:
         return float(ratio)
     if len(ratio) == 4 and len({float(r) for r in ratio}) == 1:
         return float(ratio[0])
-    raise ValueError(f"{where}: the Uniformer class takes one MLP ratio for every stage; UNIFORMER.MLP_RATIO "
+    raise InputError(f"{where}: the Uniformer class takes one MLP ratio for every stage; UNIFORMER.MLP_RATIO "
                      f"{list(ratio)} has different values (the official class cannot build it either)")
 
 
@@ -135,10 +136,10 @@ def official_config_kwargs(cfg: Union[Mapping[str, Any], str, os.PathLike]) -> t
     uni = {**_OFFICIAL_DEFAULTS, **given}
     name = model_sec.get("MODEL_NAME")
     if name is None:
-        raise ValueError(f"{where}: MODEL.MODEL_NAME is missing; it names the class "
+        raise InputError(f"{where}: MODEL.MODEL_NAME is missing; it names the class "
                          f"({', '.join(sorted(_ALL_CLASSES))})")
     if name not in _ALL_CLASSES:
-        raise ValueError(f"{where}: MODEL.MODEL_NAME {name!r} is not a UniFormer video class "
+        raise InputError(f"{where}: MODEL.MODEL_NAME {name!r} is not a UniFormer video class "
                          f"({', '.join(sorted(_ALL_CLASSES))})")
     unknown = sorted(set(given) - set(_OFFICIAL_DEFAULTS) - _KNOWN_EXTRAS)
     if unknown:
@@ -147,14 +148,14 @@ def official_config_kwargs(cfg: Union[Mapping[str, Any], str, os.PathLike]) -> t
     channels = (cfg.get("DATA") or {}).get("INPUT_CHANNEL_NUM", [3])
     first = channels[0] if isinstance(channels, (list, tuple)) and channels else channels
     if first != 3:
-        raise ValueError(f"{where}: DATA.INPUT_CHANNEL_NUM {channels} asks for {first} input channels; "
+        raise InputError(f"{where}: DATA.INPUT_CHANNEL_NUM {channels} asks for {first} input channels; "
                          f"UniFormer models here take RGB clips (3 channels)")
     reads_std = name in _READS_STD_AND_SPLIT
     if uni["SPLIT"] and reads_std:
-        raise ValueError(f"{where}: UNIFORMER.SPLIT=True (split attention) is not supported; "
+        raise InputError(f"{where}: UNIFORMER.SPLIT=True (split attention) is not supported; "
                          "no released checkpoint uses it")
     if uni["STAGE_TYPE"] != [0, 0, 1, 1]:
-        raise ValueError(f"{where}: UNIFORMER.STAGE_TYPE {uni['STAGE_TYPE']} is not the released layout [0, 0, 1, 1]")
+        raise InputError(f"{where}: UNIFORMER.STAGE_TYPE {uni['STAGE_TYPE']} is not the released layout [0, 0, 1, 1]")
     kwargs = dict(
         embed_dim=list(uni["EMBED_DIM"]), depth=list(uni["DEPTH"]), head_dim=int(uni["HEAD_DIM"]),
         qkv_bias=bool(uni["QKV_BIAS"]), qk_scale=uni["QKV_SCALE"] or None,
@@ -169,7 +170,7 @@ def official_config_kwargs(cfg: Union[Mapping[str, Any], str, os.PathLike]) -> t
     layer_scale = None
     if name == "Uniformer_light_ls_fp32":
         if "INIT_VALUE" not in given:
-            raise ValueError(f"{where}: Uniformer_light_ls_fp32 needs UNIFORMER.INIT_VALUE (the LayerScale "
+            raise InputError(f"{where}: Uniformer_light_ls_fp32 needs UNIFORMER.INIT_VALUE (the LayerScale "
                              f"initial value; the official defaults have none, released configs use 0.1)")
         layer_scale = float(given["INIT_VALUE"])
     kwargs.update(

@@ -16,6 +16,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
+
 __all__ = ["UniFormer", "UniFormerLight"]
 
 # Official defaults for the light models' pruning schedule (UNIFORMER.PRUNE_RATIO / TRADE_OFF).
@@ -111,7 +113,7 @@ class Attention(nn.Module):
                  qk_scale: Optional[float] = None, attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"attention width {dim} is not divisible by {num_heads} heads")
+            raise InputError(f"attention width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         head_width = dim // num_heads
         self.scale = qk_scale or head_width ** -0.5
@@ -327,7 +329,7 @@ def _stage_rates(drop_path_rate: float, depth: Sequence[int]) -> list[list[float
 def _check_four(name: str, value) -> list:
     value = list(value)
     if len(value) != 4:
-        raise ValueError(f"{name} needs 4 entries (one per stage), got {value}")
+        raise InputError(f"{name} needs 4 entries (one per stage), got {value}")
     return value
 
 
@@ -357,7 +359,7 @@ class _Backbone(nn.Module):
         if isinstance(x, (list, tuple)):
             x = x[0]
         if x.ndim != 5:
-            raise ValueError(f"expected a clip of shape (B, 3, T, H, W), got {tuple(x.shape)}")
+            raise InputError(f"expected a clip of shape (B, 3, T, H, W), got {tuple(x.shape)}")
         return x
 
     def _init_weights(self):
@@ -382,7 +384,7 @@ class UniFormer(_Backbone):
         super().__init__()
         embed_dim, depth = _check_four("embed_dim", embed_dim), _check_four("depth", depth)
         if isinstance(mlp_ratio, (list, tuple)):
-            raise ValueError("Uniformer takes one scalar mlp_ratio for every stage "
+            raise InputError("Uniformer takes one scalar mlp_ratio for every stage "
                              f"(got {list(mlp_ratio)}); per-stage ratios exist only in the light models")
         self.embed_dim, self.depth = embed_dim, depth
         self.patch_embed1 = PatchEmbed(in_chans, embed_dim[0], (3, 4, 4), (2, 4, 4), (1, 0, 0))
@@ -491,18 +493,18 @@ class UniFormerLight(_Backbone):
     def _schedule(name: str, values: Sequence[float], depth: int) -> list[float]:
         values = list(values)
         if len(values) < depth:
-            raise ValueError(f"{name} lists {len(values)} entries for a stage of {depth} blocks")
+            raise InputError(f"{name} lists {len(values)} entries for a stage of {depth} blocks")
         return [float(v) for v in values[:depth]]  # surplus entries are ignored, as officially
 
     @staticmethod
     def _check_schedule(stage3: list[float], stage4: list[float]):
         if any(not 0 < r <= 1 for r in stage3 + stage4):
-            raise ValueError(f"prune ratios must lie in (0, 1], got {stage3} and {stage4}")
+            raise InputError(f"prune ratios must lie in (0, 1], got {stage3} and {stage4}")
         if stage3 and stage3[0] < 1:
-            raise ValueError("the first stage-3 block must not prune (prune_ratio 1): "
+            raise InputError("the first stage-3 block must not prune (prune_ratio 1): "
                              "there are no token scores before it")
         if stage3 and stage3[-1] >= 1 and any(r < 1 for r in stage4):
-            raise ValueError("stage-4 blocks can prune only if the last stage-3 block prunes: "
+            raise InputError("stage-4 blocks can prune only if the last stage-3 block prunes: "
                              "its pooling maps the scores onto the stage-4 grid")
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -3,7 +3,6 @@ with the float model."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from .._cli import nonnegative_float, nonnegative_int, positive_float, positive_int, Parser, run
 from ..models import list_variants
@@ -18,7 +17,8 @@ def build_parser() -> Parser:
         description="Quantize a UniFormer model with torchao's PT2E flow and compare it with the float model. "
                     "Writes OUT/quantized.pt2 (torch.export program), quant_config.json, report.json and "
                     "report.md, atomically. With only --variant it runs on random weights and the built-in "
-                    "synthetic data.")
+                    "synthetic data. `python -m uniformer_edge.export --quantized OUT` then exports the result "
+                    "(programs it quantizes itself are calibrated on this job's calibration data).")
     p.add_argument("--variant", required=True, help=f"model variant: {', '.join(list_variants())}")
     p.add_argument("--checkpoint", help="checkpoint to quantize (default: random weights, with a warning)")
     p.add_argument("--method", default="ptq", choices=["ptq", "qat"], help="post-training or quantization-aware")
@@ -60,10 +60,6 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed for data selection")
     p.add_argument("--out", help="output folder (default artifacts/uniformer-<variant>-<recipe>)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
-    p.add_argument("--export", nargs="+", metavar="FORMAT", choices=["onnx", "coreml", "executorch"],
-                   help="then export the quantized graph (onnx, coreml; executorch re-quantizes the 2-D form "
-                        "at the same precision with XNNPACK's quantizer) into OUT/export with a manifest")
-    p.add_argument("--target", default="ios17", help="Core ML target for --export coreml (default ios17)")
     return p
 
 
@@ -86,8 +82,6 @@ def job_from_args(args) -> QuantizeJob:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     job = job_from_args(args)
-    if args.export:
-        _check_exportable(job)
     try:
         report = run_job(job)
     except QATStopped as stopped:
@@ -98,21 +92,7 @@ def main(argv=None) -> int:
     a = report["agreement"]
     print(f"wrote {job.out}: logit SQNR {a['sqnr_db']:.1f} dB, top-1 agreement {100 * a['top1_agreement']:.1f}%, "
           f"{report['size_bytes']['quantized_pt2'] / 1e6:.2f} MB, {report['seconds']:.0f} s")
-    if args.export:
-        from ..export.__main__ import main as export_main
-
-        export_main(["--quantized", job.out, "--format", *args.export, "--target", args.target,
-                     "--out", str(Path(job.out) / "export"), "--num-calib", str(job.num_calib)])
     return 0
-
-
-def _check_exportable(job: QuantizeJob) -> None:
-    """Refuse before quantizing when the export step would refuse afterwards."""
-    from ..export.pipeline import PT2E_RECIPE
-
-    if job.config.recipe not in PT2E_RECIPE.values():  # every format takes each exportable recipe
-        raise ValueError(f"--export: recipe {job.config.recipe} cannot be exported "
-                         f"(exportable: {', '.join(PT2E_RECIPE.values())})")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from typing import Any, Optional
 import torch
 from torch.export import ExportedProgram
 
+from ..errors import InputError
+
 
 __all__ = ["PROGRAM_FILE", "CONFIG_FILE", "ArtifactError", "read_quantize_config", "check_program_archive",
            "verify_program", "load_program", "load_quantized"]
@@ -31,7 +33,7 @@ PROGRAM_FILE, CONFIG_FILE = "quantized.pt2", "quant_config.json"
 _REQUIRED_KEYS = ("variant", "method", "quant_config", "job", "input_shape", "num_classes", "program_sha256")
 
 
-class ArtifactError(ValueError):
+class ArtifactError(InputError):
     """A quantize folder or program file that is damaged, altered or unsafe to load."""
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..errors import InputError
+
 __all__ = ["QuantConfig", "RECIPES", "OBSERVERS", "QUANTIZABLE_OPS"]
 
 # recipe -> (weight bits, activations: "static" | "dynamic" | None)
@@ -32,14 +34,14 @@ class QuantConfig:
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
+            raise InputError(f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
         if self.observer not in OBSERVERS:
-            raise ValueError(f"unknown observer {self.observer!r}; choose from {', '.join(OBSERVERS)}")
+            raise InputError(f"unknown observer {self.observer!r}; choose from {', '.join(OBSERVERS)}")
         bad = [op for op in self.ops if op not in QUANTIZABLE_OPS]
         if bad or not self.ops:
-            raise ValueError(f"unknown op group(s) {bad or '(none given)'}; choose from {', '.join(QUANTIZABLE_OPS)}")
+            raise InputError(f"unknown op group(s) {bad or '(none given)'}; choose from {', '.join(QUANTIZABLE_OPS)}")
         if not 50.0 < self.percentile <= 100.0:
-            raise ValueError(f"percentile must lie in (50, 100], got {self.percentile}")
+            raise InputError(f"percentile must lie in (50, 100], got {self.percentile}")
         self.ops, self.keep_float = tuple(self.ops), tuple(self.keep_float)
 
     @property

@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from ..errors import InputError
 from .. import __version__
 from .._io import atomic_dir, check_output_dir, sha256_file
 from ..calibration import build_dataset, calibration_set
@@ -62,25 +63,25 @@ class QuantizeJob:
 
     def __post_init__(self):
         if self.method not in ("ptq", "qat"):
-            raise ValueError(f"unknown method {self.method!r}; choose ptq or qat")
+            raise InputError(f"unknown method {self.method!r}; choose ptq or qat")
         spec = get_variant(self.variant)
         self.variant = spec.name
         for name in ("frames", "size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+                raise InputError(f"--{name} must be a positive integer, got {getattr(self, name)}")
         self.frames = spec.default_input[0] if self.frames is None else self.frames
         self.size = spec.default_input[1] if self.size is None else self.size
         self.out = self.out or default_out_dir(self.variant, self.config.recipe, self.method)
         if self.method == "qat" and not self.train_data:
-            raise ValueError("QAT needs training data: pass --train-data synthetic, or a video list with --train-root")
+            raise InputError("QAT needs training data: pass --train-data synthetic, or a video list with --train-root")
         if self.num_calib < 1:
-            raise ValueError(f"--num-calib must be at least 1, got {self.num_calib}")
+            raise InputError(f"--num-calib must be at least 1, got {self.num_calib}")
         if (self.resume or self.stop_after is not None) and self.method != "qat":
-            raise ValueError("--resume and --stop-after apply to --method qat")
+            raise InputError("--resume and --stop-after apply to --method qat")
         if (self.analyze or self.max_drop is not None) and self.method != "ptq":
-            raise ValueError("--analyze and --max-drop work with --method ptq")
+            raise InputError("--analyze and --max-drop work with --method ptq")
         if self.max_drop is not None and self.max_drop < 0:
-            raise ValueError(f"--max-drop must be non-negative, got {self.max_drop}")
+            raise InputError(f"--max-drop must be non-negative, got {self.max_drop}")
 
 
 def default_out_dir(variant: str, recipe: str, method: str = "ptq") -> str:

@@ -13,6 +13,8 @@ from torch.export import Dim, ExportedProgram
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 from tqdm.auto import tqdm
 
+from ..errors import InputError
+from ..forms import frame_batched
 from ..models import deploy
 from .config import QuantConfig
 from .quantizer import UniformerQuantizer
@@ -22,9 +24,11 @@ __all__ = ["export_float", "export_batch_dynamic", "prepare", "calibrate", "conv
 
 def export_float(model: nn.Module, example: Tensor, conv3d: str = "native") -> ExportedProgram:
     """Export the quantization-friendly deploy form of `model` (only output-channel folds, see
-    `deploy(per_channel_safe=True)`) with a dynamic batch dimension; frames and frame size stay
-    those of `example` (the light models prune to a static count)."""
-    return export_batch_dynamic(deploy(model, conv3d=conv3d, per_channel_safe=True), example)
+    `deploy(per_channel_safe=True)`; `conv3d="2d"`: in the frame-batched form) with a dynamic
+    batch dimension; frames and frame size stay those of `example` (the light models prune to a
+    static count)."""
+    deployed = frame_batched(model, per_channel_safe=True) if conv3d == "2d" else deploy(model, per_channel_safe=True)
+    return export_batch_dynamic(deployed, example)
 
 
 def export_batch_dynamic(module: nn.Module, example: Tensor) -> ExportedProgram:
@@ -137,5 +141,5 @@ def quantize_ptq(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg
     prepared = prepare(model, cfg, example, conv3d)
     seen = calibrate(prepared, batches, progress)
     if seen == 0:
-        raise ValueError("the calibration set is empty")
+        raise InputError("the calibration set is empty")
     return convert(prepared), prepared

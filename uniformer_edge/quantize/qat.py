@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchao.quantization.pt2e import allow_exported_model_train_eval, disable_observer
 
+from ..errors import InputError
 from .._io import atomic_torch_save
 from ..calibration import build_dataset
 from ..engine import classification_loss, epoch_batches, init_distributed, train_one_epoch
@@ -73,7 +74,7 @@ def run_qat(model: nn.Module, calib, job, example: torch.Tensor, progress: bool 
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         if state["job"] != _fingerprint(job):
             diff = sorted(k for k in state["job"] if state["job"][k] != _fingerprint(job).get(k))
-            raise ValueError(f"--resume: {state_path} comes from a job with other settings ({', '.join(diff)})")
+            raise InputError(f"--resume: {state_path} comes from a job with other settings ({', '.join(diff)})")
     cfg = job.config
     if not cfg.qat:
         raise ValueError("run_qat needs a QAT config (qat=True)")
@@ -133,7 +134,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, schedule: QATSch
     the epochs done, the step the observers were frozen at and the mean loss of every epoch."""
     steps_per_epoch = len(train_set) // schedule.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"QAT training data has {len(train_set)} clips, fewer than one batch of "
+        raise InputError(f"QAT training data has {len(train_set)} clips, fewer than one batch of "
                          f"{schedule.batch_size}")
     total = steps_per_epoch * schedule.epochs
     freeze_after = schedule.freeze_observers_after if schedule.freeze_observers_after is not None else total // 2

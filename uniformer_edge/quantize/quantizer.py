@@ -18,6 +18,7 @@ from torchao.quantization.pt2e.observer import (HistogramObserver, MinMaxObserve
                                                 PlaceholderObserver)
 from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, QuantizationSpec, Quantizer
 
+from ..errors import InputError
 from .config import QuantConfig
 from .observers import PercentileObserver
 
@@ -105,7 +106,7 @@ class UniformerQuantizer(Quantizer):
         unmatched = [p for p in cfg.keep_float if not any(op.matches(p) for op in ops)]
         if unmatched:
             names = sorted({op.name for op in ops})
-            raise ValueError(f"--keep-float pattern(s) {', '.join(unmatched)} match no quantizable layer "
+            raise InputError(f"--keep-float pattern(s) {', '.join(unmatched)} match no quantizable layer "
                              f"(layers look like: {', '.join(names[:6])}, ...)")
         weight, act = self._weight_spec(), self._activation_spec()
         for op in ops:
@@ -129,7 +130,7 @@ class UniformerQuantizer(Quantizer):
             node.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=qspecs, _annotated=True)
             self.quantized.append(op.name)
         if not self.quantized:
-            raise ValueError("nothing left to quantize: every quantizable layer is kept float")
+            raise InputError("nothing left to quantize: every quantizable layer is kept float")
         return model
 
     def validate(self, model: GraphModule) -> None:
