@@ -1,5 +1,6 @@
 """Shared by the benchmark scripts: the synthetic reference model (trained once, cached
 locally) and result writing."""
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,23 @@ CACHE = Path(os.environ.get("UNIFORMER_EDGE_CACHE", Path.home() / ".cache" / "un
 EXPORTS = CACHE / "exports"  # export_models.py writes <variant>-<format>/ here; run_suite.py reuses them
 
 # The reference model: UniFormer-XXS trained from scratch on the synthetic temporal benchmark.
-REFERENCE_RECIPE = dict(variant="xxs", frames=8, size=64, epochs=3, batch_size=8, lr=8e-4, min_lr=1e-5,
-                        weight_decay=0.05, warmup_epochs=0.2, label_smoothing=0.05, drop_path=0.0, layer_scale=0.1,
-                        num_train_clips=8800, num_val_clips=600, seed=0)
+REFERENCE_RECIPE = dict(
+    variant="xxs",
+    frames=8,
+    size=64,
+    epochs=3,
+    batch_size=8,
+    lr=8e-4,
+    min_lr=1e-5,
+    weight_decay=0.05,
+    warmup_epochs=0.2,
+    label_smoothing=0.05,
+    drop_path=0.0,
+    layer_scale=0.1,
+    num_train_clips=8800,
+    num_val_clips=600,
+    seed=0,
+)
 # Its row for the suite's fastest int8 path in results/quantize_reference.json.
 EXECUTORCH_ROW = "ExecuTorch XNNPACK int8 (.pte, depthwise fp32)"
 # The same program after QAT (`python -m uniformer_edge.export --qat-epochs N`): same graph, same speed.
@@ -61,8 +76,11 @@ def reference_checkpoint(train_if_missing: bool = True) -> Path:
     run = reference_run_dir()
     best = run / "best.pth"
     last = run / "last.pth"
-    if best.is_file() and last.is_file() and \
-            torch.load(last, weights_only=True)["epoch"] == REFERENCE_RECIPE["epochs"] - 1:
+    if (
+        best.is_file()
+        and last.is_file()
+        and torch.load(last, weights_only=True)["epoch"] == REFERENCE_RECIPE["epochs"] - 1
+    ):
         return best
     if not train_if_missing:
         raise FileNotFoundError(f"reference model not trained yet: run benchmarks/train_reference.py ({run})")
@@ -80,12 +98,17 @@ def torchao_x86_prepare(graph: torch.fx.GraphModule):
 
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
 
     conv3d = [n for n in graph.graph.nodes if n.target == torch.ops.aten.conv3d.default]
     prepared = prepare_pt2e(graph, X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config()))
-    annotated = Counter(n.target._opname for n in prepared.graph.nodes
-                        if getattr(n.meta.get("quantization_annotation"), "_annotated", False))
+    annotated = Counter(
+        n.target._opname
+        for n in prepared.graph.nodes
+        if getattr(n.meta.get("quantization_annotation"), "_annotated", False)
+    )
     float_conv3d = sum("quantization_annotation" not in n.meta for n in conv3d)
     return prepared, {"int8_ops": dict(sorted(annotated.items())), "float_conv3d": float_conv3d}
 
@@ -98,10 +121,17 @@ def x86_census_text(census: dict) -> str:
 def environment() -> dict:
     import numpy
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-            "machine": platform.machine(), "processor": cpu_name(),
-            "instruction_sets": list(instruction_sets()), "cores": os.cpu_count(),
-            "threads": torch.get_num_threads(), "platform": platform.platform()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "machine": platform.machine(),
+        "processor": cpu_name(),
+        "instruction_sets": list(instruction_sets()),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
 
 
 def write_results(name: str, data: dict, markdown: str) -> None:

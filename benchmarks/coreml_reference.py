@@ -13,6 +13,7 @@ the Core ML packages of the trained reference model.
    reaches against fp16's 65504.
 Writes benchmarks/results/coreml_reference.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,14 +67,24 @@ def cost(folder: Path, forms) -> list[dict]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             path = save_mlpackage(convert_coreml(deployed, clip, "fp32", "ios17"), folder / f"s-{form}.mlpackage")
-        result = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(folder / "clip.npy"),
-                                 str(folder / "out.npy")], capture_output=True, text=True, check=True)
+        result = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(path), str(folder / "clip.npy"), str(folder / "out.npy")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         figures = json.loads(result.stdout.strip().splitlines()[-1])
         out = np.load(folder / "out.npy")
         figures["max_rel_err"] = float(np.abs(out - expected).max() / np.abs(expected).max())
         census = neural_engine_census(MilReference(path).program)
-        rows.append({"form": form, **figures, "conv_5d": census["conv_5d"],
-                     "ops_on_rank5_tensors": census["ops_on_rank5_tensors"]})
+        rows.append(
+            {
+                "form": form,
+                **figures,
+                "conv_5d": census["conv_5d"],
+                "ops_on_rank5_tensors": census["ops_on_rank5_tensors"],
+            }
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -88,14 +99,24 @@ def fp16_safety(folder: Path, forms, num_eval: int, checkpoint=None) -> list[dic
     num_classes = int(read_state_dict(checkpoint)["head.weight"].shape[0])
     model = create_model(r["variant"], num_classes=num_classes, checkpoint=checkpoint, new_head=False).eval()
     with torch.no_grad():
-        float_logits = torch.cat([model(clips[i:i + 32]) for i in range(0, len(clips), 32)])
+        float_logits = torch.cat([model(clips[i : i + 32]) for i in range(0, len(clips), 32)])
     rows = []
     for form in forms:
         out = folder / f"ref-{form}"
         try:
-            manifest = run_export(ExportJob(variant=r["variant"], checkpoint=checkpoint, formats=("coreml",),
-                                            precisions=("fp16", "int8"), target="ios17", coreml_form=form,
-                                            out=str(out), force=True, **data))
+            manifest = run_export(
+                ExportJob(
+                    variant=r["variant"],
+                    checkpoint=checkpoint,
+                    formats=("coreml",),
+                    precisions=("fp16", "int8"),
+                    target="ios17",
+                    coreml_form=form,
+                    out=str(out),
+                    force=True,
+                    **data,
+                )
+            )
         except ExportError as err:  # a package that misses its gate is reported, the others measured
             if err.manifest is None:
                 raise
@@ -110,12 +131,21 @@ def fp16_safety(folder: Path, forms, num_eval: int, checkpoint=None) -> list[dic
             seconds = time.time() - started
             fig = agreement(float_logits, logits)
             top = sorted(ref.magnitudes.items(), key=lambda kv: -kv[1])[:3]
-            rows.append({"form": art["form"], "precision": art["precision"], "clips": len(clips),
-                         "sqnr_db": fig["sqnr_db"], "top1_agreement": fig["top1_agreement"], "cosine": fig["cosine"],
-                         "float_top1": float((float_logits.argmax(1) == labels).float().mean()),
-                         "package_top1": float((logits.argmax(1) == labels).float().mean()),
-                         "largest": [{"op": n, "type": ref.op_types[n], "magnitude": m} for n, m in top],
-                         "headroom": FP16_MAX / top[0][1], "seconds": seconds})
+            rows.append(
+                {
+                    "form": art["form"],
+                    "precision": art["precision"],
+                    "clips": len(clips),
+                    "sqnr_db": fig["sqnr_db"],
+                    "top1_agreement": fig["top1_agreement"],
+                    "cosine": fig["cosine"],
+                    "float_top1": float((float_logits.argmax(1) == labels).float().mean()),
+                    "package_top1": float((logits.argmax(1) == labels).float().mean()),
+                    "largest": [{"op": n, "type": ref.op_types[n], "magnitude": m} for n, m in top],
+                    "headroom": FP16_MAX / top[0][1],
+                    "seconds": seconds,
+                }
+            )
             print({k: v for k, v in rows[-1].items() if k != "largest"}, flush=True)
     return rows
 
@@ -124,43 +154,67 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num-eval", type=int, default=1200, help="test clips of the fp16 safety runs (default 1200)")
     p.add_argument("--forms", nargs="+", default=["ane", "3d"])
-    p.add_argument("--checkpoint", help="an XXS 8x64 checkpoint in place of the reference model (default: the "
-                                        "reference model, trained first if it is not cached)")
+    p.add_argument(
+        "--checkpoint",
+        help="an XXS 8x64 checkpoint in place of the reference model (default: the "
+        "reference model, trained first if it is not cached)",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         costs = cost(folder, args.forms)
         safety = fp16_safety(folder, args.forms, args.num_eval, args.checkpoint)
     env = environment()
-    lines = ["# Core ML MIL reference: cost and fp16 safety", "",
-             "## UniFormer-S 8x224 fp32, one clip (random weights)", "",
-             "| form | load (s) | run (s) | peak memory (GB) | max rel err vs PyTorch | 5-D conv | ops on rank-5 tensors |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Core ML MIL reference: cost and fp16 safety",
+        "",
+        "## UniFormer-S 8x224 fp32, one clip (random weights)",
+        "",
+        "| form | load (s) | run (s) | peak memory (GB) | max rel err vs PyTorch | 5-D conv | ops on rank-5 tensors |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c in costs:
-        lines.append(f"| {c['form']} | {c['load_s']:.1f} | {c['run_s']:.1f} | {c['peak_rss_gb']:.2f} | "
-                     f"{c['max_rel_err']:.1e} | {c['conv_5d']} | {c['ops_on_rank5_tensors']} |")
-    lines += ["", "Peak memory is the resident peak of a fresh process that loads the package and runs it.", "",
-              f"## fp16 safety: {'--checkpoint ' + args.checkpoint + ', not the reference model' if args.checkpoint else 'the reference model'} "
-              f"(UniFormer-{REFERENCE_RECIPE['variant'].upper()} {REFERENCE_RECIPE['frames']}x"
-              f"{REFERENCE_RECIPE['size']}, trained) on {args.num_eval} test clips",
-              "", "| form | package | logit SQNR vs float (dB) | top-1 agreement | float top-1 | package top-1 | "
-              "largest magnitude (op type) | fp16 headroom |", "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {c['form']} | {c['load_s']:.1f} | {c['run_s']:.1f} | {c['peak_rss_gb']:.2f} | "
+            f"{c['max_rel_err']:.1e} | {c['conv_5d']} | {c['ops_on_rank5_tensors']} |"
+        )
+    source = f"--checkpoint {args.checkpoint}, not the reference model" if args.checkpoint else "the reference model"
+    lines += [
+        "",
+        "Peak memory is the resident peak of a fresh process that loads the package and runs it.",
+        "",
+        f"## fp16 safety: {source} "
+        f"(UniFormer-{REFERENCE_RECIPE['variant'].upper()} {REFERENCE_RECIPE['frames']}x"
+        f"{REFERENCE_RECIPE['size']}, trained) on {args.num_eval} test clips",
+        "",
+        "| form | package | logit SQNR vs float (dB) | top-1 agreement | float top-1 | package top-1 | "
+        "largest magnitude (op type) | fp16 headroom |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for s in safety:
         if "failed" in s:
             lines.append(f"| {s['form']} | {s['precision']} | not written: {s['failed'].split(': {')[0]} | | | | | |")
             continue
         big = s["largest"][0]
-        lines.append(f"| {s['form']} | {s['precision']} | {s['sqnr_db']:.1f} | {100 * s['top1_agreement']:.2f}% | "
-                     f"{100 * s['float_top1']:.2f}% | {100 * s['package_top1']:.2f}% | {big['magnitude']:.4g} "
-                     f"({big['type']}) | {s['headroom']:.0f}x |")
-    lines += ["", "The packages run in the MIL reference with fp16 storage between ops (each op computes in "
-              "fp32 and rounds its result), which checks the converted program, not Core ML's kernels or their "
-              "fp16 accumulation on the GPU / Neural Engine.", "",
-              f"Command: `python benchmarks/coreml_reference.py` ({env['processor']}, "
-              f"{', '.join(env['instruction_sets']) or 'no listed SIMD'}, {env['threads']} threads)."]
-    write_results("coreml_reference", {"cost": costs, "fp16_safety": safety, "checkpoint": args.checkpoint,
-                                       "environment": env},
-                  "\n".join(lines) + "\n")
+        lines.append(
+            f"| {s['form']} | {s['precision']} | {s['sqnr_db']:.1f} | {100 * s['top1_agreement']:.2f}% | "
+            f"{100 * s['float_top1']:.2f}% | {100 * s['package_top1']:.2f}% | {big['magnitude']:.4g} "
+            f"({big['type']}) | {s['headroom']:.0f}x |"
+        )
+    lines += [
+        "",
+        "The packages run in the MIL reference with fp16 storage between ops (each op computes in "
+        "fp32 and rounds its result), which checks the converted program, not Core ML's kernels or their "
+        "fp16 accumulation on the GPU / Neural Engine.",
+        "",
+        f"Command: `python benchmarks/coreml_reference.py` ({env['processor']}, "
+        f"{', '.join(env['instruction_sets']) or 'no listed SIMD'}, {env['threads']} threads).",
+    ]
+    write_results(
+        "coreml_reference",
+        {"cost": costs, "fp16_safety": safety, "checkpoint": args.checkpoint, "environment": env},
+        "\n".join(lines) + "\n",
+    )
 
 
 if __name__ == "__main__":

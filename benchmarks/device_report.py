@@ -21,6 +21,7 @@ then one run there, carrying .whl (about 5 minutes):
     PYTHONPATH=/tmp/site:. python3 benchmarks/device_report.py --out $OUT/device
 and copy the files that come back to benchmarks/results/devices/<device>/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,17 +45,40 @@ def device_slug(device: dict) -> str:
     return re.sub(r"[^a-z0-9]+", "-", (device.get("gpu") or device["cpu"]).lower()).strip("-")
 
 
-def measure(models: list[tuple[str, int, int]], runs: int, threads: int, export_dir: Path,
-            model_overrides: Optional[dict] = None) -> dict:
+def measure(
+    models: list[tuple[str, int, int]],
+    runs: int,
+    threads: int,
+    export_dir: Path,
+    model_overrides: Optional[dict] = None,
+) -> dict:
     """The benchmark report of `models` ((variant, frames, size)), exported into `export_dir`."""
     folders = []
     for variant, frames, size in models:
         folder = export_dir / f"{variant}-{frames}x{size}-onnx"
-        run_export(ExportJob(variant=variant, frames=frames, size=size, model_overrides=model_overrides or {},
-                             formats=("onnx",), precisions=("fp32", "fp16"), check_clips=1, out=str(folder)))
+        run_export(
+            ExportJob(
+                variant=variant,
+                frames=frames,
+                size=size,
+                model_overrides=model_overrides or {},
+                formats=("onnx",),
+                precisions=("fp32", "fp16"),
+                check_clips=1,
+                out=str(folder),
+            )
+        )
         folders.append(str(folder))
-    return run_benchmark(BenchmarkJob(artifacts=tuple(folders), backends=("torch", "onnxruntime"), threads=threads,
-                                      runs=runs, warmup=3, num_clips=8))
+    return run_benchmark(
+        BenchmarkJob(
+            artifacts=tuple(folders),
+            backends=("torch", "onnxruntime"),
+            threads=threads,
+            runs=runs,
+            warmup=3,
+            num_clips=8,
+        )
+    )
 
 
 def main():

@@ -9,6 +9,7 @@ on x86 without VNNI, ONNX Runtime's u8 x s8 kernels add neighbouring products in
 16-bit arithmetic. Trained cases first train a model for a few minutes on the synthetic
 benchmark. Writes results/onnx_int8_gate.{json,md}, with the CPU's instruction sets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,10 +41,32 @@ CASES = [
 
 def train_checkpoint(variant: str, frames: int, size: int, seed: int, run: dict, folder: Path) -> str:
     out = folder / f"train-{variant}-{size}"
-    subprocess.run([sys.executable, "-m", "uniformer_edge.train", "--variant", variant, "--frames", str(frames),
-                    "--size", str(size), "--epochs", str(run["epochs"]), "--num-train-clips", str(run["clips"]),
-                    "--num-val-clips", "96", "--batch-size", "16", "--seed", str(seed), "--out", str(out)],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "uniformer_edge.train",
+            "--variant",
+            variant,
+            "--frames",
+            str(frames),
+            "--size",
+            str(size),
+            "--epochs",
+            str(run["epochs"]),
+            "--num-train-clips",
+            str(run["clips"]),
+            "--num-val-clips",
+            "96",
+            "--batch-size",
+            "16",
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+        ],
+        check=True,
+    )
     return str(out / "best.pth")
 
 
@@ -61,37 +84,66 @@ def measure(case, folder: Path) -> dict:
     name, variant, frames, size, seed, classes, run = case
     started = time.time()
     checkpoint = train_checkpoint(variant, frames, size, seed, run, folder) if run else None
-    job = ExportJob(variant=variant, checkpoint=checkpoint, num_classes=classes, formats=("onnx",),
-                    precisions=("int8",), frames=frames, size=size, seed=seed, out=str(folder / "unused"))
+    job = ExportJob(
+        variant=variant,
+        checkpoint=checkpoint,
+        num_classes=classes,
+        formats=("onnx",),
+        precisions=("int8",),
+        frames=frames,
+        size=size,
+        seed=seed,
+        out=str(folder / "unused"),
+    )
     exporter = _Exporter(job, progress=False)  # what run_export runs for each artifact
     path = folder / f"{variant}-{frames}x{size}-{seed}-int8.onnx"
     parity = exporter.onnx("int8", path)["parity"]
     reference = exporter._quantized_reference("onnx", "int8")
     default_kernels = agreement(reference, plain_ort(path, exporter.clips))
     gated = parity["vs_pytorch_quantized"]
-    return {"case": name, "variant": variant, "input": f"{frames}x{size}", "seed": seed,
-            "weights": "trained" if run else "random", "classes": exporter.num_classes,
-            "session_config": parity["session_config"], "cosine": gated["cosine"], "sqnr_db": gated["sqnr_db"],
-            "vs_float_sqnr_db": parity["vs_float"]["sqnr_db"], "passed": parity["passed"],
-            "default_kernels_cosine": default_kernels["cosine"], "default_kernels_sqnr_db": default_kernels["sqnr_db"],
-            "seconds": round(time.time() - started, 1)}
+    return {
+        "case": name,
+        "variant": variant,
+        "input": f"{frames}x{size}",
+        "seed": seed,
+        "weights": "trained" if run else "random",
+        "classes": exporter.num_classes,
+        "session_config": parity["session_config"],
+        "cosine": gated["cosine"],
+        "sqnr_db": gated["sqnr_db"],
+        "vs_float_sqnr_db": parity["vs_float"]["sqnr_db"],
+        "passed": parity["passed"],
+        "default_kernels_cosine": default_kernels["cosine"],
+        "default_kernels_sqnr_db": default_kernels["sqnr_db"],
+        "seconds": round(time.time() - started, 1),
+    }
 
 
 def render(rows: list[dict], env: dict) -> str:
-    lines = ["# int8 ONNX parity gate at the CLI's defaults", "",
-             f"CPU: {env['processor']}; instruction sets: {', '.join(env['instruction_sets']) or 'unknown'}; "
-             f"int8 dot product (VNNI/AMX): {env['int8_dot_product']}. Gate: cosine >= {QUANT_MIN_COSINE} against "
-             "the PT2E graph in PyTorch on 4 test clips.", "",
-             "| case | session entries | cosine (gate) | SQNR dB | vs float dB | passed | ORT default kernels: "
-             "cosine | SQNR dB | s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# int8 ONNX parity gate at the CLI's defaults",
+        "",
+        f"CPU: {env['processor']}; instruction sets: {', '.join(env['instruction_sets']) or 'unknown'}; "
+        f"int8 dot product (VNNI/AMX): {env['int8_dot_product']}. Gate: cosine >= {QUANT_MIN_COSINE} against "
+        "the PT2E graph in PyTorch on 4 test clips.",
+        "",
+        "| case | session entries | cosine (gate) | SQNR dB | vs float dB | passed | ORT default kernels: "
+        "cosine | SQNR dB | s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         config = ", ".join(f"{k}={v}" for k, v in r["session_config"].items()) or "none needed"
-        lines.append(f"| {r['case']} | {config} | {r['cosine']:.6f} | {r['sqnr_db']:.1f} | {r['vs_float_sqnr_db']:.1f} | "
-                     f"{'yes' if r['passed'] else 'NO'} | {r['default_kernels_cosine']:.6f} | "
-                     f"{r['default_kernels_sqnr_db']:.1f} | {r['seconds']:.0f} |")
+        lines.append(
+            f"| {r['case']} | {config} | {r['cosine']:.6f} | {r['sqnr_db']:.1f} | {r['vs_float_sqnr_db']:.1f} | "
+            f"{'yes' if r['passed'] else 'NO'} | {r['default_kernels_cosine']:.6f} | "
+            f"{r['default_kernels_sqnr_db']:.1f} | {r['seconds']:.0f} |"
+        )
     held = sum(r["passed"] for r in rows)
-    lines += ["", f"The gate held in {held} of {len(rows)} cases. The last two columns run the same file with "
-              "ONNX Runtime's default session (u8 x s8 kernels); on a CPU with VNNI both columns agree."]
+    lines += [
+        "",
+        f"The gate held in {held} of {len(rows)} cases. The last two columns run the same file with "
+        "ONNX Runtime's default session (u8 x s8 kernels); on a CPU with VNNI both columns agree.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -101,8 +153,12 @@ def main():
     parser.add_argument("--out", help="work folder (default: a temporary one)")
     args = parser.parse_args()
     chosen = [CASES[i] for i in args.cases] if args.cases else CASES
-    env = {**environment(), "int8_dot_product": has_int8_dot_product(), "processor": cpu_name(),
-           "instruction_sets": list(instruction_sets())}
+    env = {
+        **environment(),
+        "int8_dot_product": has_int8_dot_product(),
+        "processor": cpu_name(),
+        "instruction_sets": list(instruction_sets()),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.out or tmp)
         folder.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ keeps its speed, while the int8 program stays near 100-150 ms: one process is on
 Reuses the exports of `export_models.py` / `run_suite.py`. Writes
 benchmarks/results/paired_targets.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,13 +31,17 @@ from uniformer_edge.export.executorch import load_executorch
 from uniformer_edge.export.onnx import ort_session, run_onnx
 from uniformer_edge.models import create_model, deploy
 
-CANDIDATES = {"ExecuTorch int8": "s-executorch/uniformer-s-8x224-int8.pte",
-              "ORT quantize_static MinMax": "s-onnx/uniformer-s-8x224-int8-ort.onnx",
-              "ORT quantize_static Entropy": "s-onnx/uniformer-s-8x224-int8-ort-entropy.onnx"}
+CANDIDATES = {
+    "ExecuTorch int8": "s-executorch/uniformer-s-8x224-int8.pte",
+    "ORT quantize_static MinMax": "s-onnx/uniformer-s-8x224-int8-ort.onnx",
+    "ORT quantize_static Entropy": "s-onnx/uniformer-s-8x224-int8-ort-entropy.onnx",
+}
 
 # speed-up key -> (target name, the issue's minimum)
-GOALS = {"vs_torch_eager_fp32": ("at_least_2.5x_torch_eager_fp32", 2.5),
-         "vs_faster_ort_quantize_static": ("at_least_1.5x_ort_quantize_static", 1.5)}
+GOALS = {
+    "vs_torch_eager_fp32": ("at_least_2.5x_torch_eager_fp32", 2.5),
+    "vs_faster_ort_quantize_static": ("at_least_1.5x_ort_quantize_static", 1.5),
+}
 
 
 def _measure_rounds(rounds: int, threads: int, runs_per_round: int, desc: str) -> dict[str, list[float]]:
@@ -72,12 +77,20 @@ def _speedups(theirs: list[float], ours: list[float]) -> list[float]:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=30)
-    p.add_argument("--processes", type=int, default=3,
-                   help="fresh processes the rounds are split over, one after another: on this VM torch eager "
-                        "fp32 settles at a different speed in each process")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=3,
+        help="fresh processes the rounds are split over, one after another: on this VM torch eager "
+        "fp32 settles at a different speed in each process",
+    )
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--runs-per-round", type=int, default=2,
-                   help="timed runs of each program per round, after one untimed run; a round records their median")
+    p.add_argument(
+        "--runs-per-round",
+        type=int,
+        default=2,
+        help="timed runs of each program per round, after one untimed run; a round records their median",
+    )
     args = p.parse_args()
     if not 1 <= args.processes <= args.rounds:
         raise SystemExit(f"--processes must lie in [1, --rounds={args.rounds}], got {args.processes}")
@@ -86,52 +99,92 @@ def main():
     for i in range(args.processes):
         rounds = args.rounds // args.processes + (i < args.rounds % args.processes)
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
-            parts.append(fresh.submit(_measure_rounds, rounds, args.threads, args.runs_per_round,
-                                      f"process {i + 1}/{args.processes}").result())
+            parts.append(
+                fresh.submit(
+                    _measure_rounds, rounds, args.threads, args.runs_per_round, f"process {i + 1}/{args.processes}"
+                ).result()
+            )
     times = {name: [ms for part in parts for ms in part[name]] for name in parts[0]}
     ours = times["ExecuTorch int8"]
 
     def paired(name):
         ratios = _speedups(times[name], ours)
-        return {"median": statistics.median(ratios), "p10": ratios[len(ratios) // 10],
-                "p90": ratios[(9 * len(ratios)) // 10]}
+        return {
+            "median": statistics.median(ratios),
+            "p10": ratios[len(ratios) // 10],
+            "p90": ratios[(9 * len(ratios)) // 10],
+        }
 
-    faster_ort = min(("ORT quantize_static MinMax", "ORT quantize_static Entropy"),
-                     key=lambda n: statistics.median(times[n]))
+    faster_ort = min(
+        ("ORT quantize_static MinMax", "ORT quantize_static Entropy"), key=lambda n: statistics.median(times[n])
+    )
     speedups = {"vs_torch_eager_fp32": paired("torch eager fp32"), "vs_faster_ort_quantize_static": paired(faster_ort)}
-    per_process = [{"rounds": len(part["ExecuTorch int8"]),
-                    "median_ms": {name: statistics.median(ms) for name, ms in part.items()},
-                    "speedup_vs_torch_eager_fp32": statistics.median(
-                        _speedups(part["torch eager fp32"], part["ExecuTorch int8"]))} for part in parts]
+    per_process = [
+        {
+            "rounds": len(part["ExecuTorch int8"]),
+            "median_ms": {name: statistics.median(ms) for name, ms in part.items()},
+            "speedup_vs_torch_eager_fp32": statistics.median(
+                _speedups(part["torch eager fp32"], part["ExecuTorch int8"])
+            ),
+        }
+        for part in parts
+    ]
     targets = {target: speedups[key]["median"] >= goal for key, (target, goal) in GOALS.items()}
-    result = {"rounds": args.rounds, "processes": per_process, "runs_per_round": args.runs_per_round, "threads": args.threads, "median_ms": {n: statistics.median(t) for n, t in times.items()},
-              "faster_ort": faster_ort, "speedup_of_executorch_int8": speedups, "targets": targets,
-              "environment": environment()}
+    result = {
+        "rounds": args.rounds,
+        "processes": per_process,
+        "runs_per_round": args.runs_per_round,
+        "threads": args.threads,
+        "median_ms": {n: statistics.median(t) for n, t in times.items()},
+        "faster_ort": faster_ort,
+        "speedup_of_executorch_int8": speedups,
+        "targets": targets,
+        "environment": environment(),
+    }
     write_results("paired_targets", result, markdown(result))
 
 
 def markdown(result: dict) -> str:
-    lines = ["# UniFormer-S 8x224 speed targets, interleaved rounds", "",
-             f"{result['rounds']} rounds; in each, every program runs once untimed and then "
-             f"{result['runs_per_round']} timed runs (their median is the round's figure) on the same clip "
-             f"({result['environment']['processor']}, {result['threads']} threads).", "",
-             "| program | median ms |", "|---|---|"]
+    lines = [
+        "# UniFormer-S 8x224 speed targets, interleaved rounds",
+        "",
+        f"{result['rounds']} rounds; in each, every program runs once untimed and then "
+        f"{result['runs_per_round']} timed runs (their median is the round's figure) on the same clip "
+        f"({result['environment']['processor']}, {result['threads']} threads).",
+        "",
+        "| program | median ms |",
+        "|---|---|",
+    ]
     lines += [f"| {n} | {ms:.1f} |" for n, ms in result["median_ms"].items()]
-    lines += ["", "| ExecuTorch int8 speed-up | median of per-round ratios | p10 | p90 | target | verdict |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| ExecuTorch int8 speed-up | median of per-round ratios | p10 | p90 | target | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for key, (target, goal) in GOALS.items():
         s = result["speedup_of_executorch_int8"][key]
         against = "torch eager fp32" if key == "vs_torch_eager_fp32" else result["faster_ort"]
-        lines.append(f"| vs {against} | {s['median']:.2f}x | {s['p10']:.2f}x | {s['p90']:.2f}x | >= {goal}x | "
-                     f"{'met' if result['targets'][target] else 'NOT met'} |")
-    lines += ["", f"The rounds ran in {len(result['processes'])} fresh processes, one after another; per process:", "",
-              "| process | rounds | torch eager fp32 ms | ExecuTorch int8 ms | speed-up vs torch eager fp32 |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {i} | {pp['rounds']} | {pp['median_ms']['torch eager fp32']:.1f} | "
-              f"{pp['median_ms']['ExecuTorch int8']:.1f} | {pp['speedup_vs_torch_eager_fp32']:.2f}x |"
-              for i, pp in enumerate(result["processes"], 1)]
-    lines += ["", f"Command: `python benchmarks/paired_targets.py --rounds {result['rounds']} "
-              f"--processes {len(result['processes'])} --runs-per-round {result['runs_per_round']}`."]
+        lines.append(
+            f"| vs {against} | {s['median']:.2f}x | {s['p10']:.2f}x | {s['p90']:.2f}x | >= {goal}x | "
+            f"{'met' if result['targets'][target] else 'NOT met'} |"
+        )
+    lines += [
+        "",
+        f"The rounds ran in {len(result['processes'])} fresh processes, one after another; per process:",
+        "",
+        "| process | rounds | torch eager fp32 ms | ExecuTorch int8 ms | speed-up vs torch eager fp32 |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {i} | {pp['rounds']} | {pp['median_ms']['torch eager fp32']:.1f} | "
+        f"{pp['median_ms']['ExecuTorch int8']:.1f} | {pp['speedup_vs_torch_eager_fp32']:.2f}x |"
+        for i, pp in enumerate(result["processes"], 1)
+    ]
+    lines += [
+        "",
+        f"Command: `python benchmarks/paired_targets.py --rounds {result['rounds']} "
+        f"--processes {len(result['processes'])} --runs-per-round {result['runs_per_round']}`.",
+    ]
     return "\n".join(lines) + "\n"
 
 

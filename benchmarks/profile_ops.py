@@ -10,6 +10,7 @@ time). Each op kind is reported in ms per run and as a share of the run;
 "outside any op" is the rest of the run (the runtime's own dispatch). Reuses the exports of
 `export_models.py` / `run_suite.py`. Writes benchmarks/results/profile_ops.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,11 @@ import torch
 from common import EXPORTS, environment, require_exports, synthetic_test_clip, write_results
 from uniformer_edge.export.onnx import ort_session
 
-PROGRAMS = {"ExecuTorch int8 (XNNPACK)": ("executorch", "s-executorch/uniformer-s-8x224-int8.pte"),
-            "ORT int8 (ours, PT2E QDQ)": ("onnxruntime", "s-onnx/uniformer-s-8x224-int8.onnx"),
-            "ORT quantize_static MinMax": ("onnxruntime", "s-onnx/uniformer-s-8x224-int8-ort.onnx")}
+PROGRAMS = {
+    "ExecuTorch int8 (XNNPACK)": ("executorch", "s-executorch/uniformer-s-8x224-int8.pte"),
+    "ORT int8 (ours, PT2E QDQ)": ("onnxruntime", "s-onnx/uniformer-s-8x224-int8.onnx"),
+    "ORT quantize_static MinMax": ("onnxruntime", "s-onnx/uniformer-s-8x224-int8-ort.onnx"),
+}
 
 
 def profile_executorch(path: Path, clip: torch.Tensor, runs: int, tmp: Path) -> tuple[float, dict[str, float]]:
@@ -50,8 +53,9 @@ def profile_executorch(path: Path, clip: torch.Tensor, runs: int, tmp: Path) -> 
     return total, {str(k): float(v) for k, v in per_kind.items()}
 
 
-def profile_onnxruntime(path: Path, clip: torch.Tensor, runs: int, threads: int, tmp: Path
-                        ) -> tuple[float, dict[str, float]]:
+def profile_onnxruntime(
+    path: Path, clip: torch.Tensor, runs: int, threads: int, tmp: Path
+) -> tuple[float, dict[str, float]]:
     """(median ms per run, {op type: ms per run}) from ONNX Runtime's profiler, warm-up run
     excluded: node kernel times whose start falls inside a profiled run."""
     session = ort_session(path, threads, profile_prefix=tmp / "ort")
@@ -63,8 +67,11 @@ def profile_onnxruntime(path: Path, clip: torch.Tensor, runs: int, threads: int,
     windows = [(e["ts"], e["ts"] + e["dur"]) for e in model_runs]
     per_kind: dict[str, float] = {}
     for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and \
-                any(start <= e["ts"] <= end for start, end in windows):
+        if (
+            e.get("cat") == "Node"
+            and e["name"].endswith("_kernel_time")
+            and any(start <= e["ts"] <= end for start, end in windows)
+        ):
             kind = e["args"]["op_name"]
             per_kind[kind] = per_kind.get(kind, 0.0) + e["dur"] / 1000 / len(windows)
     return statistics.median((end - start) / 1000 for start, end in windows), per_kind
@@ -87,8 +94,12 @@ def main():
             else:
                 total, per_kind = profile_onnxruntime(EXPORTS / rel, clip, args.runs, args.threads, Path(tmp))
         ops = dict(sorted(per_kind.items(), key=lambda kv: -kv[1]))
-        profiles[name] = {"artifact": rel, "ms_per_run": total, "ops_ms_per_run": ops,
-                          "outside_any_op_ms": total - sum(ops.values())}
+        profiles[name] = {
+            "artifact": rel,
+            "ms_per_run": total,
+            "ops_ms_per_run": ops,
+            "outside_any_op_ms": total - sum(ops.values()),
+        }
         print(f"{name}: {total:.1f} ms per run, {len(ops)} op kinds", flush=True)
     result = {"runs": args.runs, "threads": args.threads, "profiles": profiles, "environment": environment()}
     write_results("profile_ops", result, markdown(result, args.top))
@@ -96,27 +107,45 @@ def main():
 
 def markdown(result: dict, top: int) -> str:
     env = result["environment"]
-    lines = ["# Where the time goes: per-op profiles, UniFormer-S 8x224 int8", "",
-             f"{result['runs']} profiled runs after one warm-up, one synthetic test clip, {result['threads']} threads. "
-             "Each op kind's time is the sum over its instances of their median per run. Profilers add "
-             "their own overhead and this machine's speed drifts between runs, so read the shares; the "
-             "suite and the interleaved check give the latencies.", ""]
+    lines = [
+        "# Where the time goes: per-op profiles, UniFormer-S 8x224 int8",
+        "",
+        f"{result['runs']} profiled runs after one warm-up, one synthetic test clip, {result['threads']} threads. "
+        "Each op kind's time is the sum over its instances of their median per run. Profilers add "
+        "their own overhead and this machine's speed drifts between runs, so read the shares; the "
+        "suite and the interleaved check give the latencies.",
+        "",
+    ]
     for name, prof in result["profiles"].items():
         total = prof["ms_per_run"]
-        lines += [f"## {name}: {total:.1f} ms per run", "", f"`{prof['artifact']}`", "",
-                  "| op kind | ms per run | share |", "|---|---|---|"]
+        lines += [
+            f"## {name}: {total:.1f} ms per run",
+            "",
+            f"`{prof['artifact']}`",
+            "",
+            "| op kind | ms per run | share |",
+            "|---|---|---|",
+        ]
         ops = list(prof["ops_ms_per_run"].items())
         rest = sum(ms for _, ms in ops[top:])
         others = len(ops) - top
-        rows = ops[:top] + ([(f"{others} other op kind" + ("s" if others > 1 else ""), rest)] if others > 0 else []) \
+        rows = (
+            ops[:top]
+            + ([(f"{others} other op kind" + ("s" if others > 1 else ""), rest)] if others > 0 else [])
             + [("outside any op", prof["outside_any_op_ms"])]
+        )
         lines += [f"| {kind} | {ms:.2f} | {100 * ms / total:.1f}% |" for kind, ms in rows]
         lines.append("")
         if "Invalid Unary Op" in prof["ops_ms_per_run"]:
-            lines += ["XNNPACK's profiler labels GELU, the program's one elementwise unary op, "
-                      "\"Invalid Unary Op\" (one instance per MLP).", ""]
-    lines.append(f"Command: `python benchmarks/profile_ops.py --runs {result['runs']}` ({env['processor']}, "
-                 f"{result['threads']} threads, torch {env['torch']}).")
+            lines += [
+                "XNNPACK's profiler labels GELU, the program's one elementwise unary op, "
+                '"Invalid Unary Op" (one instance per MLP).',
+                "",
+            ]
+    lines.append(
+        f"Command: `python benchmarks/profile_ops.py --runs {result['runs']}` ({env['processor']}, "
+        f"{result['threads']} threads, torch {env['torch']})."
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ Writes benchmarks/results/quantize_reference.{json,md}. `--executorch-only` reru
 ExecuTorch row (after a change to the XNNPACK form) and keeps every other row, the QAT and the
 pruning figures of the committed result.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,17 @@ from pathlib import Path
 
 import torch
 
-from common import (EXECUTORCH_QAT_ROW, EXECUTORCH_ROW, REFERENCE_RECIPE, RESULTS, environment, reference_checkpoint,
-                    torchao_x86_prepare, write_results, x86_census_text)
+from common import (
+    EXECUTORCH_QAT_ROW,
+    EXECUTORCH_ROW,
+    REFERENCE_RECIPE,
+    RESULTS,
+    environment,
+    reference_checkpoint,
+    torchao_x86_prepare,
+    write_results,
+    x86_census_text,
+)
 from uniformer_edge.calibration import build_dataset, calibration_set
 from uniformer_edge.engine import agreement, collect_logits, top1_drop, topk_accuracy
 from uniformer_edge.export.executorch import executorch_available, load_executorch, lower_executorch, run_executorch
@@ -51,6 +61,7 @@ def torchao_x86(model, calib, example):
 
     class _Prepared:  # calibrate() only needs `.module`
         module = prepared
+
     calibrate(_Prepared, calib, progress=False)
     return convert_pt2e(prepared), census
 
@@ -100,9 +111,12 @@ def main():
     p.add_argument("--skip-qat", action="store_true")
     p.add_argument("--et-qat-epochs", type=int, default=2, help="QAT epochs of the ExecuTorch int8 program")
     p.add_argument("--et-qat-lr", type=float, default=2e-5, help="its learning rate (the export CLI's default)")
-    p.add_argument("--executorch-only", action="store_true",
-                   help="rescore only the ExecuTorch rows (and the no-pruning ExecuTorch entry); keep the rest of "
-                        "results/quantize_reference.json")
+    p.add_argument(
+        "--executorch-only",
+        action="store_true",
+        help="rescore only the ExecuTorch rows (and the no-pruning ExecuTorch entry); keep the rest of "
+        "results/quantize_reference.json",
+    )
     args = p.parse_args()
     if args.executorch_only and executorch_available():  # else the committed row would be kept as if rescored
         raise SystemExit(f"--executorch-only: {executorch_available()}")
@@ -123,33 +137,57 @@ def main():
 
     def record(name, logits, seconds, group, note=""):
         top1 = topk_accuracy(logits, labels, 1)
-        rows[name] = {"group": group, "top1": top1, "top5": topk_accuracy(logits, labels, 5),
-                      **top1_drop(float_logits, logits, labels), "seconds": round(seconds, 1), "note": note,
-                      **agreement(float_logits, logits)}
+        rows[name] = {
+            "group": group,
+            "top1": top1,
+            "top5": topk_accuracy(logits, labels, 5),
+            **top1_drop(float_logits, logits, labels),
+            "seconds": round(seconds, 1),
+            "note": note,
+            **agreement(float_logits, logits),
+        }
         r = rows[name]
-        print(f"{name:34s} top-1 {100 * r['top1']:6.2f}%  drop {r['drop_points']:5.2f} ± {r['drop_se_points']:.2f}  "
-              f"SQNR {r['sqnr_db']:5.1f} dB  agree {100 * r['top1_agreement']:.1f}%  {seconds:.0f} s", flush=True)
+        print(
+            f"{name:34s} top-1 {100 * r['top1']:6.2f}%  drop {r['drop_points']:5.2f} ± {r['drop_se_points']:.2f}  "
+            f"SQNR {r['sqnr_db']:5.1f} dB  agree {100 * r['top1_agreement']:.1f}%  {seconds:.0f} s",
+            flush=True,
+        )
 
     record("float (fp32)", float_logits, 0.0, "float")
     if args.executorch_only:
         previous = json.loads((RESULTS / "quantize_reference.json").read_text())
         if previous["evaluation_clips"] != len(labels) or previous["calibration_clips"] != calib.num_clips:
-            raise SystemExit("--executorch-only needs the clip counts of the committed result "
-                             f"({previous['calibration_clips']} calibration, {previous['evaluation_clips']} evaluation)")
+            raise SystemExit(
+                "--executorch-only needs the clip counts of the committed result "
+                f"({previous['calibration_clips']} calibration, {previous['evaluation_clips']} evaluation)"
+            )
         rows.update({name: row for name, row in previous["rows"].items() if name not in rows})
     else:
-        for recipe, observer in (("w8a8", "minmax"), ("w8a8", "percentile"), ("w8a8", "mse"),
-                                 ("w8a8", "moving_average"), ("w8", "minmax"), ("w4a8", "minmax"), ("w4", "minmax")):
+        for recipe, observer in (
+            ("w8a8", "minmax"),
+            ("w8a8", "percentile"),
+            ("w8a8", "mse"),
+            ("w8a8", "moving_average"),
+            ("w8", "minmax"),
+            ("w4a8", "minmax"),
+            ("w4", "minmax"),
+        ):
             started = time.time()
-            program, _ = quantize_ptq(model, calib, QuantConfig(recipe=recipe, observer=observer), example,
-                                      progress=False)
+            program, _ = quantize_ptq(
+                model, calib, QuantConfig(recipe=recipe, observer=observer), example, progress=False
+            )
             name = f"ours PTQ {recipe}" + (f" ({observer})" if recipe.endswith("a8") else "")
             record(name, run_torch(program.module())[0], time.time() - started, "ours")
 
         started = time.time()
         x86, x86_census = torchao_x86(model, calib, example)
-        record("torchao X86InductorQuantizer (default)", run_torch(x86)[0], time.time() - started, "peer",
-               x86_census_text(x86_census))
+        record(
+            "torchao X86InductorQuantizer (default)",
+            run_torch(x86)[0],
+            time.time() - started,
+            "peer",
+            x86_census_text(x86_census),
+        )
 
         with tempfile.TemporaryDirectory() as tmp:
             float_onnx = export_onnx(deploy(model, per_channel_safe=True), Path(tmp) / "float.onnx", example)
@@ -158,9 +196,12 @@ def main():
                 path = ort_quantize_static(float_onnx, Path(tmp) / f"{method}.onnx", calib, method)
                 session = ort_session(path)
                 seconds = time.time() - started
-                record(f"ORT quantize_static QDQ per-channel ({method})",
-                       collect_logits(lambda x: run_onnx(session, x), eval_set, batch_size=32, desc="ORT")[0],
-                       seconds, "peer")
+                record(
+                    f"ORT quantize_static QDQ per-channel ({method})",
+                    collect_logits(lambda x: run_onnx(session, x), eval_set, batch_size=32, desc="ORT")[0],
+                    seconds,
+                    "peer",
+                )
 
     def unpruned_float_logits(unpruned):
         with torch.no_grad():
@@ -168,8 +209,11 @@ def main():
 
     def no_pruning_entry(unpruned_logits, q):
         """Logits `q` of a quantized form of the weights without pruning, scored against their float model."""
-        return {"top1": topk_accuracy(q, labels, 1), **top1_drop(unpruned_logits, q, labels),
-                **agreement(unpruned_logits, q)}
+        return {
+            "top1": topk_accuracy(q, labels, 1),
+            **top1_drop(unpruned_logits, q, labels),
+            **agreement(unpruned_logits, q),
+        }
 
     def no_pruning_executorch(unpruned, unpruned_logits):
         """The int8 .pte of the weights without pruning."""
@@ -180,14 +224,21 @@ def main():
     if unavailable:
         print(f"ExecuTorch row skipped: {unavailable}", flush=True)
     else:
-        record(EXECUTORCH_ROW, *executorch_int8_logits(model, example, calib, eval_set), "ours",
-               "the suite's fastest int8 path, run by the ExecuTorch runtime")
+        record(
+            EXECUTORCH_ROW,
+            *executorch_int8_logits(model, example, calib, eval_set),
+            "ours",
+            "the suite's fastest int8 path, run by the ExecuTorch runtime",
+        )
         schedule = QATSchedule(epochs=args.et_qat_epochs, lr=args.et_qat_lr, batch_size=8, distill_weight=1.0)
         train_set = build_dataset("synthetic", "train", num_clips=args.qat_clips, **data)
-        record(EXECUTORCH_QAT_ROW, *executorch_int8_logits(model, example, calib, eval_set, "ExecuTorch QAT",
-                                                           (schedule, train_set)), "ours",
-               f"the same program after QAT: {schedule.epochs} epochs x {len(train_set)} clips, lr {schedule.lr}, "
-               "distillation only, activation ranges from the calibration")
+        record(
+            EXECUTORCH_QAT_ROW,
+            *executorch_int8_logits(model, example, calib, eval_set, "ExecuTorch QAT", (schedule, train_set)),
+            "ours",
+            f"the same program after QAT: {schedule.epochs} epochs x {len(train_set)} clips, lr {schedule.lr}, "
+            "distillation only, activation ranges from the calibration",
+        )
 
     if args.executorch_only:
         qat_info, sensitivity = previous["qat"], previous["pruning_sensitivity"]
@@ -200,27 +251,50 @@ def main():
             lossy = [n for n in ("ours PTQ w4a8 (minmax)", "ours PTQ w4") if rows[n]["drop_points"] > 1.0]
             recipe = "w4a8" if "ours PTQ w4a8 (minmax)" in lossy else ("w4" if lossy else "w4a8")
             with tempfile.TemporaryDirectory() as tmp:
-                job = QuantizeJob(variant=R["variant"], config=QuantConfig(recipe=recipe, qat=True), method="qat",
-                                  checkpoint=str(ckpt), train_data="synthetic", frames=R["frames"], size=R["size"],
-                                  num_calib=args.num_calib, qat_epochs=args.qat_epochs, qat_clips=args.qat_clips,
-                                  qat_lr=args.qat_lr, out=str(Path(tmp) / "qat"))
+                job = QuantizeJob(
+                    variant=R["variant"],
+                    config=QuantConfig(recipe=recipe, qat=True),
+                    method="qat",
+                    checkpoint=str(ckpt),
+                    train_data="synthetic",
+                    frames=R["frames"],
+                    size=R["size"],
+                    num_calib=args.num_calib,
+                    qat_epochs=args.qat_epochs,
+                    qat_clips=args.qat_clips,
+                    qat_lr=args.qat_lr,
+                    out=str(Path(tmp) / "qat"),
+                )
                 started = time.time()
                 program, _, info = run_qat(model, calib, job, example)
                 qat_info = info["qat"]
-                record(f"ours QAT {recipe}", run_torch(program.module())[0], time.time() - started, "ours",
-                       f"{args.qat_epochs} epochs x {args.qat_clips} clips, lr {args.qat_lr}, distillation")
+                record(
+                    f"ours QAT {recipe}",
+                    run_torch(program.module())[0],
+                    time.time() - started,
+                    "ours",
+                    f"{args.qat_epochs} epochs x {args.qat_clips} clips, lr {args.qat_lr}, distillation",
+                )
             ptq_drop = rows[f"ours PTQ {recipe}" + (" (minmax)" if recipe == "w4a8" else "")]["drop_points"]
             qat_info["ptq_drop_points"] = ptq_drop
-            qat_info["recovered_fraction"] = (ptq_drop - rows[f"ours QAT {recipe}"]["drop_points"]) / ptq_drop \
-                if ptq_drop > 0 else None
+            qat_info["recovered_fraction"] = (
+                (ptq_drop - rows[f"ours QAT {recipe}"]["drop_points"]) / ptq_drop if ptq_drop > 0 else None
+            )
 
         # Token pruning is a discrete top-k choice: any perturbation that reorders tokens near the cut
         # changes what later blocks see. Measure that sensitivity, and the same PTQ without pruning.
         clips = torch.stack([eval_set[i][0] for i in range(min(96, len(eval_set)))])
         unpruned = without_pruning(model)
-        sensitivity = {"clips": len(clips), "weight_noise_sqnr_db": {
-            f"{rel:g}": {"pruning": weight_noise_sqnr(model, clips, rel), "no_pruning": weight_noise_sqnr(unpruned, clips, rel)}
-            for rel in (1e-3, 4e-3)}}
+        sensitivity = {
+            "clips": len(clips),
+            "weight_noise_sqnr_db": {
+                f"{rel:g}": {
+                    "pruning": weight_noise_sqnr(model, clips, rel),
+                    "no_pruning": weight_noise_sqnr(unpruned, clips, rel),
+                }
+                for rel in (1e-3, 4e-3)
+            },
+        }
         unpruned_logits = unpruned_float_logits(unpruned)
         sensitivity["no_pruning_float_top1"] = topk_accuracy(unpruned_logits, labels, 1)
         for recipe in ("w8a8", "w8"):
@@ -234,71 +308,110 @@ def main():
 
     ours = rows["ours PTQ w8a8 (minmax)"]
     best_peer = max((r for r in rows.values() if r["group"] == "peer"), key=lambda r: r["top1"])
-    targets = {"w8a8_drop_at_most_0.5": ours["drop_points"] <= 0.5, "w8a8_sqnr_at_least_20db": ours["sqnr_db"] >= 20,
-               "w8a8_at_least_as_accurate_as_every_peer": ours["top1"] >= best_peer["top1"]}
+    targets = {
+        "w8a8_drop_at_most_0.5": ours["drop_points"] <= 0.5,
+        "w8a8_sqnr_at_least_20db": ours["sqnr_db"] >= 20,
+        "w8a8_at_least_as_accurate_as_every_peer": ours["top1"] >= best_peer["top1"],
+    }
     if EXECUTORCH_ROW in rows:  # the performance target's int8 program, at the same bound
         targets["executorch_int8_drop_at_most_0.5"] = rows[EXECUTORCH_ROW]["drop_points"] <= 0.5
     if EXECUTORCH_QAT_ROW in rows:
         targets["executorch_int8_qat_drop_at_most_0.5"] = rows[EXECUTORCH_QAT_ROW]["drop_points"] <= 0.5
     if qat_info:
         # The target applies at a bit width where PTQ loses more than a point; None: no recipe does.
-        targets["qat_closes_half_of_ptq_drop"] = (qat_info["recovered_fraction"] >= 0.5
-                                                  if qat_info["ptq_drop_points"] > 1.0 else None)
-    result = {"recipe": R, "checkpoint": str(ckpt), "executorch_row_rescored_alone": args.executorch_only,
-              "calibration_clips": calib.num_clips,
-              "evaluation_clips": len(labels), "rows": rows, "qat": qat_info, "pruning_sensitivity": sensitivity, "targets": targets,
-              "environment": environment()}
-    lines = ["# Quantization of the synthetic reference model, beside the peers", "",
-             f"UniFormer-{R['variant'].upper()} {R['frames']}x{R['size']} reference model; every method calibrated "
-             f"on the same {calib.num_clips} training clips and scored on the same {len(labels)} test clips.", "",
-             "| method | top-1 | top-5 | drop ± s.e. (pts) | clips lost / gained | logit SQNR (dB) | KL | "
-             "top-1 agreement | time (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+        targets["qat_closes_half_of_ptq_drop"] = (
+            qat_info["recovered_fraction"] >= 0.5 if qat_info["ptq_drop_points"] > 1.0 else None
+        )
+    result = {
+        "recipe": R,
+        "checkpoint": str(ckpt),
+        "executorch_row_rescored_alone": args.executorch_only,
+        "calibration_clips": calib.num_clips,
+        "evaluation_clips": len(labels),
+        "rows": rows,
+        "qat": qat_info,
+        "pruning_sensitivity": sensitivity,
+        "targets": targets,
+        "environment": environment(),
+    }
+    lines = [
+        "# Quantization of the synthetic reference model, beside the peers",
+        "",
+        f"UniFormer-{R['variant'].upper()} {R['frames']}x{R['size']} reference model; every method calibrated "
+        f"on the same {calib.num_clips} training clips and scored on the same {len(labels)} test clips.",
+        "",
+        "| method | top-1 | top-5 | drop ± s.e. (pts) | clips lost / gained | logit SQNR (dB) | KL | "
+        "top-1 agreement | time (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {100 * r['top1']:.2f}% | {100 * r['top5']:.2f}% | {r['drop_points']:.2f} ± "
-                     f"{r['drop_se_points']:.2f} | {r['lost']} / {r['gained']} | "
-                     f"{r['sqnr_db']:.1f} | {r['kl']:.2e} | {100 * r['top1_agreement']:.2f}% | {r['seconds']:.0f} |")
+        lines.append(
+            f"| {name} | {100 * r['top1']:.2f}% | {100 * r['top5']:.2f}% | {r['drop_points']:.2f} ± "
+            f"{r['drop_se_points']:.2f} | {r['lost']} / {r['gained']} | "
+            f"{r['sqnr_db']:.1f} | {r['kl']:.2e} | {100 * r['top1_agreement']:.2f}% | {r['seconds']:.0f} |"
+        )
     verdict = {True: "met", False: "NOT met", None: "not applicable (no PTQ recipe loses more than 1 point)"}
-    lines += ["", "Drop: top-1 points lost against float on the same clips, ± its paired standard error (from the "
-              "clips one model gets right and the other wrong); a drop within about two standard errors of a bound "
-              "is not resolved by this many clips.", "",
-              "Targets: " + ", ".join(f"{k}: {verdict[v]}" for k, v in targets.items()) + "."]
+    lines += [
+        "",
+        "Drop: top-1 points lost against float on the same clips, ± its paired standard error (from the "
+        "clips one model gets right and the other wrong); a drop within about two standard errors of a bound "
+        "is not resolved by this many clips.",
+        "",
+        "Targets: " + ", ".join(f"{k}: {verdict[v]}" for k, v in targets.items()) + ".",
+    ]
     if qat_info:
-        lines += ["", f"QAT: {qat_info['epochs']} epochs x {qat_info['train_clips']} clips, lr {qat_info['lr']}, "
-                  f"distillation weight {qat_info['distill_weight']} at T={qat_info['temperature']}; "
-                  f"PTQ drop {qat_info['ptq_drop_points']:.2f} pts, fraction recovered "
-                  + (f"{100 * qat_info['recovered_fraction']:.0f}%" if qat_info['recovered_fraction'] is not None
-                     else "n/a") + "."]
+        lines += [
+            "",
+            f"QAT: {qat_info['epochs']} epochs x {qat_info['train_clips']} clips, lr {qat_info['lr']}, "
+            f"distillation weight {qat_info['distill_weight']} at T={qat_info['temperature']}; "
+            f"PTQ drop {qat_info['ptq_drop_points']:.2f} pts, fraction recovered "
+            + (f"{100 * qat_info['recovered_fraction']:.0f}%" if qat_info["recovered_fraction"] is not None else "n/a")
+            + ".",
+        ]
 
     def scored(entry):
-        return (f"{entry['sqnr_db']:.1f} dB, top-1 {100 * entry['top1']:.2f}%, drop {entry['drop_points']:.2f} ± "
-                f"{entry['drop_se_points']:.2f}")
+        return (
+            f"{entry['sqnr_db']:.1f} dB, top-1 {100 * entry['top1']:.2f}%, drop {entry['drop_points']:.2f} ± "
+            f"{entry['drop_se_points']:.2f}"
+        )
 
     ns = sensitivity["weight_noise_sqnr_db"]
-    lines += ["", "## Why the logit SQNR of the light model is low", "",
-              "UniFormer-XXS prunes tokens by a top-k on attention scores: a tiny perturbation reorders tokens "
-              "near the cut, and later blocks see different tokens. Gaussian weight noise of 0.1% / 0.4% of each "
-              f"channel's range gives a logit SQNR of {ns['0.001']['pruning']:.1f} / {ns['0.004']['pruning']:.1f} dB "
-              f"with pruning and {ns['0.001']['no_pruning']:.1f} / {ns['0.004']['no_pruning']:.1f} dB with every "
-              "token kept (int8 rounding noise is about 0.23% of the range). The same weights with pruning "
-              f"switched off (float top-1 {100 * sensitivity['no_pruning_float_top1']:.2f}%) quantize to "
-              f"{scored(sensitivity['no_pruning_w8a8'])} (w8a8) and {scored(sensitivity['no_pruning_w8'])} (w8) "
-              "against that float model."]
+    lines += [
+        "",
+        "## Why the logit SQNR of the light model is low",
+        "",
+        "UniFormer-XXS prunes tokens by a top-k on attention scores: a tiny perturbation reorders tokens "
+        "near the cut, and later blocks see different tokens. Gaussian weight noise of 0.1% / 0.4% of each "
+        f"channel's range gives a logit SQNR of {ns['0.001']['pruning']:.1f} / {ns['0.004']['pruning']:.1f} dB "
+        f"with pruning and {ns['0.001']['no_pruning']:.1f} / {ns['0.004']['no_pruning']:.1f} dB with every "
+        "token kept (int8 rounding noise is about 0.23% of the range). The same weights with pruning "
+        f"switched off (float top-1 {100 * sensitivity['no_pruning_float_top1']:.2f}%) quantize to "
+        f"{scored(sensitivity['no_pruning_w8a8'])} (w8a8) and {scored(sensitivity['no_pruning_w8'])} (w8) "
+        "against that float model.",
+    ]
     no_pruning_et = sensitivity.get("no_pruning_executorch_int8")
     if no_pruning_et:
-        lines[-1] += (f" The ExecuTorch int8 program of those weights reaches {scored(no_pruning_et)}, against "
-                      f"{rows[EXECUTORCH_ROW]['sqnr_db']:.1f} dB with pruning: UniFormer-S, the model of the speed "
-                      "target, prunes no tokens.")
-    lines += ["", "Peers: ORT `quantize_static` runs on the float ONNX export of the same deploy form "
-              "(BatchNorm folded) and quantizes every op it supports, LayerNorm/Softmax/residual adds included; "
-              "torchao's X86 quantizer annotates 1-D and 2-D convolutions, linear layers and the ops fused with "
-              "them, but no Conv3d: it ran this model with "
-              f"{rows['torchao X86InductorQuantizer (default)']['note']}, not a full W8A8 model.", "",
-              f"Command: `python benchmarks/quantize_reference.py` ({environment()['processor']}, "
-              f"{environment()['threads']} threads, torch {torch.__version__})."]
+        lines[-1] += (
+            f" The ExecuTorch int8 program of those weights reaches {scored(no_pruning_et)}, against "
+            f"{rows[EXECUTORCH_ROW]['sqnr_db']:.1f} dB with pruning: UniFormer-S, the model of the speed "
+            "target, prunes no tokens."
+        )
+    lines += [
+        "",
+        "Peers: ORT `quantize_static` runs on the float ONNX export of the same deploy form "
+        "(BatchNorm folded) and quantizes every op it supports, LayerNorm/Softmax/residual adds included; "
+        "torchao's X86 quantizer annotates 1-D and 2-D convolutions, linear layers and the ops fused with "
+        "them, but no Conv3d: it ran this model with "
+        f"{rows['torchao X86InductorQuantizer (default)']['note']}, not a full W8A8 model.",
+        "",
+        f"Command: `python benchmarks/quantize_reference.py` ({environment()['processor']}, "
+        f"{environment()['threads']} threads, torch {torch.__version__}).",
+    ]
     if args.executorch_only:
-        lines[-1] += (" The ExecuTorch rows (and the no-pruning ExecuTorch figure) were rescored alone afterwards, "
-                      "with `--executorch-only`, after a change to the XNNPACK int8 program.")
+        lines[-1] += (
+            " The ExecuTorch rows (and the no-pruning ExecuTorch figure) were rescored alone afterwards, "
+            "with `--executorch-only`, after a change to the XNNPACK int8 program."
+        )
     write_results("quantize_reference", result, "\n".join(lines) + "\n")
 
 

@@ -14,6 +14,7 @@ each cell a measured row or the reason there is none) and merges in the device r
 `device_report.py`.
 Run it on an otherwise idle machine: latencies of concurrent jobs mean nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,16 @@ from typing import Optional
 
 import torch
 
-from common import (EXECUTORCH_QAT_ROW, EXECUTORCH_ROW, EXPORTS, REPO, RESULTS, environment, torchao_x86_prepare,
-                    x86_census_text)
+from common import (
+    EXECUTORCH_QAT_ROW,
+    EXECUTORCH_ROW,
+    EXPORTS,
+    REPO,
+    RESULTS,
+    environment,
+    torchao_x86_prepare,
+    x86_census_text,
+)
 from device_report import DEVICES
 from paired_targets import GOALS
 from uniformer_edge._io import atomic_write_text
@@ -39,8 +48,11 @@ from uniformer_edge.models import create_model, get_variant
 from uniformer_edge.quantize import QuantConfig, QuantizeJob, run_job
 
 
-SUITE_EXPORTS = {"onnx": ("fp32", "fp16", "int8", "w8", "w4", "int8-ort", "int8-ort-entropy"),
-                 "executorch": ("fp32", "fp16", "int8", "w8", "w4"), "coreml": ("fp16", "w8", "palettize4")}
+SUITE_EXPORTS = {
+    "onnx": ("fp32", "fp16", "int8", "w8", "w4", "int8-ort", "int8-ort-entropy"),
+    "executorch": ("fp32", "fp16", "int8", "w8", "w4"),
+    "coreml": ("fp16", "w8", "palettize4"),
+}
 # PT2E programs timed in torch: (folder, recipe, method)
 SUITE_QUANTIZED = (("ptq", "w8a8", "ptq"), ("qat", "w8a8", "qat"), ("ptq-w8", "w8", "ptq"), ("ptq-w4", "w4", "ptq"))
 
@@ -55,7 +67,7 @@ def roofline(threads: int) -> dict:
     for name, fn in (("fp32_gflops", lambda: a @ b), ("int8_gops", lambda: torch._int_mm(qa, qb))):
         fn()
         best = min(_time(fn) for _ in range(5))
-        out[name] = 2 * n ** 3 / best / 1e9
+        out[name] = 2 * n**3 / best / 1e9
     return out
 
 
@@ -107,36 +119,47 @@ def performance_targets(rows: list[dict], reference: Optional[dict], variant: st
     eager_ms = median(best) * vs_eager
     verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     min_eager, min_ort = (GOALS[key][1] for key in ("vs_torch_eager_fp32", "vs_faster_ort_quantize_static"))
-    lines = ["## Performance targets (UniFormer-S 8x224, this run)", "",
-             f"Best int8 path: {best['artifact']} on {best['backend']}, {median(best):.1f} ms "
-             f"(SQNR vs float {best['accuracy']['vs_float']['sqnr_db']:.1f} dB).", "",
-             f"- at least {min_eager}x torch eager fp32 ({eager_ms:.1f} ms): {vs_eager:.2f}x, "
-             f"{verdict(vs_eager >= min_eager)}",
-             f"- at least {min_ort}x ORT quantize_static ({ort['artifact']}, {median(ort):.1f} ms): {vs_ort:.2f}x, "
-             f"{verdict(vs_ort >= min_ort)}"]
+    lines = [
+        "## Performance targets (UniFormer-S 8x224, this run)",
+        "",
+        f"Best int8 path: {best['artifact']} on {best['backend']}, {median(best):.1f} ms "
+        f"(SQNR vs float {best['accuracy']['vs_float']['sqnr_db']:.1f} dB).",
+        "",
+        f"- at least {min_eager}x torch eager fp32 ({eager_ms:.1f} ms): {vs_eager:.2f}x, "
+        f"{verdict(vs_eager >= min_eager)}",
+        f"- at least {min_ort}x ORT quantize_static ({ort['artifact']}, {median(ort):.1f} ms): {vs_ort:.2f}x, "
+        f"{verdict(vs_ort >= min_ort)}",
+    ]
     lines += [_accuracy_condition(best, reference), ""]
     paired = RESULTS / "paired_targets.json"
     if paired.is_file():
         data = json.loads(paired.read_text())
         per_process = [pp["speedup_vs_torch_eager_fp32"] for pp in data["processes"]]
-        lines += [f"Interleaved check ([paired_targets.md](results/paired_targets.md), {data['rounds']} rounds of "
-                  f"every program back to back over {len(per_process)} fresh processes, each program warmed once per "
-                  "round, less sensitive to machine-speed drift than the blocks above; torch eager fp32 settles at a "
-                  f"different speed in each process, the speed-up over it ranged {min(per_process):.2f}-"
-                  f"{max(per_process):.2f}x between processes):"]
+        lines += [
+            f"Interleaved check ([paired_targets.md](results/paired_targets.md), {data['rounds']} rounds of "
+            f"every program back to back over {len(per_process)} fresh processes, each program warmed once per "
+            "round, less sensitive to machine-speed drift than the blocks above; torch eager fp32 settles at a "
+            f"different speed in each process, the speed-up over it ranged {min(per_process):.2f}-"
+            f"{max(per_process):.2f}x between processes):"
+        ]
         for key, s in data["speedup_of_executorch_int8"].items():
             against = "torch eager fp32" if key == "vs_torch_eager_fp32" else data["faster_ort"]
             name, minimum = GOALS[key]
-            lines.append(f"- at least {minimum}x {against}: {s['median']:.2f}x (per-round p10-p90 {s['p10']:.2f}-"
-                         f"{s['p90']:.2f}x), {verdict(data['targets'][name])}")
+            lines.append(
+                f"- at least {minimum}x {against}: {s['median']:.2f}x (per-round p10-p90 {s['p10']:.2f}-"
+                f"{s['p90']:.2f}x), {verdict(data['targets'][name])}"
+            )
         lines.append("")
     profile = RESULTS / "profile_ops.json"
     if profile.is_file():
         data = json.loads(profile.read_text())
-        lines.append("Where the time goes ([profile_ops.md](results/profile_ops.md), per-op profiles), largest op kinds:")
+        lines.append(
+            "Where the time goes ([profile_ops.md](results/profile_ops.md), per-op profiles), largest op kinds:"
+        )
         for name, prof in data["profiles"].items():
-            largest = ", ".join(f"{kind} {100 * ms / prof['ms_per_run']:.0f}%"
-                                for kind, ms in list(prof["ops_ms_per_run"].items())[:3])
+            largest = ", ".join(
+                f"{kind} {100 * ms / prof['ms_per_run']:.0f}%" for kind, ms in list(prof["ops_ms_per_run"].items())[:3]
+            )
             lines.append(f"- {name}: {largest}")
         lines.append("")
     return lines
@@ -148,32 +171,43 @@ def _accuracy_condition(best: dict, reference: Optional[dict]) -> str:
     calibration alone and after QAT (the same graph, so the same speed)."""
     rows = reference["rows"] if reference else {}
     if best["backend"] != "executorch" or EXECUTORCH_ROW not in rows:
-        return ("- at the quantization issue's accuracy bound (top-1 drop at most 0.5 points): not measured for this "
-                "path (run `python benchmarks/quantize_reference.py`)")
+        return (
+            "- at the quantization issue's accuracy bound (top-1 drop at most 0.5 points): not measured for this "
+            "path (run `python benchmarks/quantize_reference.py`)"
+        )
     verdicts = []
     for how, name in (("calibrated", EXECUTORCH_ROW), ("after QAT (`--qat-epochs`)", EXECUTORCH_QAT_ROW)):
         if name in rows:
             drop = rows[name]["drop_points"]
-            verdicts.append(f"{how}: drop {drop:.2f} ± {rows[name]['drop_se_points']:.2f} s.e. points, "
-                            f"{'met' if drop <= 0.5 else 'NOT met'}")
-    return ("- at the quantization issue's accuracy bound (top-1 drop at most 0.5 points; the same recipe on the "
-            "trained reference model, [quantize_reference.md](results/quantize_reference.md)): " + "; ".join(verdicts))
+            verdicts.append(
+                f"{how}: drop {drop:.2f} ± {rows[name]['drop_se_points']:.2f} s.e. points, "
+                f"{'met' if drop <= 0.5 else 'NOT met'}"
+            )
+    return (
+        "- at the quantization issue's accuracy bound (top-1 drop at most 0.5 points; the same recipe on the "
+        "trained reference model, [quantize_reference.md](results/quantize_reference.md)): " + "; ".join(verdicts)
+    )
 
 
 def reference_accuracy(data: Optional[dict]) -> list[str]:
     """Accuracy columns of every method on the trained synthetic reference model."""
     if data is None:
-        return ["(no accuracy table: run `python benchmarks/quantize_reference.py` to write "
-                "quantize_reference.md)", ""]
-    lines = ["## Accuracy on the synthetic reference model", "",
-             f"From [quantize_reference.md](results/quantize_reference.md): {data['evaluation_clips']} test clips, "
-             f"{data['calibration_clips']} calibration clips.", "",
-             "| method | top-1 | drop ± s.e. (pts) | logit SQNR (dB) | top-1 agreement with float | note |",
-             "|---|---|---|---|---|---|"]
+        return ["(no accuracy table: run `python benchmarks/quantize_reference.py` to write quantize_reference.md)", ""]
+    lines = [
+        "## Accuracy on the synthetic reference model",
+        "",
+        f"From [quantize_reference.md](results/quantize_reference.md): {data['evaluation_clips']} test clips, "
+        f"{data['calibration_clips']} calibration clips.",
+        "",
+        "| method | top-1 | drop ± s.e. (pts) | logit SQNR (dB) | top-1 agreement with float | note |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, row in data["rows"].items():
-        lines.append(f"| {name} | {100 * row['top1']:.2f}% | {row['drop_points']:.2f} ± {row['drop_se_points']:.2f} | "
-                     f"{row['sqnr_db']:.1f} | "
-                     f"{100 * row['top1_agreement']:.2f}% | {row.get('note', '')} |")
+        lines.append(
+            f"| {name} | {100 * row['top1']:.2f}% | {row['drop_points']:.2f} ± {row['drop_se_points']:.2f} | "
+            f"{row['sqnr_db']:.1f} | "
+            f"{100 * row['top1_agreement']:.2f}% | {row.get('note', '')} |"
+        )
     return lines + [""]
 
 
@@ -184,24 +218,35 @@ def other_devices(suite_report: Path, devices: Path = DEVICES, merged: Path = RE
     lines = ["## Other devices", ""]
     reports = sorted(devices.glob("*/report.json"))
     if not reports:
-        return lines + ["None measured yet. `python benchmarks/device_report.py` measures the float models on "
-                        "another machine (the float GPU model and ONNX Runtime CUDA where it has a GPU; its "
-                        "docstring says how to run it on a lent GPU machine) into results/devices/.", ""]
+        return lines + [
+            "None measured yet. `python benchmarks/device_report.py` measures the float models on "
+            "another machine (the float GPU model and ONNX Runtime CUDA where it has a GPU; its "
+            "docstring says how to run it on a lent GPU machine) into results/devices/.",
+            "",
+        ]
     write_report(merge_reports([suite_report, *reports]), merged, force=True)
     link = Path(os.path.relpath(merged / "report.md", REPO / "benchmarks")).as_posix()
-    lines += [f"Float models on each device (`benchmarks/device_report.py`), random weights; merged with this "
-              f"machine's suite in [{link}]({link}).", ""]
+    lines += [
+        f"Float models on each device (`benchmarks/device_report.py`), random weights; merged with this "
+        f"machine's suite in [{link}]({link}).",
+        "",
+    ]
     for path in reports:
         report = read_report(path)
         lines += [f"### {device_label(report['device'])}", ""]
         lines += [f"- {line}" for line in unavailable_settings(report)] + [""]
-        lines += ["| model | artifact (precision) | backend | median ms | x torch eager fp32 on its CPU | "
-                  "peak RSS (GPU) MB |", "|---|---|---|---|---|---|"]
+        lines += [
+            "| model | artifact (precision) | backend | median ms | x torch eager fp32 on its CPU | "
+            "peak RSS (GPU) MB |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in report["rows"]:
             if "latency" in r:
-                lines.append(f"| {r['variant'].upper()} {r['input']} | {r['artifact']} ({r['precision']}) | "
-                             f"{r['backend']} {r['setting']} | {r['latency']['median_ms']:.1f} | "
-                             f"{r['speedup_vs_torch_fp32']:.2f} | {peak_memory(r)} |")
+                lines.append(
+                    f"| {r['variant'].upper()} {r['input']} | {r['artifact']} ({r['precision']}) | "
+                    f"{r['backend']} {r['setting']} | {r['latency']['median_ms']:.1f} | "
+                    f"{r['speedup_vs_torch_fp32']:.2f} | {peak_memory(r)} |"
+                )
         lines.append("")
     return lines
 
@@ -213,14 +258,16 @@ MATRIX = {
     "w8": {"torch": ("pt2", "w8"), "onnxruntime": ("onnx", "w8"), "executorch": ("executorch", "w8")},
     "w8a8 PTQ": {"torch": ("pt2", "int8"), "onnxruntime": ("onnx", "int8"), "executorch": ("executorch", "int8")},
     "w8a8 QAT": {"torch": ("pt2", "int8-qat")},
-    "w4": {"torch": ("pt2", "w4"), "onnxruntime": ("onnx", "w4"), "executorch": ("executorch", "w4")}}
+    "w4": {"torch": ("pt2", "w4"), "onnxruntime": ("onnx", "w4"), "executorch": ("executorch", "w4")},
+}
 NOT_IN_MATRIX = {
     ("fp16", "torch"): "not timed: PyTorch's CPU kernels run fp16 far slower than fp32 (UniFormer-S 8x224: 5.4 s "
-                       "against 0.35 s a clip); the float model in fp16 on a GPU: Other devices",
+    "against 0.35 s a clip); the float model in fp16 on a GPU: Other devices",
     ("w8a8 QAT", "onnxruntime"): "the w8a8 PTQ graph with fine-tuned weights and ranges (`export --quantized` of a "
-                                 "QAT output): its speed",
+    "QAT output): its speed",
     ("w8a8 QAT", "executorch"): "the w8a8 PTQ program with fine-tuned weights (`export --qat-epochs`): its speed; "
-                                "accuracy below"}
+    "accuracy below",
+}
 
 
 def matrix(rows: list[dict], variant: str) -> list[str]:
@@ -235,8 +282,11 @@ def matrix(rows: list[dict], variant: str) -> list[str]:
         out = []
         for backend in backends:
             row = timed.get((backend, *cells[backend])) if backend in cells else None
-            out.append(f"{row['latency']['median_ms']:.1f} ms ({row['speedup_vs_torch_fp32']:.2f}x)" if row else
-                       NOT_IN_MATRIX.get((precision, backend), "not measured in this run"))
+            out.append(
+                f"{row['latency']['median_ms']:.1f} ms ({row['speedup_vs_torch_fp32']:.2f}x)"
+                if row
+                else NOT_IN_MATRIX.get((precision, backend), "not measured in this run")
+            )
         lines.append(f"| {precision} | " + " | ".join(out) + " |")
     return lines + [""]
 
@@ -246,19 +296,26 @@ def write_results_md(report: dict, models, threads: int, suite_report: Path) -> 
     path = RESULTS / "quantize_reference.json"
     reference = json.loads(path.read_text()) if path.is_file() else None
     ceilings, extra = report["roofline"], report["peers_measured_in_torch"]
-    lines = ["# Benchmark results", "",
-             f"Measured by `python benchmarks/run_suite.py` on {report['device']['cpu']} ({threads} threads). Speed "
-             "rows use random weights (speed does not depend on them); QAT rows are speed-only (16 clips of "
-             "fine-tuning on random weights), the accuracy of every method on the trained reference model is "
-             "in the last table. Each artifact's ratio is to torch eager fp32 of its own source model, timed again "
-             "right after the artifact's runs (the baseline rows show each group's first block: one for the "
-             "export folders, one for the quantize outputs).", "",
-             f"Roofline here: fp32 matrix product {ceilings['fp32_gflops']:.0f} GFLOP/s, int8 "
-             f"{ceilings['int8_gops']:.0f} GOP/s (`torch._int_mm`), both 2048^3.", ""]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured by `python benchmarks/run_suite.py` on {report['device']['cpu']} ({threads} threads). Speed "
+        "rows use random weights (speed does not depend on them); QAT rows are speed-only (16 clips of "
+        "fine-tuning on random weights), the accuracy of every method on the trained reference model is "
+        "in the last table. Each artifact's ratio is to torch eager fp32 of its own source model, timed again "
+        "right after the artifact's runs (the baseline rows show each group's first block: one for the "
+        "export folders, one for the quantize outputs).",
+        "",
+        f"Roofline here: fp32 matrix product {ceilings['fp32_gflops']:.0f} GFLOP/s, int8 "
+        f"{ceilings['int8_gops']:.0f} GOP/s (`torch._int_mm`), both 2048^3.",
+        "",
+    ]
     for variant in models:
         if any(r["variant"] == variant for r in report["rows"]):
-            lines += [f"### Precision x backend, UniFormer-{variant.upper()} (median, x torch eager fp32 timed "
-                      "right after)", ""] + matrix(report["rows"], variant)
+            lines += [
+                f"### Precision x backend, UniFormer-{variant.upper()} (median, x torch eager fp32 timed right after)",
+                "",
+            ] + matrix(report["rows"], variant)
     for variant in models:
         rows, baseline_of = [], None
         for r in report["rows"]:
@@ -269,21 +326,29 @@ def write_results_md(report: dict, models, threads: int, suite_report: Path) -> 
             rows.append((r, baseline_of))
         if not rows:
             continue
-        lines += [f"## UniFormer-{variant.upper()} {rows[0][0]['input']}", "",
-                  "| artifact | backend | median ms | x torch eager fp32 | size MB | SQNR vs float (dB) |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"## UniFormer-{variant.upper()} {rows[0][0]['input']}",
+            "",
+            "| artifact | backend | median ms | x torch eager fp32 | size MB | SQNR vs float (dB) |",
+            "|---|---|---|---|---|---|",
+        ]
         for r, base in sorted(rows, key=lambda rb: rb[0]["latency"]["median_ms"]):
             name = f"{r['artifact']} ({r['precision']})"
             if r is base:
-                name = "torch eager fp32 baseline of " + ("the quantize outputs" if _next_format(rows, r) == "pt2"
-                                                          else "the exports")
-            lines.append(f"| {name} | {r['backend']} {r['setting']} | {r['latency']['median_ms']:.1f} | "
-                         f"{r['speedup_vs_torch_fp32']:.2f} | {r['size_bytes'] / 1e6:.1f} | "
-                         f"{r['accuracy']['vs_float']['sqnr_db']:.1f} |")
+                name = "torch eager fp32 baseline of " + (
+                    "the quantize outputs" if _next_format(rows, r) == "pt2" else "the exports"
+                )
+            lines.append(
+                f"| {name} | {r['backend']} {r['setting']} | {r['latency']['median_ms']:.1f} | "
+                f"{r['speedup_vs_torch_fp32']:.2f} | {r['size_bytes'] / 1e6:.1f} | "
+                f"{r['accuracy']['vs_float']['sqnr_db']:.1f} |"
+            )
         first_base = rows[0][1]["latency"]["median_ms"]
         x86 = extra[f"{variant} torchao X86 PT2E + torch.compile"]
-        lines.append(f"| torchao X86 PT2E int8 + torch.compile (peer; {x86_census_text(x86['quantized'])}) | "
-                     f"torch inductor | {x86['median_ms']:.1f} | {first_base / x86['median_ms']:.2f} | - | - |")
+        lines.append(
+            f"| torchao X86 PT2E int8 + torch.compile (peer; {x86_census_text(x86['quantized'])}) | "
+            f"torch inductor | {x86['median_ms']:.1f} | {first_base / x86['median_ms']:.2f} | - | - |"
+        )
         lines.append("")
     lines += performance_targets(report["rows"], reference) + reference_accuracy(reference)
     lines += other_devices(suite_report)
@@ -302,12 +367,20 @@ def main():
     p.add_argument("--models", nargs="+", default=["s", "xxs"])
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--exports", type=Path, default=EXPORTS,
-                   help="folder of <variant>-<format>/ exports to reuse, e.g. from export_models.py; missing ones "
-                        f"are exported there (default {EXPORTS})")
+    p.add_argument(
+        "--exports",
+        type=Path,
+        default=EXPORTS,
+        help="folder of <variant>-<format>/ exports to reuse, e.g. from export_models.py; missing ones "
+        f"are exported there (default {EXPORTS})",
+    )
     p.add_argument("--qat-clips", type=int, default=16, help="QAT clips (speed rows only; default 16)")
-    p.add_argument("--from-report", type=Path, metavar="REPORT_JSON",
-                   help="only rewrite RESULTS.md from an earlier suite report (no measurement)")
+    p.add_argument(
+        "--from-report",
+        type=Path,
+        metavar="REPORT_JSON",
+        help="only rewrite RESULTS.md from an earlier suite report (no measurement)",
+    )
     args = p.parse_args()
     if args.from_report:
         report = json.loads(args.from_report.read_text())
@@ -326,19 +399,38 @@ def main():
             for fmt, precisions in SUITE_EXPORTS.items():
                 folder = args.exports / f"{variant}-{fmt}"
                 if not (folder / "manifest.json").is_file():  # else reuse benchmarks/export_models.py output
-                    run_export(ExportJob(**common, formats=(fmt,), precisions=precisions, target="ios18",
-                                         out=str(folder), force=True))
+                    run_export(
+                        ExportJob(
+                            **common, formats=(fmt,), precisions=precisions, target="ios18", out=str(folder), force=True
+                        )
+                    )
                 exported.append(str(folder))
             for folder, recipe, method in SUITE_QUANTIZED:
                 qat = dict(train_data="synthetic", qat_clips=args.qat_clips) if method == "qat" else {}
-                run_job(QuantizeJob(variant=variant, frames=frames, size=size, num_eval=2, method=method,
-                                    config=QuantConfig(recipe=recipe, qat=method == "qat"), out=str(base / folder),
-                                    **qat))
+                run_job(
+                    QuantizeJob(
+                        variant=variant,
+                        frames=frames,
+                        size=size,
+                        num_eval=2,
+                        method=method,
+                        config=QuantConfig(recipe=recipe, qat=method == "qat"),
+                        out=str(base / folder),
+                        **qat,
+                    )
+                )
             folders += exported + [str(base / folder) for folder, _, _ in SUITE_QUANTIZED]
-            extra[f"{variant} torchao X86 PT2E + torch.compile"] = torchao_x86_latency(variant, frames, size,
-                                                                                      args.runs)
-        report = run_benchmark(BenchmarkJob(artifacts=tuple(folders), threads=args.threads, runs=args.runs,
-                                            warmup=3, num_clips=8, out=str(RESULTS / "suite")))
+            extra[f"{variant} torchao X86 PT2E + torch.compile"] = torchao_x86_latency(variant, frames, size, args.runs)
+        report = run_benchmark(
+            BenchmarkJob(
+                artifacts=tuple(folders),
+                threads=args.threads,
+                runs=args.runs,
+                warmup=3,
+                num_clips=8,
+                out=str(RESULTS / "suite"),
+            )
+        )
     report["roofline"] = ceilings
     report["peers_measured_in_torch"] = extra
     write_report(report, RESULTS / "suite", force=True)

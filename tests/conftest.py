@@ -1,4 +1,5 @@
 """Shared fixtures: the team's reference shelf (`../shared/` beside the repo) and tiny configs."""
+
 from __future__ import annotations
 
 import os

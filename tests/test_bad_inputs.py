@@ -1,5 +1,6 @@
 """Bad input gives one line naming the file, key or value, a non-zero exit and no output:
 non-finite weights, frames and losses, contradictory settings, counts, outputs and damaged files."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,16 @@ from uniformer_edge._io import atomic_dir, remove_stale_partials
 from uniformer_edge.models import CheckpointError, create_model
 
 LIGHT = {k: v for k, v in TINY_LIGHT.items() if k != "num_classes"}
-TINY_RUN = dict(variant="xxs", frames=4, size=32, num_train_clips=16, num_val_clips=8, batch_size=8,
-                warmup_epochs=0.5, label_smoothing=0.0)
+TINY_RUN = dict(
+    variant="xxs",
+    frames=4,
+    size=32,
+    num_train_clips=16,
+    num_val_clips=8,
+    batch_size=8,
+    warmup_epochs=0.5,
+    label_smoothing=0.0,
+)
 
 
 def _mains():
@@ -36,19 +45,22 @@ def _errors(capsys) -> list[str]:
     return [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
 
 
-@pytest.mark.parametrize("command,argv,message", [
-    ("train", ["--frames", "0"], "--frames: must be a positive integer, got 0"),
-    ("train", ["--size", "0"], "--size: must be a positive integer"),
-    ("train", ["--epochs", "-1"], "--epochs: must be a positive integer, got -1"),
-    ("train", ["--batch-size", "0"], "--batch-size: must be a positive integer"),
-    ("train", ["--lr", "nan"], "--lr: must be a positive number"),
-    ("evaluate", ["--checkpoint", "x.pth", "--batch-size", "0"], "--batch-size: must be a positive integer"),
-    ("evaluate", ["--checkpoint", "x.pth", "--num-clips", "-1"], "--num-clips: must be a positive integer"),
-    ("quantize", ["--variant", "xxs", "--num-calib", "0"], "--num-calib: must be a positive integer"),
-    ("export", ["--variant", "xxs", "--out", "x", "--check-clips", "0"], "--check-clips: must be a positive"),
-    ("benchmark", ["--out", "x", "--threads", "0"], "--threads: must be a positive integer, got 0"),
-    ("benchmark", ["--out", "x", "--runs", "two"], "--runs: 'two' is not an integer"),
-])
+@pytest.mark.parametrize(
+    "command,argv,message",
+    [
+        ("train", ["--frames", "0"], "--frames: must be a positive integer, got 0"),
+        ("train", ["--size", "0"], "--size: must be a positive integer"),
+        ("train", ["--epochs", "-1"], "--epochs: must be a positive integer, got -1"),
+        ("train", ["--batch-size", "0"], "--batch-size: must be a positive integer"),
+        ("train", ["--lr", "nan"], "--lr: must be a positive number"),
+        ("evaluate", ["--checkpoint", "x.pth", "--batch-size", "0"], "--batch-size: must be a positive integer"),
+        ("evaluate", ["--checkpoint", "x.pth", "--num-clips", "-1"], "--num-clips: must be a positive integer"),
+        ("quantize", ["--variant", "xxs", "--num-calib", "0"], "--num-calib: must be a positive integer"),
+        ("export", ["--variant", "xxs", "--out", "x", "--check-clips", "0"], "--check-clips: must be a positive"),
+        ("benchmark", ["--out", "x", "--threads", "0"], "--threads: must be a positive integer, got 0"),
+        ("benchmark", ["--out", "x", "--runs", "two"], "--runs: 'two' is not an integer"),
+    ],
+)
 def test_counts_are_validated_at_parse_time(command, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         _mains()[command](argv)
@@ -86,12 +98,46 @@ def test_non_finite_weights_are_refused(nan_checkpoint, tmp_path, capsys):
     with pytest.raises(CheckpointError, match=r"2 tensor\(s\) hold NaN or infinite values: .*head.weight"):
         create_model("xxs", num_classes=12, checkpoint=nan_checkpoint, **LIGHT)
     mains = _mains()
-    assert run(mains["evaluate"], ["--checkpoint", str(nan_checkpoint), "--variant", "xxs", "--frames", "4",
-                                   "--size", "32", "--num-clips", "4"]) == 2
-    assert run(mains["export"], ["--variant", "xxs", "--checkpoint", str(nan_checkpoint), "--out",
-                                 str(tmp_path / "x")]) == 2
-    assert run(mains["quantize"], ["--variant", "xxs", "--checkpoint", str(nan_checkpoint), "--frames", "4",
-                                   "--size", "32", "--out", str(tmp_path / "q")]) == 2
+    assert (
+        run(
+            mains["evaluate"],
+            [
+                "--checkpoint",
+                str(nan_checkpoint),
+                "--variant",
+                "xxs",
+                "--frames",
+                "4",
+                "--size",
+                "32",
+                "--num-clips",
+                "4",
+            ],
+        )
+        == 2
+    )
+    assert (
+        run(mains["export"], ["--variant", "xxs", "--checkpoint", str(nan_checkpoint), "--out", str(tmp_path / "x")])
+        == 2
+    )
+    assert (
+        run(
+            mains["quantize"],
+            [
+                "--variant",
+                "xxs",
+                "--checkpoint",
+                str(nan_checkpoint),
+                "--frames",
+                "4",
+                "--size",
+                "32",
+                "--out",
+                str(tmp_path / "q"),
+            ],
+        )
+        == 2
+    )
     errors = _errors(capsys)
     assert len(errors) == 3 and all(str(nan_checkpoint) in e and "NaN" in e for e in errors), errors
     assert not (tmp_path / "x").exists() and not (tmp_path / "q").exists()
@@ -110,8 +156,26 @@ def test_non_finite_frames_name_the_clip(tmp_path, capsys):
         build_dataset("folder", root=str(tmp_path), frames=4, size=16)
     checkpoint = tmp_path / "ck.pth"
     torch.save({"model_state": create_model("xxs", num_classes=2, **LIGHT).state_dict()}, checkpoint)
-    assert run(_mains()["evaluate"], ["--checkpoint", str(checkpoint), "--variant", "xxs", "--data", "folder",
-                                      "--root", str(tmp_path), "--frames", "4", "--size", "32"]) == 2
+    assert (
+        run(
+            _mains()["evaluate"],
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--variant",
+                "xxs",
+                "--data",
+                "folder",
+                "--root",
+                str(tmp_path),
+                "--frames",
+                "4",
+                "--size",
+                "32",
+            ],
+        )
+        == 2
+    )
     assert "bad.npy" in _errors(capsys)[0]
 
 
@@ -138,8 +202,13 @@ def test_evaluate_refuses_a_head_of_another_class_count(tmp_path, capsys):
     torch.save({"model_state": create_model("xxs", num_classes=10, **LIGHT).state_dict()}, path)
     with pytest.raises(CheckpointError, match="another class count"):
         create_model("xxs", num_classes=12, checkpoint=path, new_head=False, **LIGHT)
-    assert run(_mains()["evaluate"], ["--checkpoint", str(path), "--variant", "xxs", "--frames", "4", "--size", "32",
-                                      "--num-clips", "4"]) == 2
+    assert (
+        run(
+            _mains()["evaluate"],
+            ["--checkpoint", str(path), "--variant", "xxs", "--frames", "4", "--size", "32", "--num-clips", "4"],
+        )
+        == 2
+    )
     assert "random head" in _errors(capsys)[0]
 
 
@@ -171,8 +240,11 @@ def test_resume_errors_and_contradicting_flags(tmp_path):
     good = tmp_path / "good"
     train(TrainConfig(**TINY_RUN, epochs=2, out=str(good)), progress=False, stop_after=1)
     with pytest.warns(UserWarning, match=r"ignoring variant \('s'; the run has 'xxs'\), batch_size"):
-        train(TrainConfig(**dict(TINY_RUN, variant="s", batch_size=4), epochs=2, out=str(good)), resume=True,
-              progress=False)
+        train(
+            TrainConfig(**dict(TINY_RUN, variant="s", batch_size=4), epochs=2, out=str(good)),
+            resume=True,
+            progress=False,
+        )
     state = torch.load(good / "last.pth", weights_only=True)
     state["model_state"] = create_model("s", num_classes=12).state_dict()  # another variant's weights
     torch.save(state, good / "last.pth")
@@ -190,12 +262,21 @@ def test_benchmark_merge_refuses_other_documents_and_keeps_one_copy(tmp_path, ca
     empty.write_text(json.dumps({"schema": 1, "device": device, "rows": [], "groups": [], "backends": {}}))
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"schema": 1, "artifacts": []}))
-    for path, message in ((quantize_report, "a quantize report"), (empty, "without rows"),
-                          (manifest, "an export manifest")):
+    for path, message in (
+        (quantize_report, "a quantize report"),
+        (empty, "without rows"),
+        (manifest, "an export manifest"),
+    ):
         assert run(_mains()["benchmark"], ["--merge", str(path), "--out", str(tmp_path / "m")]) == 2
         assert message in _errors(capsys)[0]
-    row = {"variant": "s", "input": "8x224", "artifact": "a", "precision": "fp32", "backend": "torch",
-           "not_available": "why"}
+    row = {
+        "variant": "s",
+        "input": "8x224",
+        "artifact": "a",
+        "precision": "fp32",
+        "backend": "torch",
+        "not_available": "why",
+    }
     one = tmp_path / "one.json"
     one.write_text(json.dumps({"schema": 1, "device": device, "rows": [row], "groups": [], "backends": {}}))
     with pytest.warns(UserWarning, match="kept once"):
@@ -208,9 +289,18 @@ def test_damaged_manifest_is_one_line(tmp_path, capsys):
     folder.mkdir()
     (folder / "manifest.json").write_text("{broken")
     assert run(_mains()["benchmark"], [str(folder), "--out", str(tmp_path / "b")]) == 2
-    (folder / "manifest.json").write_text(json.dumps({"schema": 1, "variant": "s", "input": {}, "source": {},
-                                                      "num_classes": 2,
-                                                      "artifacts": [{"path": "../x.onnx", "sha256": "0"}]}))
+    (folder / "manifest.json").write_text(
+        json.dumps(
+            {
+                "schema": 1,
+                "variant": "s",
+                "input": {},
+                "source": {},
+                "num_classes": 2,
+                "artifacts": [{"path": "../x.onnx", "sha256": "0"}],
+            }
+        )
+    )
     assert run(_mains()["benchmark"], [str(folder), "--out", str(tmp_path / "b")]) == 2
     errors = _errors(capsys)
     assert "is not valid JSON" in errors[0] and "is not a file name inside" in errors[1]
@@ -220,11 +310,13 @@ def test_stale_partial_outputs_of_killed_runs_are_removed(tmp_path):
     """A run killed during its final write (SIGKILL) leaves a hidden temporary folder; the next
     write of that output removes it, and leaves a live process's alone."""
     out = tmp_path / "result"
-    code = ("import os, sys; sys.path.insert(0, %r)\n"
-            "from uniformer_edge._io import atomic_dir\n"
-            "with atomic_dir(%r) as tmp:\n"
-            "    (tmp / 'half').write_text('x')\n"
-            "    os.kill(os.getpid(), 9)\n") % (str(__import__("pathlib").Path(__file__).parents[1]), str(out))
+    code = (
+        "import os, sys; sys.path.insert(0, %r)\n"
+        "from uniformer_edge._io import atomic_dir\n"
+        "with atomic_dir(%r) as tmp:\n"
+        "    (tmp / 'half').write_text('x')\n"
+        "    os.kill(os.getpid(), 9)\n"
+    ) % (str(__import__("pathlib").Path(__file__).parents[1]), str(out))
     subprocess.run([sys.executable, "-c", code], check=False)
     stale = list(tmp_path.glob(".result.*.partial"))
     assert len(stale) == 1 and not out.exists()
@@ -242,12 +334,15 @@ def test_cli_prints_toolkit_errors_as_one_line_and_lets_bugs_raise(capsys):
     def failing(error):
         def main(argv):
             raise error
+
         return main
 
     assert run(failing(InputError("bad --frames")), []) == 2
     assert run(failing(ExportError("x.onnx misses its threshold")), []) == 2
-    assert _errors(capsys) == ["uniformer_edge: error: bad --frames",
-                               "uniformer_edge: error: x.onnx misses its threshold"]
+    assert _errors(capsys) == [
+        "uniformer_edge: error: bad --frames",
+        "uniformer_edge: error: x.onnx misses its threshold",
+    ]
     # an internal ValueError is a bug, not bad input: it keeps its traceback
     with pytest.raises(ValueError, match="internal"):
         run(failing(ValueError("internal invariant")), [])

@@ -1,5 +1,6 @@
 """Benchmark: real latency/accuracy runs on tiny artifacts for every backend here, reports and
 plots written and re-read, merging, the not-available path and bad input."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,15 @@ import pytest
 import torch
 
 from conftest import REPO, TINY
-from uniformer_edge.benchmark import (BenchmarkJob, latency_stats, merge_reports, read_report, render_markdown,
-                                      run_benchmark, write_report)
+from uniformer_edge.benchmark import (
+    BenchmarkJob,
+    latency_stats,
+    merge_reports,
+    read_report,
+    render_markdown,
+    run_benchmark,
+    write_report,
+)
 from uniformer_edge.benchmark.backends import ORT_PROVIDERS, Runner
 from uniformer_edge.benchmark.report import pareto_front
 from uniformer_edge.benchmark.run import _float_gpu_rows
@@ -27,24 +35,50 @@ PLAIN = {k: v for k, v in TINY.items() if k != "num_classes"}
 def artifacts(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     pytest.importorskip("executorch.runtime", reason="ExecuTorch is an optional extra")
-    run_export(ExportJob(variant="s", model_overrides=PLAIN, formats=("onnx", "coreml", "executorch"), precisions=("fp32",), frames=8,
-                         size=32, num_classes=10, check_clips=2, out=str(root / "export")), progress=False)
-    run_job(QuantizeJob(variant="s", model_overrides=PLAIN, frames=8, size=32, num_calib=4, num_eval=4,
-                        out=str(root / "quant")), progress=False)
+    run_export(
+        ExportJob(
+            variant="s",
+            model_overrides=PLAIN,
+            formats=("onnx", "coreml", "executorch"),
+            precisions=("fp32",),
+            frames=8,
+            size=32,
+            num_classes=10,
+            check_clips=2,
+            out=str(root / "export"),
+        ),
+        progress=False,
+    )
+    run_job(
+        QuantizeJob(
+            variant="s", model_overrides=PLAIN, frames=8, size=32, num_calib=4, num_eval=4, out=str(root / "quant")
+        ),
+        progress=False,
+    )
     return root
 
 
 @pytest.fixture(scope="module")
 def report(artifacts):
-    job = BenchmarkJob(artifacts=(str(artifacts / "export"), str(artifacts / "quant")), runs=3, warmup=1,
-                       num_clips=4, out=str(artifacts / "report"))
+    job = BenchmarkJob(
+        artifacts=(str(artifacts / "export"), str(artifacts / "quant")),
+        runs=3,
+        warmup=1,
+        num_clips=4,
+        out=str(artifacts / "report"),
+    )
     return run_benchmark(job, progress=False)
 
 
 def test_every_backend_measured_or_explained(report):
     rows = report["rows"]
     measured = {(r["backend"], r["format"]) for r in rows if "latency" in r}
-    assert {("torch", "torch eager"), ("onnxruntime", "onnx"), ("executorch", "executorch"), ("torch", "pt2")} <= measured
+    assert {
+        ("torch", "torch eager"),
+        ("onnxruntime", "onnx"),
+        ("executorch", "executorch"),
+        ("torch", "pt2"),
+    } <= measured
     for r in rows:
         if "latency" in r:
             lat = r["latency"]
@@ -58,8 +92,9 @@ def test_every_backend_measured_or_explained(report):
     assert 10 < quant["accuracy"]["vs_float"]["sqnr_db"] < 80 and "top1" not in quant["accuracy"]
     coreml = [r for r in rows if r["backend"] == "coreml"]
     if platform.system() != "Darwin":
-        assert coreml and all("not available here: Core ML prediction needs macOS" in r["not_available"]
-                              for r in coreml)
+        assert coreml and all(
+            "not available here: Core ML prediction needs macOS" in r["not_available"] for r in coreml
+        )
     assert report["complete"] and report["groups"][0]["float_reference"].startswith("float PyTorch model on")
     assert report["device"]["cores"] and report["device"]["versions"]["torch"]
 
@@ -133,8 +168,18 @@ def test_float_gpu_rows_with_the_cpu_standing_in_for_the_gpu():
         reference = model(clips)
     job = BenchmarkJob(artifacts=("unused",), runs=3, warmup=1)
     baseline = Runner("torch", "cpu", lambda x: model(x))
-    rows = list(_float_gpu_rows(model, clips, clips[:1], job, lambda lg: agreement(reference, lg), baseline,
-                                {"variant": "s", "artifact": "float model (deploy form)"}, device="cpu"))
+    rows = list(
+        _float_gpu_rows(
+            model,
+            clips,
+            clips[:1],
+            job,
+            lambda lg: agreement(reference, lg),
+            baseline,
+            {"variant": "s", "artifact": "float model (deploy form)"},
+            device="cpu",
+        )
+    )
     assert [(r["precision"], r["setting"]) for r in rows] == [("fp32", "cpu"), ("fp16", "cpu")]
     fp32, fp16 = rows
     assert fp32["accuracy"]["sqnr_db"] > 100 and 20 < fp16["accuracy"]["sqnr_db"] < 80
@@ -149,11 +194,16 @@ def test_device_report_merged_into_results(report, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import device_report
     import run_suite
-    device = device_report.measure([("s", 8, 32)], runs=2, threads=torch.get_num_threads(), export_dir=tmp_path,
-                                   model_overrides=PLAIN)
+
+    device = device_report.measure(
+        [("s", 8, 32)], runs=2, threads=torch.get_num_threads(), export_dir=tmp_path, model_overrides=PLAIN
+    )
     rows = {(r["format"], r["precision"], r["backend"], r["setting"]) for r in device["rows"] if "latency" in r}
-    assert {("torch eager", "fp32", "torch", "cpu"), ("onnx", "fp32", "onnxruntime", "CPUExecutionProvider"),
-            ("onnx", "fp16", "onnxruntime", "CPUExecutionProvider")} <= rows
+    assert {
+        ("torch eager", "fp32", "torch", "cpu"),
+        ("onnx", "fp32", "onnxruntime", "CPUExecutionProvider"),
+        ("onnx", "fp16", "onnxruntime", "CPUExecutionProvider"),
+    } <= rows
     slug = device_report.device_slug(device["device"])
     assert slug and set(slug) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
     devices, merged = tmp_path / "devices", tmp_path / "merged"
@@ -164,4 +214,5 @@ def test_device_report_merged_into_results(report, tmp_path, monkeypatch):
     assert "| S 8x32 | uniformer-s-8x32-fp16.onnx (fp16) | onnxruntime CPUExecutionProvider |" in text
     assert len(read_report(merged / "report.json")["devices"]) == 2
     assert run_suite.other_devices(tmp_path / "suite" / "report.json", tmp_path / "none", merged)[2].startswith(
-        "None measured yet")
+        "None measured yet"
+    )

@@ -1,4 +1,5 @@
 """Checkpoint loading: every wrapping users hold, head re-sizing, 2-D inflation, bad input."""
+
 from __future__ import annotations
 
 import collections
@@ -7,8 +8,14 @@ import pytest
 import torch
 
 from conftest import TINY, TINY_LIGHT
-from uniformer_edge.models import (CheckpointError, UniFormer, UniFormerLight, create_model, load_checkpoint,
-                                   read_state_dict)
+from uniformer_edge.models import (
+    CheckpointError,
+    UniFormer,
+    UniFormerLight,
+    create_model,
+    load_checkpoint,
+    read_state_dict,
+)
 
 
 @pytest.fixture
@@ -23,15 +30,19 @@ def _outputs_equal(a, b):
         return torch.equal(a.eval()(x), b.eval()(x))
 
 
-@pytest.mark.parametrize("wrap", [
-    lambda sd: sd,
-    lambda sd: {"model": sd},
-    lambda sd: {"model_state": sd, "optimizer_state": {}, "epoch": 3, "cfg": "x"},
-    lambda sd: {"state_dict": sd},
-    lambda sd: {f"module.{k}": v for k, v in sd.items()},
-    lambda sd: {"model_state": {f"module.{k}": v for k, v in sd.items()}},
-    lambda sd: collections.OrderedDict(sd),
-], ids=["bare", "model", "model_state", "state_dict", "ddp-prefix", "model_state+ddp", "ordered"])
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: sd,
+        lambda sd: {"model": sd},
+        lambda sd: {"model_state": sd, "optimizer_state": {}, "epoch": 3, "cfg": "x"},
+        lambda sd: {"state_dict": sd},
+        lambda sd: {f"module.{k}": v for k, v in sd.items()},
+        lambda sd: {"model_state": {f"module.{k}": v for k, v in sd.items()}},
+        lambda sd: collections.OrderedDict(sd),
+    ],
+    ids=["bare", "model", "model_state", "state_dict", "ddp-prefix", "model_state+ddp", "ordered"],
+)
 def test_strict_load_every_wrapping(tmp_path, source, wrap):
     path = tmp_path / "ckpt.pth"
     torch.save(wrap(source.state_dict()), path)
@@ -146,8 +157,11 @@ def test_key_and_shape_mismatches_are_listed(tmp_path, source):
     assert report.missing == ["blocks3.1.attn.qkv.weight", "norm.running_var"]
     # Shapes never load silently, strict or not.
     wrong = dict(sd, **{"blocks1.0.conv1.weight": torch.zeros(16, 8, 1, 1, 1)})
-    with pytest.raises(CheckpointError, match=r"blocks1.0.conv1.weight: checkpoint \(16, 8, 1, 1, 1\) vs model "
-                                              r"\(16, 16, 1, 1, 1\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"blocks1.0.conv1.weight: checkpoint \(16, 8, 1, 1, 1\) vs model "
+        r"\(16, 16, 1, 1, 1\)",
+    ):
         load_checkpoint(model, _save(tmp_path, "shape.pth", wrong), strict=False)
     # A wrong variant: a whole list of mismatches, truncated, never a traceback dump.
     with pytest.raises(CheckpointError, match=r"do not fit the model: .*more\)"):

@@ -1,12 +1,21 @@
 """Video data: the synthetic temporal benchmark, the video-list loader, calibration sets."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from uniformer_edge.calibration import (MEAN, STD, SYNTHETIC_CLASSES, SyntheticMotion, VideoDataset, build_dataset,
-                                        calibration_set, read_annotations)
+from uniformer_edge.calibration import (
+    MEAN,
+    STD,
+    SYNTHETIC_CLASSES,
+    SyntheticMotion,
+    VideoDataset,
+    build_dataset,
+    calibration_set,
+    read_annotations,
+)
 from uniformer_edge.calibration.synthetic import _main_track
 
 
@@ -58,6 +67,7 @@ def test_reversed_and_single_frame_views():
 
 # ----------------------------------------------------------------------------- video files
 
+
 def _write_video(path, num_frames, size=(48, 64), codec="mpeg4"):
     """A video whose frame i is uniformly grey at level 8*i, so sampling can be checked."""
     import av
@@ -107,16 +117,29 @@ def test_video_list_loader(video_tree):
 
 def test_strided_sampling_and_short_side_resize(video_tree):
     (video_tree / "one.txt").write_text("b/v2.mp4 1\n")
-    ds = VideoDataset(video_tree / "videos", video_tree / "one.txt", frames=4, size=40, sampling="strided",
-                      sampling_rate=8, num_classes=2)
+    ds = VideoDataset(
+        video_tree / "videos",
+        video_tree / "one.txt",
+        frames=4,
+        size=40,
+        sampling="strided",
+        sampling_rate=8,
+        num_classes=2,
+    )
     clip, _ = ds[0]
     assert clip.shape == (3, 4, 40, 40)  # 48x64 -> short side 40 -> centre crop 40x40
     levels = (clip * 0.225 + 0.45).mean(dim=(0, 2, 3)) * 255
     np.testing.assert_allclose(levels.numpy(), [8 * i for i in (2, 10, 18, 26)], atol=4)  # centred 25-frame span
     with pytest.warns(UserWarning, match="too short"):
         with pytest.raises(ValueError, match="no usable videos"):
-            VideoDataset(video_tree / "videos", video_tree / "one.txt", frames=8, sampling="strided",
-                         sampling_rate=8, num_classes=2)
+            VideoDataset(
+                video_tree / "videos",
+                video_tree / "one.txt",
+                frames=8,
+                sampling="strided",
+                sampling_rate=8,
+                num_classes=2,
+            )
 
 
 def test_folder_per_class_and_class_names(video_tree):
@@ -163,6 +186,7 @@ def test_loader_errors(tmp_path, video_tree):
 
 
 # ----------------------------------------------------------------------------- calibration
+
 
 def test_calibration_set_is_stratified_and_deterministic():
     ds = SyntheticMotion("val", frames=2, size=16, num_clips=120)

@@ -1,4 +1,5 @@
 """Training and evaluation: loss goes down, resume is exact, torchrun (gloo) agrees with one process."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,16 @@ import torch
 
 from uniformer_edge.engine import TrainConfig, top1_drop, topk_accuracy, train, warmup_cosine
 
-TINY_RUN = dict(variant="xxs", frames=4, size=32, num_train_clips=16, num_val_clips=12, batch_size=8,
-                warmup_epochs=0.5, label_smoothing=0.0)
+TINY_RUN = dict(
+    variant="xxs",
+    frames=4,
+    size=32,
+    num_train_clips=16,
+    num_val_clips=12,
+    batch_size=8,
+    warmup_epochs=0.5,
+    label_smoothing=0.0,
+)
 
 
 def test_training_reduces_loss(tmp_path):
@@ -64,20 +73,32 @@ def test_top1_drop_paired_standard_error():
     out = top1_drop(reference, other, labels)
     assert (out["lost"], out["gained"]) == (10, 4)
     assert out["drop_points"] == pytest.approx(6.0)
-    variance = (14 - 100 * 0.06 ** 2) / 99  # unbiased variance of the per-clip differences
+    variance = (14 - 100 * 0.06**2) / 99  # unbiased variance of the per-clip differences
     assert out["drop_se_points"] == pytest.approx(100 * (variance / 100) ** 0.5)
     assert top1_drop(reference, reference, labels)["drop_se_points"] == 0
     # tied logits (as int8 outputs give) count as in topk_accuracy
     tied = torch.randint(0, 3, (200, 12)).float()
     labels = torch.randint(0, 12, (200,))
     assert top1_drop(reference.new_zeros(200, 12), tied, labels)["drop_points"] == pytest.approx(
-        100 * (topk_accuracy(reference.new_zeros(200, 12), labels, 1) - topk_accuracy(tied, labels, 1)))
+        100 * (topk_accuracy(reference.new_zeros(200, 12), labels, 1) - topk_accuracy(tied, labels, 1))
+    )
 
 
 def _run(args, nproc=None, timeout=600):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                "--master_port", str(29500 + os.getpid() % 1000)] if nproc else [sys.executable]
+    launcher = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            str(29500 + os.getpid() % 1000),
+        ]
+        if nproc
+        else [sys.executable]
+    )
     out = subprocess.run(launcher + ["-m", *args], capture_output=True, text=True, env=env, timeout=timeout)
     assert out.returncode == 0, out.stderr[-3000:]
     return out
@@ -85,13 +106,36 @@ def _run(args, nproc=None, timeout=600):
 
 def test_torchrun_train_and_evaluate(tmp_path):
     run = tmp_path / "ddp"
-    common = ["--variant", "xxs", "--frames", "4", "--size", "32", "--num-train-clips", "16",
-              "--num-val-clips", "12", "--batch-size", "8", "--epochs", "2"]
+    common = [
+        "--variant",
+        "xxs",
+        "--frames",
+        "4",
+        "--size",
+        "32",
+        "--num-train-clips",
+        "16",
+        "--num-val-clips",
+        "12",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+    ]
     _run(["uniformer_edge.train", *common, "--out", str(run)], nproc=2)
     saved = torch.load(run / "last.pth", weights_only=True)
     assert saved["epoch"] == 1 and not any(k.startswith("module.") for k in saved["model_state"])
-    evaluate = ["uniformer_edge.evaluate", "--checkpoint", str(run / "best.pth"), "--split", "test",
-                "--num-clips", "25", "--batch-size", "4"]
+    evaluate = [
+        "uniformer_edge.evaluate",
+        "--checkpoint",
+        str(run / "best.pth"),
+        "--split",
+        "test",
+        "--num-clips",
+        "25",
+        "--batch-size",
+        "4",
+    ]
     _run(evaluate + ["--json", str(tmp_path / "one.json")])
     _run(evaluate + ["--json", str(tmp_path / "two.json")], nproc=2)
     one = json.loads((tmp_path / "one.json").read_text())

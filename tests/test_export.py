@@ -1,5 +1,6 @@
 """Export: every format and precision on tiny configs, parity executed by ONNX Runtime and
 ExecuTorch, Core ML spec inspection, manifest hashes, and the refusals."""
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,18 @@ def light_float(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "float"
     labels = out.parent / "labels.txt"
     labels.write_text("\n".join(f"class {i}" for i in range(10)) + "\n")
-    manifest = run_export(ExportJob(variant="xxs", model_overrides=LIGHT, formats=("onnx", "coreml"),
-                                    precisions=("fp32", "fp16"), labels=str(labels), out=str(out), **INPUT),
-                          progress=False)
+    manifest = run_export(
+        ExportJob(
+            variant="xxs",
+            model_overrides=LIGHT,
+            formats=("onnx", "coreml"),
+            precisions=("fp32", "fp16"),
+            labels=str(labels),
+            out=str(out),
+            **INPUT,
+        ),
+        progress=False,
+    )
     return out, manifest
 
 
@@ -97,10 +107,17 @@ def test_light_model_refuses_another_input_size(light_float):
 @pytest.fixture(scope="module")
 def light_quantized(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "quantized"
-    return out, run_export(ExportJob(variant="xxs", model_overrides=LIGHT, formats=("onnx",),
-                                     precisions=("int8", "w8", "w4", "int8-ort", "int8-ort-entropy"), out=str(out),
-                                     **INPUT),
-                           progress=False)
+    return out, run_export(
+        ExportJob(
+            variant="xxs",
+            model_overrides=LIGHT,
+            formats=("onnx",),
+            precisions=("int8", "w8", "w4", "int8-ort", "int8-ort-entropy"),
+            out=str(out),
+            **INPUT,
+        ),
+        progress=False,
+    )
 
 
 def test_onnx_quantized_exports_keep_qdq_and_match_pytorch_graph(light_quantized):
@@ -117,8 +134,11 @@ def test_onnx_quantized_exports_keep_qdq_and_match_pytorch_graph(light_quantized
 
     def scales(precision):
         model = onnx.load(str(out / _by(manifest, "onnx", precision)["path"]))
-        return {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer
-                if i.name.endswith("_scale") and len(i.dims) == 0}
+        return {
+            i.name: onnx.numpy_helper.to_array(i)
+            for i in model.graph.initializer
+            if i.name.endswith("_scale") and len(i.dims) == 0
+        }
 
     minmax, entropy = scales("int8-ort"), scales("int8-ort-entropy")
     assert minmax.keys() == entropy.keys()
@@ -133,9 +153,11 @@ def test_kl_threshold_equals_onnxruntime_entropy_search(shape):
     from onnxruntime.quantization.calibrate import HistogramCollector
 
     rng = np.random.default_rng(0)
-    data = {"gaussian": rng.normal(0.3, 1.0, 20000),
-            "heavy_tail": rng.standard_t(2, 20000),
-            "sparse": np.where(rng.random(20000) < 0.9, 0.0, rng.exponential(2.0, 20000))}[shape].astype(np.float32)
+    data = {
+        "gaussian": rng.normal(0.3, 1.0, 20000),
+        "heavy_tail": rng.standard_t(2, 20000),
+        "sparse": np.where(rng.random(20000) < 0.9, 0.0, rng.exponential(2.0, 20000)),
+    }[shape].astype(np.float32)
     bound = np.abs(data).max()
     hist, edges = np.histogram(data, 512, range=(-bound, bound))
     histogram = (hist, edges, data.min(), data.max())
@@ -144,8 +166,13 @@ def test_kl_threshold_equals_onnxruntime_entropy_search(shape):
 
 
 def _bias_free_convolution_onnx(path):
-    model = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 3, padding=1, bias=False), torch.nn.ReLU(),
-                                torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(), torch.nn.Linear(4, 5)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Conv3d(3, 4, 3, padding=1, bias=False),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool3d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 5),
+    ).eval()
     return export_onnx(model, path, torch.randn(1, 3, 4, 8, 8))
 
 
@@ -156,8 +183,12 @@ def test_entropy_histograms_equal_onnxruntime_seeing_all_clips_at_once(tmp_path)
     model = _bias_free_convolution_onnx(tmp_path / "m.onnx")
     clips = [torch.randn(3, 4, 8, 8) * scale for scale in (0.5, 2.0, 1.0)]
     ours = entropy_histograms(model, clips, tmp_path, num_bins=256)
-    calibrator = create_calibrator(model, augmented_model_path=str(tmp_path / "ort.onnx"),
-                                   calibrate_method=CalibrationMethod.Entropy, extra_options={"num_bins": 256})
+    calibrator = create_calibrator(
+        model,
+        augmented_model_path=str(tmp_path / "ort.onnx"),
+        calibrate_method=CalibrationMethod.Entropy,
+        extra_options={"num_bins": 256},
+    )
 
     class AllClips:
         batches = iter([{"video": torch.stack(clips).numpy()}])
@@ -190,8 +221,17 @@ def test_entropy_histograms_survive_a_range_that_grows_by_orders_of_magnitude(tm
 @pytest.mark.slow  # minutes: run by .ci/run after the default set
 def test_executorch_fp32_and_int8_run_on_the_runtime(tmp_path):
     pytest.importorskip("executorch.runtime", reason="ExecuTorch is an optional extra")
-    manifest = run_export(ExportJob(variant="s", model_overrides=PLAIN, formats=("executorch",),
-                                    precisions=("fp32", "int8"), out=str(tmp_path / "e"), **INPUT), progress=False)
+    manifest = run_export(
+        ExportJob(
+            variant="s",
+            model_overrides=PLAIN,
+            formats=("executorch",),
+            precisions=("fp32", "int8"),
+            out=str(tmp_path / "e"),
+            **INPUT,
+        ),
+        progress=False,
+    )
     fp32, int8 = _by(manifest, "executorch", "fp32"), _by(manifest, "executorch", "int8")
     assert fp32["parity"]["vs_float"]["max_rel_err"] <= 1e-4 and "executorch" in fp32["parity"]["runtime"]
     assert int8["parity"]["vs_pytorch_quantized"]["cosine"] >= 0.999
@@ -209,8 +249,17 @@ def test_executorch_fp16_and_weight_quantized_programs(tmp_path):
     """fp16 behind fp32 inputs and outputs; w8/w4 with XNNPACK's per-call activation quantization,
     each run by the runtime against its PyTorch graph, smaller as the weights shrink."""
     pytest.importorskip("executorch.runtime", reason="ExecuTorch is an optional extra")
-    manifest = run_export(ExportJob(variant="s", model_overrides=PLAIN, formats=("executorch",),
-                                    precisions=("fp16", "w8", "w4"), out=str(tmp_path / "e"), **INPUT), progress=False)
+    manifest = run_export(
+        ExportJob(
+            variant="s",
+            model_overrides=PLAIN,
+            formats=("executorch",),
+            precisions=("fp16", "w8", "w4"),
+            out=str(tmp_path / "e"),
+            **INPUT,
+        ),
+        progress=False,
+    )
     fp16, w8, w4 = (_by(manifest, "executorch", p) for p in ("fp16", "w8", "w4"))
     assert fp16["input"]["dtype"] == "float32" and fp16["parity"]["vs_float"]["cosine"] >= 0.999
     for art in (w8, w4):
@@ -317,9 +366,19 @@ def test_executorch_int8_qat_fine_tunes_the_calibrated_program(tmp_path):
         reference = model(clips)
     assert torch.nn.functional.cosine_similarity(tuned.flatten(), reference.flatten(), dim=0) > 0.95
 
-    manifest = run_export(ExportJob(variant="xxs", model_overrides=LIGHT, formats=("executorch",), precisions=("int8",),
-                                    qat_epochs=1, qat_clips=8, out=str(tmp_path / "e"),
-                                    **{**INPUT, "num_classes": 12}), progress=False)
+    manifest = run_export(
+        ExportJob(
+            variant="xxs",
+            model_overrides=LIGHT,
+            formats=("executorch",),
+            precisions=("int8",),
+            qat_epochs=1,
+            qat_clips=8,
+            out=str(tmp_path / "e"),
+            **{**INPUT, "num_classes": 12},
+        ),
+        progress=False,
+    )
     int8 = _by(manifest, "executorch", "int8")
     assert int8["quantization"]["method"] == "qat" and int8["quantization"]["train_clips"] == 8
     assert int8["quantization"]["epochs"] == 1 and int8["quantization"]["distill_weight"] == 1.0
@@ -331,10 +390,13 @@ def test_export_from_quantize_output(tmp_path):
     from uniformer_edge.quantize import QuantizeJob, run_job
 
     qdir = tmp_path / "q"
-    run_job(QuantizeJob(variant="xxs", model_overrides=LIGHT, frames=8, size=32, num_calib=4, num_eval=4,
-                        out=str(qdir)), progress=False)
-    manifest = run_export(ExportJob(quantized=str(qdir), formats=("onnx",), out=str(tmp_path / "x"), check_clips=2),
-                          progress=False)
+    run_job(
+        QuantizeJob(variant="xxs", model_overrides=LIGHT, frames=8, size=32, num_calib=4, num_eval=4, out=str(qdir)),
+        progress=False,
+    )
+    manifest = run_export(
+        ExportJob(quantized=str(qdir), formats=("onnx",), out=str(tmp_path / "x"), check_clips=2), progress=False
+    )
     art = manifest["artifacts"][0]
     assert art["precision"] == "int8" and manifest["source"]["quantized_recipe"] == "w8a8"
     assert art["parity"]["vs_pytorch_quantized"]["cosine"] >= 0.999
@@ -345,19 +407,23 @@ def test_export_from_quantize_output(tmp_path):
     # programs quantized by the export step calibrate on the quantize job's data unless told otherwise
     inherited = ExportJob(quantized=str(qdir), formats=("executorch",), out=str(tmp_path / "y"))
     assert (inherited.calib_data, inherited.num_calib, inherited.seed) == ("synthetic", 4, 0)
-    told = ExportJob(quantized=str(qdir), formats=("executorch",), out=str(tmp_path / "y"), calib_data="synthetic",
-                     num_calib=9)
+    told = ExportJob(
+        quantized=str(qdir), formats=("executorch",), out=str(tmp_path / "y"), calib_data="synthetic", num_calib=9
+    )
     assert told.num_calib == 9
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(formats=("coreml",), precisions=("w4",), target="ios16"), "needs --target ios18"),
-    (dict(formats=("onnx",), precisions=("palettize4",)), "not available for onnx .*coreml"),
-    (dict(formats=("tflite",)), "unknown format"),
-    (dict(quantized="/nonexistent/dir"), "directory not found"),
-    (dict(formats=("onnx",), precisions=("int8",), qat_epochs=1), "--qat-epochs fine-tunes the ExecuTorch int8"),
-    (dict(formats=("executorch",), precisions=("int8",), qat_epochs=-1), "--qat-epochs must be 0 or more"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(formats=("coreml",), precisions=("w4",), target="ios16"), "needs --target ios18"),
+        (dict(formats=("onnx",), precisions=("palettize4",)), "not available for onnx .*coreml"),
+        (dict(formats=("tflite",)), "unknown format"),
+        (dict(quantized="/nonexistent/dir"), "directory not found"),
+        (dict(formats=("onnx",), precisions=("int8",), qat_epochs=1), "--qat-epochs fine-tunes the ExecuTorch int8"),
+        (dict(formats=("executorch",), precisions=("int8",), qat_epochs=-1), "--qat-epochs must be 0 or more"),
+    ],
+)
 def test_refusals(kwargs, message, tmp_path):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         ExportJob(**{"variant": "xxs", "out": str(tmp_path / "o"), **kwargs})
@@ -367,17 +433,36 @@ def test_labels_with_wrong_count_and_cli_errors(tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\nc\n")
     with pytest.raises(ValueError, match="has 3 classes, the model 10"):
-        run_export(ExportJob(variant="xxs", model_overrides=LIGHT, labels=str(labels), out=str(tmp_path / "o"),
-                             **INPUT), progress=False)
+        run_export(
+            ExportJob(variant="xxs", model_overrides=LIGHT, labels=str(labels), out=str(tmp_path / "o"), **INPUT),
+            progress=False,
+        )
     assert not (tmp_path / "o").exists()
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(NotADirectoryError, match="file is not a directory"):
         run_export(ExportJob(variant="xxs", model_overrides=LIGHT, out=str(blocker / "o"), **INPUT), progress=False)
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    result = subprocess.run([sys.executable, "-m", "uniformer_edge.export", "--variant", "xxs", "--format", "coreml",
-                             "--precision", "w4", "--target", "ios17", "--out", str(tmp_path / "o")],
-                            capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "uniformer_edge.export",
+            "--variant",
+            "xxs",
+            "--format",
+            "coreml",
+            "--precision",
+            "w4",
+            "--target",
+            "ios17",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 2 and "needs --target ios18" in result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
 
@@ -409,20 +494,38 @@ def _trained_tiny_checkpoint(path, variant, overrides, num_classes, frames, size
 
 # Fresh cases at the CLI's defaults (4 check clips, 32 calibration clips): both families, several
 # seeds and class counts, random and trained weights.
-GATE_CASES = [("s", PLAIN, 1, 400, False), ("s", PLAIN, 2, 7, False), ("s", PLAIN, 3, 12, True),
-              ("xxs", LIGHT, 1, 400, False), ("xxs", LIGHT, 4, 10, False), ("xxs", LIGHT, 5, 12, True)]
+GATE_CASES = [
+    ("s", PLAIN, 1, 400, False),
+    ("s", PLAIN, 2, 7, False),
+    ("s", PLAIN, 3, 12, True),
+    ("xxs", LIGHT, 1, 400, False),
+    ("xxs", LIGHT, 4, 10, False),
+    ("xxs", LIGHT, 5, 12, True),
+]
 
 
 @pytest.mark.parametrize("variant,overrides,seed,num_classes,trained", GATE_CASES)
 def test_int8_onnx_gate_holds_on_fresh_cases(variant, overrides, seed, num_classes, trained, tmp_path):
     from uniformer_edge._cpu import has_int8_dot_product
 
-    checkpoint = _trained_tiny_checkpoint(tmp_path / "trained.pth", variant, overrides, num_classes, 8, 32) \
-        if trained else None
-    manifest = run_export(ExportJob(variant=variant, checkpoint=checkpoint, model_overrides=overrides,
-                                    num_classes=None if trained else num_classes, formats=("onnx",),
-                                    precisions=("int8",), frames=8, size=32, seed=seed, out=str(tmp_path / "x")),
-                          progress=False)
+    checkpoint = (
+        _trained_tiny_checkpoint(tmp_path / "trained.pth", variant, overrides, num_classes, 8, 32) if trained else None
+    )
+    manifest = run_export(
+        ExportJob(
+            variant=variant,
+            checkpoint=checkpoint,
+            model_overrides=overrides,
+            num_classes=None if trained else num_classes,
+            formats=("onnx",),
+            precisions=("int8",),
+            frames=8,
+            size=32,
+            seed=seed,
+            out=str(tmp_path / "x"),
+        ),
+        progress=False,
+    )
     art = _by(manifest, "onnx", "int8")
     assert art["parity"]["passed"] and art["parity"]["vs_pytorch_quantized"]["cosine"] >= 0.999
     assert manifest["cpu"]["instruction_sets"] is not None and manifest["cpu"]["name"]
@@ -437,8 +540,11 @@ def test_session_config_follows_the_cpu(monkeypatch):
     from uniformer_edge.export import onnx as onnx_module
 
     monkeypatch.setattr(onnx_module, "is_x86", lambda: True)
-    for vnni, expected in ((False, {"session.x64quantprecision": "1"}), (None, {"session.x64quantprecision": "1"}),
-                           (True, {})):
+    for vnni, expected in (
+        (False, {"session.x64quantprecision": "1"}),
+        (None, {"session.x64quantprecision": "1"}),
+        (True, {}),
+    ):
         monkeypatch.setattr(onnx_module, "has_int8_dot_product", lambda v=vnni: v)
         assert onnx_module.ort_session_config() == expected
     monkeypatch.setattr(onnx_module, "is_x86", lambda: False)
@@ -454,13 +560,31 @@ def test_a_failing_precision_keeps_the_others(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "FP16_MIN_COSINE", 1.5)  # no fp16 model can reach it
     out = tmp_path / "x"
     with pytest.raises(ExportError, match=r"1 of 2 artifacts not written: .*fp16\.onnx misses") as err:
-        run_export(ExportJob(variant="xxs", model_overrides=LIGHT, formats=("onnx",), precisions=("fp32", "fp16"),
-                             out=str(out), **INPUT), progress=False)
+        run_export(
+            ExportJob(
+                variant="xxs",
+                model_overrides=LIGHT,
+                formats=("onnx",),
+                precisions=("fp32", "fp16"),
+                out=str(out),
+                **INPUT,
+            ),
+            progress=False,
+        )
     manifest = verify_manifest(out)
     assert [a["precision"] for a in manifest["artifacts"]] == ["fp32"] and err.value.manifest == manifest
     assert manifest["failed"][0]["precision"] == "fp16" and not list(out.glob("*fp16*"))
     monkeypatch.setattr(pipeline, "FP32_MAX_REL_ERR", -1.0)
     with pytest.raises(ExportError, match="nothing written"):
-        run_export(ExportJob(variant="xxs", model_overrides=LIGHT, formats=("onnx",), precisions=("fp32",),
-                             out=str(tmp_path / "y"), **INPUT), progress=False)
+        run_export(
+            ExportJob(
+                variant="xxs",
+                model_overrides=LIGHT,
+                formats=("onnx",),
+                precisions=("fp32",),
+                out=str(tmp_path / "y"),
+                **INPUT,
+            ),
+            progress=False,
+        )
     assert not (tmp_path / "y").exists()

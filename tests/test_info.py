@@ -1,4 +1,5 @@
 """Model statistics against the official figures, and the model-info command line."""
+
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from uniformer_edge.models import create_model, model_info
 
 def _stat_cases():
     from conftest import REFERENCE
+
     path = REFERENCE / "stats.json"
     if not path.is_file():
         return [pytest.param(None, None, marks=pytest.mark.skip(reason=f"{path} not found (shared/ absent)"))]

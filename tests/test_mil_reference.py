@@ -1,6 +1,7 @@
 """The MIL reference executor: every op it implements cross-checked against coremltools' own
 value inference (or PyTorch for conv), whole saved packages of both model families in every
 precision, and planted faults in loaded programs that the parity check must catch."""
+
 from __future__ import annotations
 
 import platform
@@ -18,8 +19,14 @@ from coremltools.converters.mil.mil import types  # noqa: E402
 
 from uniformer_edge.export import ExportJob, run_export  # noqa: E402
 from uniformer_edge.export.coreml import convert_coreml, neural_engine_census, save_mlpackage  # noqa: E402
-from uniformer_edge.export.mil_reference import (_OPS, IMPLEMENTED_OPS, MilReference, UnsupportedOp,  # noqa: E402
-                                                 _dtype_name, _round)
+from uniformer_edge.export.mil_reference import (  # noqa: E402
+    _OPS,
+    IMPLEMENTED_OPS,
+    MilReference,
+    UnsupportedOp,
+    _dtype_name,
+    _round,
+)
 from uniformer_edge.export.pipeline import COREML_REFERENCE_THRESHOLDS, coreml_reference_parity  # noqa: E402
 from uniformer_edge.forms import frame_batched  # noqa: E402
 from uniformer_edge.models import create_model, deploy  # noqa: E402
@@ -55,6 +62,7 @@ def _run_ours(op):
         if isinstance(var, (list, tuple)):
             return [v.val for v in var]
         return var.val
+
     return [_round(value, _dtype_name(var)) for value, var in zip(_OPS[op.op_type](op, get), op.outputs)]
 
 
@@ -72,9 +80,16 @@ _CASES = [
     ("matmul", lambda: mb.matmul(x=_r(2, 3, 4, 5), y=_r(2, 3, 6, 5), transpose_y=True)),
     ("matmul_tx", lambda: mb.matmul(x=_r(3, 5, 4), y=_r(3, 5, 2), transpose_x=True)),
     ("layer_norm", lambda: mb.layer_norm(x=_r(2, 7, 16), axes=[-1], gamma=_r(16), beta=_r(16), epsilon=1e-5)),
-    ("layer_norm_fp16", lambda: mb.layer_norm(x=_r(2, 7, 16, dtype=np.float16), axes=[-1],
-                                              gamma=_r(16, dtype=np.float16), beta=_r(16, dtype=np.float16),
-                                              epsilon=np.float16(1e-5))),
+    (
+        "layer_norm_fp16",
+        lambda: mb.layer_norm(
+            x=_r(2, 7, 16, dtype=np.float16),
+            axes=[-1],
+            gamma=_r(16, dtype=np.float16),
+            beta=_r(16, dtype=np.float16),
+            epsilon=np.float16(1e-5),
+        ),
+    ),
     ("softmax", lambda: mb.softmax(x=_r(2, 4, 9, scale=4), axis=-1)),
     ("gelu", lambda: mb.gelu(x=_r(3, 50, scale=3), mode="EXACT")),
     ("gelu_tanh", lambda: mb.gelu(x=_r(3, 50, scale=3), mode="TANH_APPROXIMATION")),
@@ -90,10 +105,23 @@ _CASES = [
     ("transpose", lambda: mb.transpose(x=_r(2, 3, 4, 5), perm=[0, 2, 3, 1])),
     ("expand_dims", lambda: mb.expand_dims(x=_r(2, 3), axes=[0, -1])),
     ("squeeze", lambda: mb.squeeze(x=_r(2, 1, 3, 1), axes=[1])),
-    ("slice_by_index", lambda: mb.slice_by_index(x=_r(4, 6, 8), begin=[1, 0, 2], end=[3, 6, 8], stride=[1, 2, 3],
-                                                 begin_mask=[False, True, False], end_mask=[False, False, True])),
-    ("slice_squeeze", lambda: mb.slice_by_index(x=_r(3, 1, 4, 5), begin=[1, 0, 0, 0], end=[2, 1, 4, 5],
-                                                squeeze_mask=[True, False, False, False])),
+    (
+        "slice_by_index",
+        lambda: mb.slice_by_index(
+            x=_r(4, 6, 8),
+            begin=[1, 0, 2],
+            end=[3, 6, 8],
+            stride=[1, 2, 3],
+            begin_mask=[False, True, False],
+            end_mask=[False, False, True],
+        ),
+    ),
+    (
+        "slice_squeeze",
+        lambda: mb.slice_by_index(
+            x=_r(3, 1, 4, 5), begin=[1, 0, 0, 0], end=[2, 1, 4, 5], squeeze_mask=[True, False, False, False]
+        ),
+    ),
     ("split", lambda: mb.split(x=_r(4, 6), num_splits=3, axis=1)),
     ("split_sizes", lambda: mb.split(x=_r(5, 6), split_sizes=[2, 3], axis=0)),
     ("concat", lambda: mb.concat(values=[_r(2, 3), _r(2, 5)], axis=1)),
@@ -101,34 +129,87 @@ _CASES = [
     ("cast_int32", lambda: mb.cast(x=_r(3, 4, scale=10), dtype="int32")),
     ("select", lambda: mb.select(cond=_r(3, 4) > 0, a=_r(3, 4), b=_r(3, 4))),
     ("gather", lambda: mb.gather(x=_r(4, 6, 3), indices=np.array([5, 0, 2], np.int32), axis=1)),
-    ("gather_along_axis", lambda: mb.gather_along_axis(x=_r(3, 5), indices=RNG.integers(0, 5, (3, 4)).astype(np.int32),
-                                                       axis=1)),
-    ("scatter_along_axis", lambda: mb.scatter_along_axis(
-        data=np.zeros(6, np.int32), indices=RNG.permutation(6).astype(np.int32), updates=np.arange(6, dtype=np.int32),
-        axis=0, mode="update")),
+    (
+        "gather_along_axis",
+        lambda: mb.gather_along_axis(x=_r(3, 5), indices=RNG.integers(0, 5, (3, 4)).astype(np.int32), axis=1),
+    ),
+    (
+        "scatter_along_axis",
+        lambda: mb.scatter_along_axis(
+            data=np.zeros(6, np.int32),
+            indices=RNG.permutation(6).astype(np.int32),
+            updates=np.arange(6, dtype=np.int32),
+            axis=0,
+            mode="update",
+        ),
+    ),
     ("topk", lambda: mb.topk(x=_r(3, 10), k=4, axis=1, ascending=False)),
-    ("quantize", lambda: mb.quantize(input=_r(2, 3, 4, scale=3), scale=np.float32(0.05), zero_point=np.int8(3),
-                                     output_dtype="int8")),
-    ("quantize_axis", lambda: mb.quantize(input=_r(2, 3, 4, scale=3), scale=np.array([0.02, 0.05, 0.1], np.float32),
-                                          zero_point=np.array([0, 1, -2], np.int8), axis=1, output_dtype="int8")),
-    ("dequantize", lambda: mb.dequantize(input=RNG.integers(-128, 128, (2, 3, 4)).astype(np.int8),
-                                         scale=np.array([0.02, 0.05, 0.1], np.float32),
-                                         zero_point=np.array([0, 1, -2], np.int8), axis=1)),
-    ("blockwise_shift_scale", lambda: mb.constexpr_blockwise_shift_scale(
-        data=RNG.integers(-128, 128, (8, 64)).astype(np.int8), scale=np.abs(_r(8, 2, dtype=np.float16)),
-        offset=RNG.integers(-3, 3, (8, 2)).astype(np.int8))),
-    ("blockwise_int4", lambda: mb.constexpr_blockwise_shift_scale(
-        data=RNG.integers(-8, 8, (4, 64)).astype(types.np_int4_dtype), scale=np.abs(_r(4, 2, dtype=np.float16)))),
-    ("lut_to_dense", lambda: mb.constexpr_lut_to_dense(
-        indices=RNG.integers(0, 16, (8, 4, 3, 3)).astype(types.np_uint4_dtype),
-        lut=_r(2, 1, 1, 1, 16, 1, dtype=np.float16))),
+    (
+        "quantize",
+        lambda: mb.quantize(
+            input=_r(2, 3, 4, scale=3), scale=np.float32(0.05), zero_point=np.int8(3), output_dtype="int8"
+        ),
+    ),
+    (
+        "quantize_axis",
+        lambda: mb.quantize(
+            input=_r(2, 3, 4, scale=3),
+            scale=np.array([0.02, 0.05, 0.1], np.float32),
+            zero_point=np.array([0, 1, -2], np.int8),
+            axis=1,
+            output_dtype="int8",
+        ),
+    ),
+    (
+        "dequantize",
+        lambda: mb.dequantize(
+            input=RNG.integers(-128, 128, (2, 3, 4)).astype(np.int8),
+            scale=np.array([0.02, 0.05, 0.1], np.float32),
+            zero_point=np.array([0, 1, -2], np.int8),
+            axis=1,
+        ),
+    ),
+    (
+        "blockwise_shift_scale",
+        lambda: mb.constexpr_blockwise_shift_scale(
+            data=RNG.integers(-128, 128, (8, 64)).astype(np.int8),
+            scale=np.abs(_r(8, 2, dtype=np.float16)),
+            offset=RNG.integers(-3, 3, (8, 2)).astype(np.int8),
+        ),
+    ),
+    (
+        "blockwise_int4",
+        lambda: mb.constexpr_blockwise_shift_scale(
+            data=RNG.integers(-8, 8, (4, 64)).astype(types.np_int4_dtype), scale=np.abs(_r(4, 2, dtype=np.float16))
+        ),
+    ),
+    (
+        "lut_to_dense",
+        lambda: mb.constexpr_lut_to_dense(
+            indices=RNG.integers(0, 16, (8, 4, 3, 3)).astype(types.np_uint4_dtype),
+            lut=_r(2, 1, 1, 1, 16, 1, dtype=np.float16),
+        ),
+    ),
     # the iOS16/17 forms, which packages targeting ios16/ios17 hold
-    ("affine_dequantize_ios17", lambda: mb.constexpr_affine_dequantize(
-        quantized_data=RNG.integers(-128, 128, (4, 6, 3)).astype(np.int8),
-        zero_point=RNG.integers(-3, 3, 4).astype(np.int8), scale=np.abs(_r(4)) + 0.01, axis=0), "ios17"),
-    ("lut_to_dense_ios17", lambda: mb.constexpr_lut_to_dense(
-        lut=_r(64, dtype=np.float16), indices=RNG.integers(0, 256, 30).astype(np.uint8),
-        shape=np.array([8, 5], np.uint32)), "ios17"),
+    (
+        "affine_dequantize_ios17",
+        lambda: mb.constexpr_affine_dequantize(
+            quantized_data=RNG.integers(-128, 128, (4, 6, 3)).astype(np.int8),
+            zero_point=RNG.integers(-3, 3, 4).astype(np.int8),
+            scale=np.abs(_r(4)) + 0.01,
+            axis=0,
+        ),
+        "ios17",
+    ),
+    (
+        "lut_to_dense_ios17",
+        lambda: mb.constexpr_lut_to_dense(
+            lut=_r(64, dtype=np.float16),
+            indices=RNG.integers(0, 256, 30).astype(np.uint8),
+            shape=np.array([8, 5], np.uint32),
+        ),
+        "ios17",
+    ),
 ]
 _OPSETS = {"ios17": ct.target.iOS17}
 
@@ -173,16 +254,32 @@ _CONVS = [  # (input shape, weight shape, groups, strides, pad (before/after per
 def test_conv_matches_pytorch(case, dtype):
     shape, wshape, groups, strides, pad, dilations = case
     x, w, b = _r(*shape, dtype=dtype), _r(*wshape, dtype=dtype, scale=0.3), _r(wshape[0], dtype=dtype)
-    op = _build(lambda: mb.conv(x=x, weight=w, bias=b, strides=list(strides), pad_type="custom", pad=list(pad),
-                                dilations=list(dilations), groups=groups))
+    op = _build(
+        lambda: mb.conv(
+            x=x,
+            weight=w,
+            bias=b,
+            strides=list(strides),
+            pad_type="custom",
+            pad=list(pad),
+            dilations=list(dilations),
+            groups=groups,
+        )
+    )
     ours = _run_ours(op)[0]
     n = len(shape) - 2
     torch_pad = []
     for i in reversed(range(n)):  # F.pad lists the last dimension first
         torch_pad += [pad[2 * i], pad[2 * i + 1]]
     conv = F.conv2d if n == 2 else F.conv3d
-    ref = conv(F.pad(torch.from_numpy(x.astype(np.float32)), torch_pad), torch.from_numpy(w.astype(np.float32)),
-               torch.from_numpy(b.astype(np.float32)), stride=strides, dilation=dilations, groups=groups).numpy()
+    ref = conv(
+        F.pad(torch.from_numpy(x.astype(np.float32)), torch_pad),
+        torch.from_numpy(w.astype(np.float32)),
+        torch.from_numpy(b.astype(np.float32)),
+        stride=strides,
+        dilation=dilations,
+        groups=groups,
+    ).numpy()
     assert ours.dtype == dtype and ours.shape == ref.shape
     tol = 2e-2 if dtype == np.float16 else 1e-5
     np.testing.assert_allclose(ours.astype(np.float32), ref, rtol=tol, atol=tol)
@@ -200,7 +297,9 @@ def _save(model, tmp_path, precision, name="m", frames=8, size=64, target="ios18
     example = torch.randn(1, 3, frames, size, size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return save_mlpackage(convert_coreml(model, example, precision, target), tmp_path / f"{name}.mlpackage"), example
+        return save_mlpackage(
+            convert_coreml(model, example, precision, target), tmp_path / f"{name}.mlpackage"
+        ), example
 
 
 def test_unimplemented_op_is_named(tmp_path):
@@ -270,8 +369,14 @@ def test_planted_quantization_scale_is_caught(tmp_path):
     torch.manual_seed(1)
     model = randomize_batchnorm(create_model("s", **TINY).eval())
     clips = torch.randn(2, 3, 8, 32, 32)
-    program, _ = quantize_ptq(model, [(torch.randn(2, 3, 8, 32, 32), None)], QuantConfig(recipe="w8a8"), clips[:1],
-                              conv3d="2d", progress=False)
+    program, _ = quantize_ptq(
+        model,
+        [(torch.randn(2, 3, 8, 32, 32), None)],
+        QuantConfig(recipe="w8a8"),
+        clips[:1],
+        conv3d="2d",
+        progress=False,
+    )
     graph = program.module()
     path, _ = _save(graph, tmp_path, "int8", size=32)
     with torch.no_grad():
@@ -313,9 +418,21 @@ def test_fp16_overflow_is_named(tmp_path):
 @pytest.mark.parametrize("variant,overrides", [("s", SMALL), ("xxs", LIGHT)], ids=["S", "light"])
 def test_every_precision_of_the_ane_form_passes_the_reference(tmp_path, variant, overrides):
     precisions = ("fp32", "fp16", "int8", "w8", "w4", "palettize4", "palettize6")
-    manifest = run_export(ExportJob(variant=variant, model_overrides=overrides, formats=("coreml",),
-                                    precisions=precisions, frames=8, size=64, target="ios18", check_clips=2,
-                                    num_calib=4, num_classes=10, out=str(tmp_path / "out")))
+    manifest = run_export(
+        ExportJob(
+            variant=variant,
+            model_overrides=overrides,
+            formats=("coreml",),
+            precisions=precisions,
+            frames=8,
+            size=64,
+            target="ios18",
+            check_clips=2,
+            num_calib=4,
+            num_classes=10,
+            out=str(tmp_path / "out"),
+        )
+    )
     assert not manifest["failed"]
     by_precision = {a["precision"]: a for a in manifest["artifacts"]}
     assert set(by_precision) == set(precisions)
@@ -345,9 +462,21 @@ def test_every_precision_of_the_ane_form_passes_the_reference(tmp_path, variant,
 @pytest.mark.slow  # a minute: run by .ci/run after the default set
 def test_compressed_packages_at_the_default_target(tmp_path):
     """ios17, the default target, stores compressed weights with the older decompression ops."""
-    manifest = run_export(ExportJob(variant="s", model_overrides=SMALL, formats=("coreml",),
-                                    precisions=("int8", "w8", "palettize6"), frames=8, size=32, check_clips=2,
-                                    num_calib=4, num_classes=10, out=str(tmp_path / "out")), progress=False)
+    manifest = run_export(
+        ExportJob(
+            variant="s",
+            model_overrides=SMALL,
+            formats=("coreml",),
+            precisions=("int8", "w8", "palettize6"),
+            frames=8,
+            size=32,
+            check_clips=2,
+            num_calib=4,
+            num_classes=10,
+            out=str(tmp_path / "out"),
+        ),
+        progress=False,
+    )
     assert not manifest["failed"]
     for art in manifest["artifacts"]:
         assert art["target"] == "ios17" and art["reference_parity"]["passed"], art["reference_parity"]
@@ -357,10 +486,22 @@ def test_compressed_packages_at_the_default_target(tmp_path):
 
 @pytest.mark.slow
 def test_3d_form_keeps_conv3d_and_passes_the_reference(tmp_path):
-    manifest = run_export(ExportJob(variant="xxs", model_overrides=LIGHT, formats=("coreml",),
-                                    precisions=("fp32", "fp16", "int8"), frames=8, size=64, target="ios18",
-                                    check_clips=2, num_calib=4, num_classes=10, coreml_form="3d",
-                                    out=str(tmp_path / "out")))
+    manifest = run_export(
+        ExportJob(
+            variant="xxs",
+            model_overrides=LIGHT,
+            formats=("coreml",),
+            precisions=("fp32", "fp16", "int8"),
+            frames=8,
+            size=64,
+            target="ios18",
+            check_clips=2,
+            num_calib=4,
+            num_classes=10,
+            coreml_form="3d",
+            out=str(tmp_path / "out"),
+        )
+    )
     for art in manifest["artifacts"]:
         assert art["form"] == "3d" and art["reference_parity"]["passed"]
         assert art["neural_engine"]["conv_5d"] > 0 and not art["neural_engine"]["eligible"]
@@ -384,8 +525,9 @@ def test_thresholds_cover_every_core_ml_precision():
     assert set(COREML_REFERENCE_THRESHOLDS) | {"fp32"} == set(COREML_PRECISIONS)
 
 
-@pytest.mark.skipif(platform.system() != "Darwin",
-                    reason=f"Core ML's compute plan needs macOS 14.4+ (this is {platform.system()})")
+@pytest.mark.skipif(
+    platform.system() != "Darwin", reason=f"Core ML's compute plan needs macOS 14.4+ (this is {platform.system()})"
+)
 def test_compute_plan_shares_on_macos(tiny_s_package):
     from uniformer_edge.export.coreml import compute_plan
 

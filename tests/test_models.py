@@ -1,4 +1,5 @@
 """Model zoo: official parity, state-dict compatibility, deploy form, export-friendliness."""
+
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from conftest import TINY, TINY_LIGHT, randomize_batchnorm, rel_err
 from uniformer_edge.forms import Conv3dAs2d, TimeUnrolledConv, frame_batched
 from uniformer_edge.models import UniFormer, UniFormerLight, create_model, deploy, from_official_config, list_variants
 from uniformer_edge.models.uniformer import _flat_order, _inverse_order, _permute_tokens
+
 
 def _form(model, conv3d: str):
     """The deploy form (`conv3d="native"`) or the frame-batched 2-D form (`"2d"`)."""
@@ -77,7 +79,7 @@ def test_layer_scale_form():
     model = create_model("xxs", layer_scale=0.1)
     keys = list(model.state_dict())
     first = keys.index("blocks1.0.gamma_1")
-    assert keys[first:first + 3] == ["blocks1.0.gamma_1", "blocks1.0.gamma_2", "blocks1.0.pos_embed.weight"]
+    assert keys[first : first + 3] == ["blocks1.0.gamma_1", "blocks1.0.gamma_2", "blocks1.0.pos_embed.weight"]
     assert model.blocks1[0].gamma_1.shape == (1, 56, 1, 1, 1)
     assert model.blocks3[0].gamma_1.shape == (224,)
     assert torch.all(model.blocks3[0].gamma_2 == 0.1)
@@ -116,15 +118,18 @@ def test_deploy_parity_and_form(case, conv3d):
     assert any(isinstance(m, nn.BatchNorm3d) for m in model.modules())
 
 
-@pytest.mark.parametrize("kernel,stride,padding,groups", [
-    ((3, 4, 4), (2, 4, 4), (1, 0, 0), 1),   # UniFormer stem
-    ((3, 3, 3), (2, 2, 2), (1, 1, 1), 1),   # light stem, temporal stride 2
-    ((5, 5, 5), (1, 1, 1), (2, 2, 2), 8),   # depthwise local MHRA
-    ((1, 2, 2), (1, 2, 2), (0, 0, 0), 1),   # patch merging
-    ((3, 3, 3), (1, 1, 1), (1, 1, 1), 4),   # grouped, not depthwise
-    ((3, 3, 3), (2, 1, 1), (1, 1, 1), 8),   # depthwise, temporal stride 2
-    ((3, 3, 3), (1, 1, 1), (2, 1, 1), 8),   # depthwise, padding over half the kernel (padded form)
-])
+@pytest.mark.parametrize(
+    "kernel,stride,padding,groups",
+    [
+        ((3, 4, 4), (2, 4, 4), (1, 0, 0), 1),  # UniFormer stem
+        ((3, 3, 3), (2, 2, 2), (1, 1, 1), 1),  # light stem, temporal stride 2
+        ((5, 5, 5), (1, 1, 1), (2, 2, 2), 8),  # depthwise local MHRA
+        ((1, 2, 2), (1, 2, 2), (0, 0, 0), 1),  # patch merging
+        ((3, 3, 3), (1, 1, 1), (1, 1, 1), 4),  # grouped, not depthwise
+        ((3, 3, 3), (2, 1, 1), (1, 1, 1), 8),  # depthwise, temporal stride 2
+        ((3, 3, 3), (1, 1, 1), (2, 1, 1), 8),  # depthwise, padding over half the kernel (padded form)
+    ],
+)
 @pytest.mark.parametrize("frames", [1, 5, 8])
 @pytest.mark.parametrize("batch", [1, 2])
 def test_conv3d_as_2d(kernel, stride, padding, groups, frames, batch):
@@ -168,6 +173,7 @@ def test_deploy_float_depthwise_folds_position_residuals_when_per_channel_safe()
 
     def residuals(form):
         return [m.pos_embed_residual for m in form.modules() if hasattr(m, "pos_embed_residual")]
+
     assert residuals(kept) and all(residuals(kept))
     assert len(residuals(folded)) == len(residuals(kept)) and not any(residuals(folded))
     with torch.no_grad():
@@ -181,11 +187,14 @@ def test_deploy_float_depthwise_folds_position_residuals_when_per_channel_safe()
         assert torch.allclose(change.sum(1), torch.ones(len(change))) and (change.abs() > 0.5).sum(1).eq(1).all()
 
 
-@pytest.mark.parametrize("kernel,stride,padding", [
-    ((3, 4, 4), (2, 4, 4), (1, 0, 0)),   # UniFormer stem
-    ((3, 3, 3), (1, 2, 2), (1, 1, 1)),   # light stem, first convolution
-    ((1, 2, 2), (1, 2, 2), (0, 0, 0)),   # no temporal extent
-])
+@pytest.mark.parametrize(
+    "kernel,stride,padding",
+    [
+        ((3, 4, 4), (2, 4, 4), (1, 0, 0)),  # UniFormer stem
+        ((3, 3, 3), (1, 2, 2), (1, 1, 1)),  # light stem, first convolution
+        ((1, 2, 2), (1, 2, 2), (0, 0, 0)),  # no temporal extent
+    ],
+)
 @pytest.mark.parametrize("frames", [1, 5, 8])
 @pytest.mark.parametrize("batch", [1, 2])
 def test_time_unrolled_conv(kernel, stride, padding, frames, batch):
@@ -241,20 +250,27 @@ def test_torch_export(variant):
     if variant != "s":
         # The light models' token pruning stays on portable kernels, which move the tokens by whole
         # rows (index_select); their element-wise gather and scatter are about 30x slower.
-        elementwise = [n for n in nodes if str(n.target) in ("aten.gather.default", "aten.scatter.src")
-                       and n.meta["val"].ndim == 3]
+        elementwise = [
+            n for n in nodes if str(n.target) in ("aten.gather.default", "aten.scatter.src") and n.meta["val"].ndim == 3
+        ]
         assert not elementwise and "aten.index_select.default" in {str(n.target) for n in nodes}
         return
     # The XNNPACK form: no 5-D convolution, and none of the ops that XNNPACK leaves to slow portable
     # kernels in attention (strided head selection, broadcasting 4-D matmul, tensor creation).
     ops = {str(n.target) for n in nodes}
     assert "aten.bmm.default" in ops
-    assert not ops & {"aten.conv3d.default", "aten.select.int", "aten.matmul.default",
-                      "aten.new_zeros.default", "aten.zeros.default"}, ops
+    assert not ops & {
+        "aten.conv3d.default",
+        "aten.select.int",
+        "aten.matmul.default",
+        "aten.new_zeros.default",
+        "aten.zeros.default",
+    }, ops
     # Stages 1-2 run on frame-batched 4-D maps: the only 5-D values there are the clip's
     # conversion in and out, so XNNPACK keeps the span in its channels-last layout.
-    in_conv_stages = [n for n in nodes if any(path.startswith("patch_embed1")
-                                              for path, _ in n.meta["nn_module_stack"].values())]
+    in_conv_stages = [
+        n for n in nodes if any(path.startswith("patch_embed1") for path, _ in n.meta["nn_module_stack"].values())
+    ]
     five_d = [str(n.target) for n in in_conv_stages if n.meta["val"].ndim == 5]
     # stem, 3 + 4 local blocks of 25 Conv2d each, patch merging. On 4 frames the depthwise taps
     # that read real frames are 7 of 3 x 4 (3x3x3 position embedding) and 14 of 5 x 4 (5x5x5
@@ -271,7 +287,7 @@ def test_light_forward_is_pure_and_thread_safe():
         first = model(x)
         again = model(x)
         # Pruning decisions are per sample: a sample's logits do not depend on its batch-mates.
-        alone = torch.cat([model(x[i:i + 1]) for i in range(3)])
+        alone = torch.cat([model(x[i : i + 1]) for i in range(3)])
     assert torch.equal(first, again)
     assert rel_err(alone, first) < 1e-5
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -292,12 +308,15 @@ def test_light_forward_is_pure_and_thread_safe():
             assert torch.equal(results[i], model(inputs[i]))
 
 
-@pytest.mark.parametrize("cls,kw,shape,out_tokens", [
-    (UniFormerLight, TINY_LIGHT, (1, 3, 5, 64, 80), None),
-    (UniFormerLight, TINY_LIGHT, (1, 3, 1, 29, 29), None),
-    (UniFormer, TINY, (1, 3, 16, 96, 96), None),
-    (UniFormer, TINY, (2, 3, 3, 32, 48), None),
-])
+@pytest.mark.parametrize(
+    "cls,kw,shape,out_tokens",
+    [
+        (UniFormerLight, TINY_LIGHT, (1, 3, 5, 64, 80), None),
+        (UniFormerLight, TINY_LIGHT, (1, 3, 1, 29, 29), None),
+        (UniFormer, TINY, (1, 3, 16, 96, 96), None),
+        (UniFormer, TINY, (2, 3, 3, 32, 48), None),
+    ],
+)
 def test_odd_input_sizes(cls, kw, shape, out_tokens):
     model = _tiny(cls, **kw)
     with torch.no_grad():
@@ -365,20 +384,47 @@ def test_official_config_errors(tmp_path):
 
 # Official video configs, as released (model-relevant sections only; NUM_FRAMES does not change
 # the model). Reference: the official classes' key lists and parameter counts (../shared/reference).
-_S = {"EMBED_DIM": [64, 128, 320, 512], "DEPTH": [3, 4, 8, 3], "HEAD_DIM": 64, "MLP_RATIO": 4,
-      "DROPOUT_RATE": 0, "ATTENTION_DROPOUT_RATE": 0, "DROP_DEPTH_RATE": 0.1, "SPLIT": False}
-_FINE_TUNE = {**_S, "MLP_RATIO": [4.0, 4.0, 4.0, 4.0], "DROP_DEPTH_RATE": 0.2, "HEAD_DROPOUT_RATE": 0,
-              "PRETRAIN_NAME": "uniformer_small_k400_16x4"}
-_XXS = {"EMBED_DIM": [56, 112, 224, 448], "DEPTH": [2, 5, 8, 2], "HEAD_DIM": 28, "MLP_RATIO": 3,
-        "DROP_DEPTH_RATE": 0.05}
-_XS = {"EMBED_DIM": [64, 128, 256, 512], "DEPTH": [3, 5, 9, 3], "HEAD_DIM": 32, "MLP_RATIO": 3,
-       "PRUNE_RATIO": [[], [], [1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5]],
-       "TRADE_OFF": [[], [], [1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]}
+_S = {
+    "EMBED_DIM": [64, 128, 320, 512],
+    "DEPTH": [3, 4, 8, 3],
+    "HEAD_DIM": 64,
+    "MLP_RATIO": 4,
+    "DROPOUT_RATE": 0,
+    "ATTENTION_DROPOUT_RATE": 0,
+    "DROP_DEPTH_RATE": 0.1,
+    "SPLIT": False,
+}
+_FINE_TUNE = {
+    **_S,
+    "MLP_RATIO": [4.0, 4.0, 4.0, 4.0],
+    "DROP_DEPTH_RATE": 0.2,
+    "HEAD_DROPOUT_RATE": 0,
+    "PRETRAIN_NAME": "uniformer_small_k400_16x4",
+}
+_XXS = {
+    "EMBED_DIM": [56, 112, 224, 448],
+    "DEPTH": [2, 5, 8, 2],
+    "HEAD_DIM": 28,
+    "MLP_RATIO": 3,
+    "DROP_DEPTH_RATE": 0.05,
+}
+_XS = {
+    "EMBED_DIM": [64, 128, 256, 512],
+    "DEPTH": [3, 5, 9, 3],
+    "HEAD_DIM": 32,
+    "MLP_RATIO": 3,
+    "PRUNE_RATIO": [[], [], [1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5]],
+    "TRADE_OFF": [[], [], [1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5]],
+}
 OFFICIAL_CONFIGS = {
-    **{f"uniformer_s{t}_k400": ("S", "Uniformer", dict(_S, PRETRAIN_NAME="uniformer_small_in1k"), 400, t)
-       for t in (8, 16, 32)},
-    **{f"uniformer_b{t}_k400": ("B", "Uniformer", dict(_S, DEPTH=[5, 8, 20, 7], DROP_DEPTH_RATE=0.3), 400, t)
-       for t in (8, 16, 32)},
+    **{
+        f"uniformer_s{t}_k400": ("S", "Uniformer", dict(_S, PRETRAIN_NAME="uniformer_small_in1k"), 400, t)
+        for t in (8, 16, 32)
+    },
+    **{
+        f"uniformer_b{t}_k400": ("B", "Uniformer", dict(_S, DEPTH=[5, 8, 20, 7], DROP_DEPTH_RATE=0.3), 400, t)
+        for t in (8, 16, 32)
+    },
     "uniformer_b16_k600": ("B", "Uniformer", dict(_S, DEPTH=[5, 8, 20, 7]), 600, 16),
     "uniformer_s16x4_ucf101_prek400": ("S", "Uniformer", _FINE_TUNE, 101, 16),
     "uniformer_s16x4_hmdb51_prek400": ("S", "Uniformer", _FINE_TUNE, 51, 16),
@@ -394,8 +440,11 @@ OFFICIAL_CONFIGS = {
 @pytest.mark.parametrize("name", list(OFFICIAL_CONFIGS))
 def test_official_configs_build_the_official_models(name, reference_dir):
     variant, cls, uniformer, classes, frames = OFFICIAL_CONFIGS[name]
-    config = {"MODEL": {"MODEL_NAME": cls, "NUM_CLASSES": classes, "ARCH": "uniformer"},
-              "DATA": {"NUM_FRAMES": frames, "INPUT_CHANNEL_NUM": [3]}, "UNIFORMER": uniformer}
+    config = {
+        "MODEL": {"MODEL_NAME": cls, "NUM_CLASSES": classes, "ARCH": "uniformer"},
+        "DATA": {"NUM_FRAMES": frames, "INPUT_CHANNEL_NUM": [3]},
+        "UNIFORMER": uniformer,
+    }
     model = from_official_config(config)
     official = json.loads((reference_dir / f"keys_{variant}.json").read_text())
     stats = json.loads((reference_dir / "stats.json").read_text())["variants"][variant]

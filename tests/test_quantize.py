@@ -1,4 +1,5 @@
 """Quantization: PT2E quantizer configuration, PTQ recipes, QAT, outputs and bad input."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ torch.manual_seed(0)
 
 def _batches(n=3, batch=4, frames=8, size=64):
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(batch, 3, frames, size, size, generator=g), torch.zeros(batch, dtype=torch.long))
-            for _ in range(n)]
+    return [
+        (torch.randn(batch, 3, frames, size, size, generator=g), torch.zeros(batch, dtype=torch.long)) for _ in range(n)
+    ]
 
 
 @pytest.fixture(scope="module", params=["uniformer", "light"])
@@ -34,8 +36,11 @@ def tiny_model(request):
 def _count_qdq(program):
     """(static activation quantize ops, run-time qparam choices, per-channel weight dequantize ops)."""
     names = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
-    return (sum(t.endswith("quantize_per_tensor.default") and "dequantize" not in t for t in names),
-            sum("choose_qparams" in t for t in names), sum("dequantize_per_channel" in t for t in names))
+    return (
+        sum(t.endswith("quantize_per_tensor.default") and "dequantize" not in t for t in names),
+        sum("choose_qparams" in t for t in names),
+        sum("dequantize_per_channel" in t for t in names),
+    )
 
 
 @pytest.mark.parametrize("recipe,min_sqnr", [("w8a8", 25), ("w8", 30), ("dynamic", 30), ("w4", 5)])
@@ -57,8 +62,11 @@ def test_ptq_recipes_track_the_float_model(tiny_model, recipe, min_sqnr):
 
 
 def _tensors(program, dtype):
-    return [t for t in list(program.state_dict.values()) + list(program.constants.values())
-            if isinstance(t, torch.Tensor) and t.dtype == dtype]
+    return [
+        t
+        for t in list(program.state_dict.values()) + list(program.constants.values())
+        if isinstance(t, torch.Tensor) and t.dtype == dtype
+    ]
 
 
 def test_int4_weights_are_packed_two_per_byte(tiny_model):
@@ -83,8 +91,13 @@ def test_keep_float_patterns(tiny_model):
     assert "head" in prepared.float_layers and any(n.startswith("patch_embed1") for n in prepared.float_layers)
     assert not any(n.startswith("blocks3.") and ".attn" in n for n in prepared.quantized_layers)
     with pytest.raises(ValueError, match="'nonexistent\\*'? match no quantizable layer|nonexistent"):
-        quantize_ptq(tiny_model, _batches(1), QuantConfig(keep_float=("nonexistent*",)),
-                     torch.randn(1, 3, 8, 64, 64), progress=False)
+        quantize_ptq(
+            tiny_model,
+            _batches(1),
+            QuantConfig(keep_float=("nonexistent*",)),
+            torch.randn(1, 3, 8, 64, 64),
+            progress=False,
+        )
 
 
 @pytest.mark.parametrize("observer", ["moving_average", "percentile", "mse"])
@@ -124,8 +137,9 @@ def test_quantize_job_outputs(tmp_path):
     assert report["calibration_clips"] == 4 and report["evaluation_clips"] == 8
     assert report["agreement"]["sqnr_db"] > 15 and report["float"]["top1"] is None
     program = load_program(out / "quantized.pt2")
-    assert not any(v.dtype == torch.float32 and v.ndim >= 2 and v.numel() > 1000
-                   for v in program.state_dict.values()), "float weights must not be saved beside int8 ones"
+    assert not any(
+        v.dtype == torch.float32 and v.ndim >= 2 and v.numel() > 1000 for v in program.state_dict.values()
+    ), "float weights must not be saved beside int8 ones"
     x = torch.randn(2, 3, 8, 32, 32)
     with torch.no_grad():
         assert program.module()(x).shape == (2, 12)
@@ -142,8 +156,15 @@ def test_qat_job_with_checkpoint(tmp_path):
     model = UniFormerLight(embed_dim=(56, 112, 224, 448), depth=(2, 5, 8, 2), head_dim=28, num_classes=12)
     torch.save({"model_state": model.state_dict()}, ckpt)
     cfg = QuantConfig(recipe="w4a8", qat=True)
-    job = QuantizeJob(**JOB, config=cfg, method="qat", checkpoint=str(ckpt), train_data="synthetic",
-                      qat_clips=8, out=str(tmp_path / "qat"))
+    job = QuantizeJob(
+        **JOB,
+        config=cfg,
+        method="qat",
+        checkpoint=str(ckpt),
+        train_data="synthetic",
+        qat_clips=8,
+        out=str(tmp_path / "qat"),
+    )
     report = run_job(job, progress=False)
     assert report["method"] == "qat" and report["qat"]["steps"] == 2
     assert report["float"]["top1"] is not None  # a checkpoint: labels are meaningful
@@ -159,9 +180,17 @@ def test_qat_resume_reproduces_uninterrupted_run(tmp_path):
     from uniformer_edge.quantize.qat import QATStopped, qat_state_path
 
     def job(out, **kw):
-        return QuantizeJob(**dict(JOB, num_eval=4), model_overrides=SMALL_LIGHT, config=QuantConfig(qat=True),
-                           method="qat", train_data="synthetic", qat_clips=8, qat_epochs=2, out=str(tmp_path / out),
-                           **kw)
+        return QuantizeJob(
+            **dict(JOB, num_eval=4),
+            model_overrides=SMALL_LIGHT,
+            config=QuantConfig(qat=True),
+            method="qat",
+            train_data="synthetic",
+            qat_clips=8,
+            qat_epochs=2,
+            out=str(tmp_path / out),
+            **kw,
+        )
 
     straight = run_job(job("straight"), progress=False)
     with pytest.raises(QATStopped, match="after epoch 1/2"):
@@ -185,11 +214,42 @@ def test_qat_under_torchrun(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     out = tmp_path / "ddp"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-         str(29600 + os.getpid() % 1000), "-m", "uniformer_edge.quantize", "--variant", "xxs", "--method", "qat",
-         "--train-data", "synthetic", "--qat-clips", "16", "--frames", "4", "--size", "32", "--num-calib", "4",
-         "--num-eval", "4", "--batch-size", "8", "--out", str(out)], capture_output=True, text=True, env=env,
-        timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(29600 + os.getpid() % 1000),
+            "-m",
+            "uniformer_edge.quantize",
+            "--variant",
+            "xxs",
+            "--method",
+            "qat",
+            "--train-data",
+            "synthetic",
+            "--qat-clips",
+            "16",
+            "--frames",
+            "4",
+            "--size",
+            "32",
+            "--num-calib",
+            "4",
+            "--num-eval",
+            "4",
+            "--batch-size",
+            "8",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "qat" and report["qat"]["steps"] == 2  # 16 clips / global batch 8
@@ -231,8 +291,9 @@ def test_switchable_graph_matches_converted_program(tiny_model):
     x = torch.randn(3, 3, 8, 64, 64, generator=torch.Generator().manual_seed(0))
     prepared = prepare(tiny_model, QuantConfig(), x[:1])
     calibrate(prepared, _batches(), progress=False)
-    graph = SwitchableQuantGraph(type(prepared)(copy.deepcopy(prepared.module), prepared.quantizer, x[:1],
-                                                prepared.cfg))
+    graph = SwitchableQuantGraph(
+        type(prepared)(copy.deepcopy(prepared.module), prepared.quantizer, x[:1], prepared.cfg)
+    )
     program = convert(prepared)
     with torch.no_grad():
         converted = program.module()(x)
@@ -252,8 +313,9 @@ def test_switchable_graph_matches_converted_program(tiny_model):
 
 
 def test_mixed_precision_job(tmp_path):
-    job = QuantizeJob(**JOB, config=QuantConfig(recipe="w4a8"), analyze=True, max_drop=0.0, analysis_clips=8,
-                      out=str(tmp_path / "mp"))
+    job = QuantizeJob(
+        **JOB, config=QuantConfig(recipe="w4a8"), analyze=True, max_drop=0.0, analysis_clips=8, out=str(tmp_path / "mp")
+    )
     with pytest.warns(UserWarning, match="random weights"):
         report = run_job(job, progress=False)
     mp = report["mixed_precision"]

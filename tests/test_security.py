@@ -1,6 +1,7 @@
 """A quantize folder is data until checked: crafted `.pt2` archives that run code under plain
 `torch.export.load` are refused with no side effect, altered files fail their hash, and a
 genuine archive still loads."""
+
 from __future__ import annotations
 
 import builtins
@@ -40,15 +41,17 @@ def _code(marker: Path) -> str:
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("security") / "q"
-    run_job(QuantizeJob(variant="xxs", model_overrides=LIGHT, frames=4, size=32, num_calib=2, num_eval=2,
-                        out=str(out)), progress=False)
+    run_job(
+        QuantizeJob(variant="xxs", model_overrides=LIGHT, frames=4, size=32, num_calib=2, num_eval=2, out=str(out)),
+        progress=False,
+    )
     return out
 
 
 def _rewrite(data: bytes, change) -> bytes:
     source = zipfile.ZipFile(io.BytesIO(data))
     root = source.namelist()[0].split("/")[0] + "/"
-    files = {name[len(root):]: source.read(name) for name in source.namelist()}
+    files = {name[len(root) :]: source.read(name) for name in source.namelist()}
     change(files)
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
@@ -68,12 +71,14 @@ def _edit_config(entry: str, edit):
         config = json.loads(files[entry])
         edit(config["config"], files)
         files[entry] = json.dumps(config).encode()
+
     return change
 
 
 def _edit_model(edit):
     def change(files):
         files["models/model.json"] = edit(files["models/model.json"].decode()).encode()
+
     return change
 
 
@@ -81,18 +86,22 @@ def _crafted(kind: str, marker: Path):
     """(change to the archive, whether torch.export.load alone runs it or .module() must be called)."""
     payload = _Payload(marker)
     if kind == "pickled weight":
+
         def edit(config, files):
             fqn = next(iter(config))
             config[fqn]["use_pickle"] = True
             files["data/weights/" + config[fqn]["path_name"]] = _torch_save(payload)
+
         return _edit_config("data/weights/model_weights_config.json", edit)
     if kind in ("pickled constant", "opaque constant"):
         path_name = "tensor_0" if kind == "pickled constant" else "opaque_obj_0"
 
         def edit(config, files):
             config["planted"] = {"path_name": path_name, "is_param": False, "use_pickle": True, "tensor_meta": None}
-            files["data/constants/" + path_name] = (_torch_save(payload) if kind == "pickled constant"
-                                                    else pickle.dumps(payload))
+            files["data/constants/" + path_name] = (
+                _torch_save(payload) if kind == "pickled constant" else pickle.dumps(payload)
+            )
+
         return _edit_config("data/constants/model_constants_config.json", edit)
     if kind == "legacy weights":
         return lambda files: files.__setitem__("data/weights/model.pt", _torch_save(payload))
@@ -101,24 +110,36 @@ def _crafted(kind: str, marker: Path):
     if kind == "sample inputs":
         return lambda files: files.__setitem__("data/sample_inputs/model.pt", _torch_save((payload,)))
     if kind == "guard code":
+
         def edit(text):
             model = json.loads(text)
             model["guards_code"] = [f"{_code(marker)} is None"]
             return json.dumps(model)
+
         return _edit_model(edit)
     if kind == "shape expression":  # sympy.sympify evaluates it
+
         def edit(text):
             model = json.loads(text)
             for name in model["range_constraints"]:
                 code = f"exec(\"open({str(marker)!r}, 'w').close()\")"  # names only builtins sympy leaves alone
                 return text.replace(f"Symbol('{name}', positive=True, integer=True)", json.dumps(code)[1:-1])
             raise AssertionError("the genuine program has no symbolic shape")
+
         return _edit_model(edit)
     raise ValueError(kind)
 
 
-PAYLOAD_KINDS = ["pickled weight", "pickled constant", "opaque constant", "legacy weights", "legacy constants",
-                 "sample inputs", "guard code", "shape expression"]
+PAYLOAD_KINDS = [
+    "pickled weight",
+    "pickled constant",
+    "opaque constant",
+    "legacy weights",
+    "legacy constants",
+    "sample inputs",
+    "guard code",
+    "shape expression",
+]
 
 
 @pytest.mark.parametrize("kind", PAYLOAD_KINDS)
@@ -140,13 +161,16 @@ def test_crafted_archives_run_code_under_torch_but_are_refused(kind, quantized, 
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("kind,change", [
-    ("object constant", lambda f: f.__setitem__("data/constants/custom_obj_0", b"\x80\x04N.")),
-    ("compiled library", lambda f: f.__setitem__("data/aotinductor/model/model.so", b"\x7fELF")),
-    ("extension operator", _edit_model(lambda t: t.replace('"torch.ops.aten.sym_size.int"', '"#evil"', 1))),
-    ("python callable", _edit_model(lambda t: t.replace('"torch.ops.aten.sym_size.int"', '"torch.os.system"', 1))),
-    ("nested graph", _edit_model(lambda t: t.replace('"as_tensor"', '"as_graph"', 1))),
-])
+@pytest.mark.parametrize(
+    "kind,change",
+    [
+        ("object constant", lambda f: f.__setitem__("data/constants/custom_obj_0", b"\x80\x04N.")),
+        ("compiled library", lambda f: f.__setitem__("data/aotinductor/model/model.so", b"\x7fELF")),
+        ("extension operator", _edit_model(lambda t: t.replace('"torch.ops.aten.sym_size.int"', '"#evil"', 1))),
+        ("python callable", _edit_model(lambda t: t.replace('"torch.ops.aten.sym_size.int"', '"torch.os.system"', 1))),
+        ("nested graph", _edit_model(lambda t: t.replace('"as_tensor"', '"as_graph"', 1))),
+    ],
+)
 def test_other_code_carrying_entries_are_refused(kind, change, quantized, tmp_path):
     crafted = tmp_path / "quantized.pt2"
     crafted.write_bytes(_rewrite((quantized / "quantized.pt2").read_bytes(), change))
@@ -181,12 +205,18 @@ def test_altered_program_fails_its_hash(quantized, tmp_path):
         load_quantized(folder)
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda f: (f / "quantized.pt2").write_bytes((f / "quantized.pt2").read_bytes()[:5000]), "not a program archive"),
-    (lambda f: (f / "quant_config.json").write_text("{not json"), "is not valid JSON"),
-    (lambda f: (f / "quant_config.json").write_text(json.dumps({"variant": "xxs"})), "lacks method, quant_config"),
-    (lambda f: (f / "quantized.pt2").unlink(), "has no quantized.pt2"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (
+            lambda f: (f / "quantized.pt2").write_bytes((f / "quantized.pt2").read_bytes()[:5000]),
+            "not a program archive",
+        ),
+        (lambda f: (f / "quant_config.json").write_text("{not json"), "is not valid JSON"),
+        (lambda f: (f / "quant_config.json").write_text(json.dumps({"variant": "xxs"})), "lacks method, quant_config"),
+        (lambda f: (f / "quantized.pt2").unlink(), "has no quantized.pt2"),
+    ],
+)
 def test_damaged_quantize_folders_give_one_line_errors(damage, message, quantized, tmp_path, capsys):
     from uniformer_edge.benchmark.__main__ import main as benchmark_main
     from uniformer_edge.export.__main__ import main as export_main

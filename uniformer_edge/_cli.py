@@ -1,5 +1,6 @@
 """Shared command-line plumbing: the toolkit's errors (`uniformer_edge.errors`) and file-system
 errors become one clear line and exit 2; anything else is a bug and keeps its traceback."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,12 +17,19 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-_ONE_LINE = (UniformerEdgeError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError,
-             IsADirectoryError)
+_ONE_LINE = (
+    UniformerEdgeError,
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    NotADirectoryError,
+    IsADirectoryError,
+)
 
 
-def run(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None,
-        prog: str = "uniformer_edge") -> int:
+def run(
+    main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None, prog: str = "uniformer_edge"
+) -> int:
     try:
         return main(argv) or 0
     except _ONE_LINE as e:
@@ -41,6 +49,7 @@ def _number(kind, minimum, what: str):
         if value < minimum or value != value:  # NaN fails every comparison
             raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
         return value
+
     parse.__name__ = what  # argparse names the type in its messages
     return parse
 

@@ -1,5 +1,6 @@
 """What the CPU can do: its name and the instruction sets that decide int8 kernels and rounding
 (one place that reads them, for the device fingerprint, manifests and runtime settings)."""
+
 from __future__ import annotations
 
 import functools
@@ -11,12 +12,39 @@ from typing import Optional
 __all__ = ["cpu_name", "instruction_sets", "has_int8_dot_product", "is_x86", "INT8_ISAS"]
 
 # The flags that matter for int8 and fp16 kernels, in /proc/cpuinfo spelling (x86 and Arm).
-INT8_ISAS = ("sse4_1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-             "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm",
-             "fphp", "sve", "sve2", "sme")
-_MAC_NAMES = {"hw.optional.arm.FEAT_DotProd": "asimddp", "hw.optional.arm.FEAT_I8MM": "i8mm",
-              "hw.optional.arm.FEAT_FP16": "fphp", "hw.optional.arm.FEAT_SME": "sme", "hw.optional.neon": "asimd",
-              "hw.optional.avx2_0": "avx2", "hw.optional.avx512f": "avx512f", "hw.optional.avx512vnni": "avx512_vnni"}
+INT8_ISAS = (
+    "sse4_1",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "fphp",
+    "sve",
+    "sve2",
+    "sme",
+)
+_MAC_NAMES = {
+    "hw.optional.arm.FEAT_DotProd": "asimddp",
+    "hw.optional.arm.FEAT_I8MM": "i8mm",
+    "hw.optional.arm.FEAT_FP16": "fphp",
+    "hw.optional.arm.FEAT_SME": "sme",
+    "hw.optional.neon": "asimd",
+    "hw.optional.avx2_0": "avx2",
+    "hw.optional.avx512f": "avx512f",
+    "hw.optional.avx512vnni": "avx512_vnni",
+}
 
 
 def _cpuinfo() -> Optional[str]:

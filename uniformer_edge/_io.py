@@ -1,4 +1,5 @@
 """Atomic artifact writing: a file or directory appears complete or not at all."""
+
 from __future__ import annotations
 
 import contextlib
@@ -41,7 +42,7 @@ def remove_stale_partials(path: PathLike) -> list[Path]:
     for sibling in path.parent.glob(f".{glob.escape(path.name)}.*"):
         if sibling.suffix not in (".partial", ".tmp"):
             continue
-        pid = sibling.name[len(path.name) + 2:].split(".", 1)[0]
+        pid = sibling.name[len(path.name) + 2 :].split(".", 1)[0]
         if not pid.isdigit() or _process_alive(int(pid)):
             continue
         if sibling.is_dir():

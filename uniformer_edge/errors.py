@@ -1,5 +1,6 @@
 """The toolkit's error types. The command-line layer prints these as one line and exits 2; any
 other exception is a bug and keeps its traceback."""
+
 from __future__ import annotations
 
 from typing import Optional

@@ -1,5 +1,6 @@
 """`python -m uniformer_edge.evaluate`: top-1, top-5, per-class accuracy and the confusion matrix
 of a checkpoint; add `torchrun --nproc_per_node N` in front to shard the evaluation."""
+
 from __future__ import annotations
 
 import sys
@@ -15,7 +16,8 @@ def build_parser() -> Parser:
     p = Parser(
         prog="python -m uniformer_edge.evaluate",
         description="Evaluate a checkpoint on the synthetic benchmark or a labelled video list. Frames, "
-                    "size and variant default to those stored in training checkpoints of this toolkit.")
+        "size and variant default to those stored in training checkpoints of this toolkit.",
+    )
     p.add_argument("--variant", help="model variant: xxs, xs, s, b (default: from the checkpoint, else s)")
     p.add_argument("--checkpoint", required=True, help="checkpoint to evaluate")
     p.add_argument("--data", default="synthetic", help="'synthetic', an annotation list, or 'folder'")
@@ -45,9 +47,18 @@ def main(argv=None) -> int:
         variant = args.variant or stored.get("variant") or "s"
         frames = cfg.get("frames", 8) if args.frames is None else args.frames
         size = cfg.get("size", 224) if args.size is None else args.size
-        dataset = build_dataset(args.data, args.split, frames=frames, size=size, root=args.root,
-                                num_clips=args.num_clips, seed=args.seed, class_names=args.class_names,
-                                sampling=args.sampling, sampling_rate=args.sampling_rate)
+        dataset = build_dataset(
+            args.data,
+            args.split,
+            frames=frames,
+            size=size,
+            root=args.root,
+            num_clips=args.num_clips,
+            seed=args.seed,
+            class_names=args.class_names,
+            sampling=args.sampling,
+            sampling_rate=args.sampling_rate,
+        )
         num_classes = dataset_num_classes(dataset)
         model = create_model(variant, num_classes=num_classes, checkpoint=args.checkpoint, new_head=False)
         model.to(ctx.device)
@@ -60,8 +71,17 @@ def main(argv=None) -> int:
         for name, acc in zip(names, metrics.per_class):
             print(f"  {name:<28} {'-' if acc is None else f'{100 * acc:6.2f}%'}")
         if args.json:
-            atomic_write_json(args.json, {"variant": variant, "checkpoint": args.checkpoint, "frames": frames,
-                                          "size": size, "data": dataset.describe(), **metrics.as_dict()})
+            atomic_write_json(
+                args.json,
+                {
+                    "variant": variant,
+                    "checkpoint": args.checkpoint,
+                    "frames": frames,
+                    "size": size,
+                    "data": dataset.describe(),
+                    **metrics.as_dict(),
+                },
+            )
     return 0
 
 

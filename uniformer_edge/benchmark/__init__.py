@@ -1,7 +1,20 @@
 """Per-device latency and accuracy reports against the float model, mergeable across devices."""
+
 from .backends import BACKENDS, Artifact, backend_status, discover
 from .report import merge_reports, read_report, render_markdown, write_report
 from .run import REPORT_SCHEMA, BenchmarkJob, latency_stats, run_benchmark
 
-__all__ = ["BenchmarkJob", "run_benchmark", "latency_stats", "REPORT_SCHEMA", "BACKENDS", "Artifact", "discover",
-           "backend_status", "write_report", "merge_reports", "read_report", "render_markdown"]
+__all__ = [
+    "BenchmarkJob",
+    "run_benchmark",
+    "latency_stats",
+    "REPORT_SCHEMA",
+    "BACKENDS",
+    "Artifact",
+    "discover",
+    "backend_status",
+    "write_report",
+    "merge_reports",
+    "read_report",
+    "render_markdown",
+]

@@ -1,5 +1,6 @@
 """`python -m uniformer_edge.benchmark`: latency and accuracy of exported / quantized artifacts
 on every backend this device has, against the float model; or `--merge` device reports."""
+
 from __future__ import annotations
 
 import sys
@@ -14,9 +15,10 @@ def build_parser() -> Parser:
     p = Parser(
         prog="python -m uniformer_edge.benchmark",
         description="Benchmark artifact folders (export outputs with manifest.json, or quantize outputs with "
-                    "quantized.pt2): latency (median, p90, p99, min, std, clips/s, load time, peak memory, size) "
-                    "on every backend this device has, and accuracy against the float model. Writes OUT/report.json, "
-                    "report.md and PNG plots. Backends this device lacks are listed as not available, with the reason.")
+        "quantized.pt2): latency (median, p90, p99, min, std, clips/s, load time, peak memory, size) "
+        "on every backend this device has, and accuracy against the float model. Writes OUT/report.json, "
+        "report.md and PNG plots. Backends this device lacks are listed as not available, with the reason.",
+    )
     p.add_argument("artifacts", nargs="*", metavar="ARTIFACT_DIR")
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), help=f"subset of: {', '.join(BACKENDS)}")
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's default)")
@@ -38,9 +40,19 @@ def main(argv=None) -> int:
         files = write_report(merge_reports(args.merge), args.out, args.force)
         print(f"merged {len(args.merge)} reports into {args.out}: {', '.join(files)}")
         return 0
-    job = BenchmarkJob(artifacts=tuple(args.artifacts), backends=tuple(args.backends), threads=args.threads,
-                       batch=args.batch, runs=args.runs, warmup=args.warmup, data=args.data, root=args.root,
-                       num_clips=args.num_clips, out=args.out, force=args.force)
+    job = BenchmarkJob(
+        artifacts=tuple(args.artifacts),
+        backends=tuple(args.backends),
+        threads=args.threads,
+        batch=args.batch,
+        runs=args.runs,
+        warmup=args.warmup,
+        data=args.data,
+        root=args.root,
+        num_clips=args.num_clips,
+        out=args.out,
+        force=args.force,
+    )
     from .._io import check_output_dir
 
     check_output_dir(job.out, job.force)

@@ -4,6 +4,7 @@ An artifact folder is either an export output (`manifest.json`: ONNX, Core ML, E
 files) or a quantization output (`quant_config.json` + `quantized.pt2`, run by PyTorch).
 Every backend either loads an artifact into a callable `clips -> logits` or says why it is not
 available on this device."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,17 @@ from ..errors import InputError
 from ..export import verify_manifest
 from ..quantize import read_quantize_config, verify_program
 
-__all__ = ["Artifact", "discover", "BACKENDS", "Runner", "runners_for", "backend_status", "setting_status",
-           "ORT_PROVIDERS", "COREML_UNITS"]
+__all__ = [
+    "Artifact",
+    "discover",
+    "BACKENDS",
+    "Runner",
+    "runners_for",
+    "backend_status",
+    "setting_status",
+    "ORT_PROVIDERS",
+    "COREML_UNITS",
+]
 
 ORT_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "CoreMLExecutionProvider")
 COREML_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
@@ -43,8 +53,15 @@ class Artifact:
     def group(self) -> tuple:
         """Artifacts of one model at one input size share a float reference and evaluation set."""
         s = self.source
-        return (self.variant, self.frames, self.size, s.get("checkpoint"), s.get("seed"),
-                json.dumps(s.get("model_overrides") or {}, sort_keys=True), s.get("num_classes"))
+        return (
+            self.variant,
+            self.frames,
+            self.size,
+            s.get("checkpoint"),
+            s.get("seed"),
+            json.dumps(s.get("model_overrides") or {}, sort_keys=True),
+            s.get("num_classes"),
+        )
 
 
 def discover(folder) -> list[Artifact]:
@@ -53,28 +70,58 @@ def discover(folder) -> list[Artifact]:
     if (folder / "manifest.json").is_file():
         manifest = verify_manifest(folder)
         src = manifest["source"]
-        source = {"checkpoint": src["checkpoint"], "seed": src.get("seed", 0),
-                  "model_overrides": src.get("model_overrides") or {}, "num_classes": manifest["num_classes"]}
-        return [Artifact(folder / a["path"], a["format"], a["precision"], manifest["variant"],
-                         manifest["input"]["frames"], manifest["input"]["size"], a["size_bytes"], source)
-                for a in manifest["artifacts"]]
+        source = {
+            "checkpoint": src["checkpoint"],
+            "seed": src.get("seed", 0),
+            "model_overrides": src.get("model_overrides") or {},
+            "num_classes": manifest["num_classes"],
+        }
+        return [
+            Artifact(
+                folder / a["path"],
+                a["format"],
+                a["precision"],
+                manifest["variant"],
+                manifest["input"]["frames"],
+                manifest["input"]["size"],
+                a["size_bytes"],
+                source,
+            )
+            for a in manifest["artifacts"]
+        ]
     if (folder / "quant_config.json").is_file():
         cfg = read_quantize_config(folder)
         verify_program(folder / "quantized.pt2", cfg["program_sha256"])
         _, _, frames, size, _ = cfg["input_shape"]
-        source = {"checkpoint": cfg["job"].get("checkpoint"), "seed": cfg["job"].get("seed", 0),
-                  "model_overrides": cfg.get("model_overrides") or {}, "num_classes": cfg["num_classes"]}
+        source = {
+            "checkpoint": cfg["job"].get("checkpoint"),
+            "seed": cfg["job"].get("seed", 0),
+            "model_overrides": cfg.get("model_overrides") or {},
+            "num_classes": cfg["num_classes"],
+        }
         precision = {"w8a8": "int8"}.get(cfg["quant_config"]["recipe"], cfg["quant_config"]["recipe"])
         precision += "-qat" if cfg["method"] == "qat" else ""
-        return [Artifact(folder / "quantized.pt2", "pt2", precision, cfg["variant"], frames, size,
-                         (folder / "quantized.pt2").stat().st_size, {**source, "sha256": cfg["program_sha256"]})]
-    raise FileNotFoundError(f"{folder} has no manifest.json (an export output) or quant_config.json + "
-                            f"quantized.pt2 (a quantization output)")
+        return [
+            Artifact(
+                folder / "quantized.pt2",
+                "pt2",
+                precision,
+                cfg["variant"],
+                frames,
+                size,
+                (folder / "quantized.pt2").stat().st_size,
+                {**source, "sha256": cfg["program_sha256"]},
+            )
+        ]
+    raise FileNotFoundError(
+        f"{folder} has no manifest.json (an export output) or quant_config.json + quantized.pt2 (a quantization output)"
+    )
 
 
 @dataclass
 class Runner:
     """One artifact on one backend setting, ready to run."""
+
     backend: str
     setting: str  # e.g. "cpu", "cuda", "CPUExecutionProvider", "CPU_AND_NE"
     fn: Callable[[torch.Tensor], torch.Tensor]
@@ -106,8 +153,12 @@ def _executorch_status() -> Optional[str]:
     return executorch_available()
 
 
-BACKENDS = {"torch": ("pt2", lambda: None), "onnxruntime": ("onnx", _ort_status),
-            "coreml": ("coreml", _coreml_status), "executorch": ("executorch", _executorch_status)}
+BACKENDS = {
+    "torch": ("pt2", lambda: None),
+    "onnxruntime": ("onnx", _ort_status),
+    "coreml": ("coreml", _coreml_status),
+    "executorch": ("executorch", _executorch_status),
+}
 
 
 def backend_status(name: str) -> Optional[str]:
@@ -131,8 +182,10 @@ def _ort_provider_status(provider: str) -> Optional[str]:
 
     if provider in ort.get_available_providers():
         return None
-    build = {"CUDAExecutionProvider": "the onnxruntime-gpu build has it",
-             "CoreMLExecutionProvider": "onnxruntime's macOS builds have it"}[provider]
+    build = {
+        "CUDAExecutionProvider": "the onnxruntime-gpu build has it",
+        "CoreMLExecutionProvider": "onnxruntime's macOS builds have it",
+    }[provider]
     return f"onnxruntime {ort.__version__} has no {provider} ({build})"
 
 
@@ -140,8 +193,12 @@ def setting_status(backend: str) -> dict[str, Optional[str]]:
     """Every setting of `backend` (device, execution provider, compute units): None when it runs
     here, else why not; a backend that is not available here gives its reason for each."""
     overall = backend_status(backend)
-    settings = {"torch": ("cpu", "cuda"), "onnxruntime": ORT_PROVIDERS, "coreml": COREML_UNITS,
-                "executorch": ("XNNPACK",)}[backend]
+    settings = {
+        "torch": ("cpu", "cuda"),
+        "onnxruntime": ORT_PROVIDERS,
+        "coreml": COREML_UNITS,
+        "executorch": ("XNNPACK",),
+    }[backend]
     if overall is not None:
         return {s: overall for s in settings}
     if backend == "torch":
@@ -154,6 +211,7 @@ def setting_status(backend: str) -> dict[str, Optional[str]]:
 def _per_clip(fn):
     def run(clips):
         return torch.cat([fn(clip[None]) for clip in clips])
+
     return run
 
 
@@ -197,12 +255,20 @@ def runners_for(artifact: Artifact, backend: str, threads: int) -> list[Runner]:
 
             def run(clip, m=model):
                 return torch.from_numpy(np.asarray(m.predict({"video": clip.numpy()})["logits"])).float()
-            out.append(Runner("coreml", units, _per_clip(run), fixed_batch=1,
-                              extra={"compute_plan": _compute_plan(artifact.path, units)}))
+
+            out.append(
+                Runner(
+                    "coreml",
+                    units,
+                    _per_clip(run),
+                    fixed_batch=1,
+                    extra={"compute_plan": _compute_plan(artifact.path, units)},
+                )
+            )
         return out
     from ..export.executorch import load_executorch
 
     method = load_executorch(artifact.path)
-    return [Runner("executorch", "XNNPACK", _per_clip(lambda clip: method.execute((clip.contiguous(),))[0]),
-                   fixed_batch=1)]
-
+    return [
+        Runner("executorch", "XNNPACK", _per_clip(lambda clip: method.execute((clip.contiguous(),))[0]), fixed_batch=1)
+    ]

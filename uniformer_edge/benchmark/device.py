@@ -1,4 +1,5 @@
 """Device fingerprint: what a latency figure was measured on."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,17 @@ def fingerprint(threads: int) -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"hostname": platform.node(), "os": platform.platform(), "machine": platform.machine(),
-            "cpu": cpu_name(), "instruction_sets": list(instruction_sets()),
-            "int8_dot_product": has_int8_dot_product(), "cores": os.cpu_count(), "threads": threads,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "memory_bytes": _memory_bytes(), "python": platform.python_version(), "versions": versions}
+    return {
+        "hostname": platform.node(),
+        "os": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu_name(),
+        "instruction_sets": list(instruction_sets()),
+        "int8_dot_product": has_int8_dot_product(),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "memory_bytes": _memory_bytes(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }

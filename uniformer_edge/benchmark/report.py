@@ -1,5 +1,6 @@
 """Benchmark reports: JSON (versioned schema), Markdown tables, PNG plots, and merging reports
 from several devices into one."""
+
 from __future__ import annotations
 
 import json
@@ -9,21 +10,36 @@ from ..errors import InputError
 from .._io import atomic_dir
 from .run import REPORT_SCHEMA
 
-__all__ = ["render_markdown", "write_report", "merge_reports", "read_report", "pareto_front", "device_label",
-           "unavailable_settings", "peak_memory"]
+__all__ = [
+    "render_markdown",
+    "write_report",
+    "merge_reports",
+    "read_report",
+    "pareto_front",
+    "device_label",
+    "unavailable_settings",
+    "peak_memory",
+]
 
 
 def device_label(device: dict) -> str:
-    return f"{device.get('hostname', '?')} ({device.get('cpu', '?')}, {device.get('threads', '?')} threads" + \
-        (f", {device['gpu']}" if device.get("gpu") else "") + ")"
+    return (
+        f"{device.get('hostname', '?')} ({device.get('cpu', '?')}, {device.get('threads', '?')} threads"
+        + (f", {device['gpu']}" if device.get("gpu") else "")
+        + ")"
+    )
 
 
 def _fmt_acc(row) -> tuple[str, str, str, str]:
     acc = row.get("accuracy") or {}
     vs = acc.get("vs_float") or {}
     top1 = f"{100 * acc['top1']:.2f}%" if "top1" in acc else "-"
-    return (top1, f"{100 * vs['top1_agreement']:.1f}%" if vs else "-",
-            f"{vs['sqnr_db']:.1f}" if vs else "-", f"{vs['kl']:.1e}" if vs else "-")
+    return (
+        top1,
+        f"{100 * vs['top1_agreement']:.1f}%" if vs else "-",
+        f"{vs['sqnr_db']:.1f}" if vs else "-",
+        f"{vs['kl']:.1e}" if vs else "-",
+    )
 
 
 def render_markdown(report: dict) -> str:
@@ -33,39 +49,58 @@ def render_markdown(report: dict) -> str:
         lines += [f"**Partial report**: {report.get('interrupted', 'interrupted')}.", ""]
     for entry in devices:
         dev = entry["device"]
-        lines += [f"## {device_label(dev)}", "", f"{dev.get('os')}; memory "
-                  f"{(dev.get('memory_bytes') or 0) / 2**30:.0f} GiB; torch {dev['versions'].get('torch')}, "
-                  f"onnxruntime {dev['versions'].get('onnxruntime')}, executorch {dev['versions'].get('executorch')}, "
-                  f"coremltools {dev['versions'].get('coremltools')}.", ""]
+        lines += [
+            f"## {device_label(dev)}",
+            "",
+            f"{dev.get('os')}; memory "
+            f"{(dev.get('memory_bytes') or 0) / 2**30:.0f} GiB; torch {dev['versions'].get('torch')}, "
+            f"onnxruntime {dev['versions'].get('onnxruntime')}, executorch {dev['versions'].get('executorch')}, "
+            f"coremltools {dev['versions'].get('coremltools')}.",
+            "",
+        ]
         for g in entry["groups"]:
-            lines.append(f"- {g['variant'].upper()} {g['frames']}x{g['size']}: accuracy against the "
-                         f"{g['float_reference']} on {g['evaluation_clips']} clips"
-                         + ("" if g["labels_meaningful"] else " (random weights: only agreement is meaningful)"))
+            lines.append(
+                f"- {g['variant'].upper()} {g['frames']}x{g['size']}: accuracy against the "
+                f"{g['float_reference']} on {g['evaluation_clips']} clips"
+                + ("" if g["labels_meaningful"] else " (random weights: only agreement is meaningful)")
+            )
         lines += [f"- {line}" for line in unavailable_settings(entry)]
-        lines += ["", "| model | artifact | precision | backend | setting | median ms | p90 ms | clips/s | "
-                  "x torch fp32 | load s | peak RSS (GPU) MB | size MB | top-1 | agreement | SQNR dB | KL |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| model | artifact | precision | backend | setting | median ms | p90 ms | clips/s | "
+            "x torch fp32 | load s | peak RSS (GPU) MB | size MB | top-1 | agreement | SQNR dB | KL |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in entry["rows"]:
             if "not_available" in r:
-                lines.append(f"| {r['variant'].upper()} {r['input']} | {r['artifact']} | {r['precision']} | "
-                             f"{r['backend']} | {r['not_available']} |" + " |" * 11)
+                lines.append(
+                    f"| {r['variant'].upper()} {r['input']} | {r['artifact']} | {r['precision']} | "
+                    f"{r['backend']} | {r['not_available']} |" + " |" * 11
+                )
                 continue
             lat = r["latency"]
             top1, agree, sqnr, kl = _fmt_acc(r)
-            lines.append(f"| {r['variant'].upper()} {r['input']} | {r['artifact']} | {r['precision']} | {r['backend']} "
-                         f"| {r['setting']} | {lat['median_ms']:.1f} | {lat['p90_ms']:.1f} | "
-                         f"{lat['throughput_clips_per_s']:.2f} | {r['speedup_vs_torch_fp32']:.2f} | {r['load_s']:.2f} | "
-                         f"{peak_memory(r)} | {r['size_bytes'] / 1e6:.1f} | {top1} | {agree} | {sqnr} "
-                         f"| {kl} |")
+            lines.append(
+                f"| {r['variant'].upper()} {r['input']} | {r['artifact']} | {r['precision']} | {r['backend']} "
+                f"| {r['setting']} | {lat['median_ms']:.1f} | {lat['p90_ms']:.1f} | "
+                f"{lat['throughput_clips_per_s']:.2f} | {r['speedup_vs_torch_fp32']:.2f} | {r['load_s']:.2f} | "
+                f"{peak_memory(r)} | {r['size_bytes'] / 1e6:.1f} | {top1} | {agree} | {sqnr} "
+                f"| {kl} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
 
 def _device_entry(report: dict) -> dict:
     """One device's part of a report, as a merged report lists it."""
-    return {"device": report["device"], "rows": report["rows"], "groups": report["groups"],
-            "backends": report["backends"], "backend_settings": report.get("backend_settings", {}),
-            "complete": report.get("complete", True)}
+    return {
+        "device": report["device"],
+        "rows": report["rows"],
+        "groups": report["groups"],
+        "backends": report["backends"],
+        "backend_settings": report.get("backend_settings", {}),
+        "complete": report.get("complete", True),
+    }
 
 
 def unavailable_settings(entry: dict) -> list[str]:
@@ -126,11 +161,23 @@ def _plots(report: dict, folder: Path) -> list[str]:
         fig.tight_layout()
         fig.savefig(folder / f"latency_vs_accuracy{suffix}.png", dpi=120)
         plt.close(fig)
-        _bar_chart(plt, folder / f"latency{suffix}.png", names, lat, "median latency (ms)",
-                   f"Latency per backend and precision: {label}")
+        _bar_chart(
+            plt,
+            folder / f"latency{suffix}.png",
+            names,
+            lat,
+            "median latency (ms)",
+            f"Latency per backend and precision: {label}",
+        )
         sizes = {f"{r['variant']} {r['format']} {r['precision']}": r["size_bytes"] / 1e6 for r in entry["rows"]}
-        _bar_chart(plt, folder / f"size{suffix}.png", list(sizes), list(sizes.values()), "size (MB)",
-                   f"Size per precision: {label}")
+        _bar_chart(
+            plt,
+            folder / f"size{suffix}.png",
+            list(sizes),
+            list(sizes.values()),
+            "size (MB)",
+            f"Size per precision: {label}",
+        )
         written += [f"latency_vs_accuracy{suffix}.png", f"latency{suffix}.png", f"size{suffix}.png"]
     return written
 
@@ -156,16 +203,25 @@ def read_report(path) -> dict:
     if not isinstance(schema, int):
         raise InputError(f"{path} is not a benchmark report (no schema version)")
     if schema > REPORT_SCHEMA:
-        raise InputError(f"{path} has report schema {schema}, newer than this toolkit reads ({REPORT_SCHEMA}); "
-                         f"upgrade uniformer-edge")
+        raise InputError(
+            f"{path} has report schema {schema}, newer than this toolkit reads ({REPORT_SCHEMA}); "
+            f"upgrade uniformer-edge"
+        )
     entries = report.get("devices") if "devices" in report else [report]
     for entry in entries if isinstance(entries, list) else [None]:
         missing = [k for k in _DEVICE_KEYS if not isinstance(entry, dict) or k not in entry]
         if missing:
-            what = ("an export manifest" if "artifacts" in report else
-                    "a quantize report" if "agreement" in report or "recipe" in report else "not one")
-            raise InputError(f"{path} is not a benchmark report ({what}: no {', '.join(missing)}); "
-                             f"pass the report.json of `python -m uniformer_edge.benchmark`")
+            what = (
+                "an export manifest"
+                if "artifacts" in report
+                else "a quantize report"
+                if "agreement" in report or "recipe" in report
+                else "not one"
+            )
+            raise InputError(
+                f"{path} is not a benchmark report ({what}: no {', '.join(missing)}); "
+                f"pass the report.json of `python -m uniformer_edge.benchmark`"
+            )
         if not entry["rows"]:
             raise InputError(f"{path} is a benchmark report without rows: nothing to merge")
     return report

@@ -2,6 +2,7 @@
 reference (the float PyTorch model on a GPU when one is present, else on CPU). Every speed
 figure is also a ratio to the float model's deploy form in torch eager fp32 on this CPU; on a
 CUDA device the float model itself is timed there too (fp32 and fp16)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -84,8 +85,15 @@ def latency_stats(seconds: list[float], batch: int) -> dict:
         return ms[min(len(ms) - 1, max(0, round(q * (len(ms) - 1))))]
 
     median = statistics.median(ms)
-    return {"median_ms": median, "p90_ms": pct(0.9), "p99_ms": pct(0.99), "min_ms": ms[0],
-            "std_ms": statistics.pstdev(ms), "runs": len(ms), "throughput_clips_per_s": 1000 * batch / median}
+    return {
+        "median_ms": median,
+        "p90_ms": pct(0.9),
+        "p99_ms": pct(0.99),
+        "min_ms": ms[0],
+        "std_ms": statistics.pstdev(ms),
+        "runs": len(ms),
+        "throughput_clips_per_s": 1000 * batch / median,
+    }
 
 
 @torch.no_grad()
@@ -102,20 +110,25 @@ def _measure(runner: Runner, example: torch.Tensor, warmup: int, runs: int) -> d
 
 @torch.no_grad()
 def _logits(fn, clips: torch.Tensor, batch: int) -> torch.Tensor:
-    return torch.cat([fn(clips[i:i + batch]).float().cpu() for i in range(0, len(clips), batch)])
+    return torch.cat([fn(clips[i : i + batch]).float().cpu() for i in range(0, len(clips), batch)])
 
 
 def _float_reference(artifact: Artifact):
     src = artifact.source
     torch.manual_seed(src.get("seed") or 0)  # the seed the exporter built a random-weight model with
-    model = create_model(artifact.variant, num_classes=src["num_classes"], checkpoint=src.get("checkpoint"),
-                         **(src.get("model_overrides") or {})).eval()
+    model = create_model(
+        artifact.variant,
+        num_classes=src["num_classes"],
+        checkpoint=src.get("checkpoint"),
+        **(src.get("model_overrides") or {}),
+    ).eval()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device), device
 
 
-def _float_gpu_rows(cpu_model, clips, example, job: BenchmarkJob, score, baseline: Runner, common: dict,
-                    device: str = "cuda"):
+def _float_gpu_rows(
+    cpu_model, clips, example, job: BenchmarkJob, score, baseline: Runner, common: dict, device: str = "cuda"
+):
     """The float model (deploy form) on the GPU in fp32 and fp16, timed from a clip in host
     memory to its logits back in host memory (what a caller of the GPU model waits for)."""
     gpu = torch.device(device).type == "cuda"
@@ -127,9 +140,14 @@ def _float_gpu_rows(cpu_model, clips, example, job: BenchmarkJob, score, baselin
         if gpu:
             torch.cuda.reset_peak_memory_stats()
         _reset_peak_rss()
-        row = {**common, "precision": precision, "backend": "torch", "load_s": load_s,
-               "size_bytes": sum(p.numel() * p.element_size() for p in gpu_model.parameters()),
-               **_timed(runner, clips, example, job, score, baseline)}
+        row = {
+            **common,
+            "precision": precision,
+            "backend": "torch",
+            "load_s": load_s,
+            "size_bytes": sum(p.numel() * p.element_size() for p in gpu_model.parameters()),
+            **_timed(runner, clips, example, job, score, baseline),
+        }
         if gpu:
             row["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
         yield row
@@ -146,8 +164,14 @@ def _timed(runner: Runner, clips, example, job: BenchmarkJob, score, baseline: R
     # run (throttling, a busy neighbour) would otherwise skew every ratio by the drift since the
     # group's first baseline block.
     base_ms = _measure(baseline, example, 1, max(3, job.runs // 4))["median_ms"]
-    return {"setting": runner.setting, "latency": latency, "peak_rss_bytes": peak_rss, "torch_fp32_median_ms": base_ms,
-            "speedup_vs_torch_fp32": base_ms / latency["median_ms"], "accuracy": score(logits)}
+    return {
+        "setting": runner.setting,
+        "latency": latency,
+        "peak_rss_bytes": peak_rss,
+        "torch_fp32_median_ms": base_ms,
+        "speedup_vs_torch_fp32": base_ms / latency["median_ms"],
+        "accuracy": score(logits),
+    }
 
 
 @contextlib.contextmanager
@@ -177,23 +201,37 @@ def run_benchmark(job: BenchmarkJob, progress: bool = True) -> dict:
     status = {b: backend_status(b) for b in job.backends}
     settings = {b: setting_status(b) for b in job.backends}
     cuda = "torch" in settings and settings["torch"]["cuda"] is None
-    report = {"schema": REPORT_SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "device": fingerprint(threads), "settings": {k: getattr(job, k) for k in
-                                                           ("batch", "runs", "warmup", "data", "num_clips")},
-              "backends": {b: ("available" if r is None else f"not available here: {r}") for b, r in status.items()},
-              "backend_settings": {b: {s: "available" if r is None else f"not available here: {r}"
-                                       for s, r in per.items()} for b, per in settings.items()},
-              "groups": [], "rows": [], "complete": False}
+    report = {
+        "schema": REPORT_SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": fingerprint(threads),
+        "settings": {k: getattr(job, k) for k in ("batch", "runs", "warmup", "data", "num_clips")},
+        "backends": {b: ("available" if r is None else f"not available here: {r}") for b, r in status.items()},
+        "backend_settings": {
+            b: {s: "available" if r is None else f"not available here: {r}" for s, r in per.items()}
+            for b, per in settings.items()
+        },
+        "groups": [],
+        "rows": [],
+        "complete": False,
+    }
     groups: dict[tuple, list[Artifact]] = {}
     for a in artifacts:
         groups.setdefault(a.group, []).append(a)
-    bar = tqdm(total=len(artifacts) * len(job.backends) + len(groups), desc="benchmark", disable=not progress,
-               unit="step")
+    bar = tqdm(
+        total=len(artifacts) * len(job.backends) + len(groups), desc="benchmark", disable=not progress, unit="step"
+    )
     try:
         for items in groups.values():
             first = items[0]
-            dataset = build_dataset(job.data, "test", frames=first.frames, size=first.size, root=job.root,
-                                    num_clips=job.num_clips if job.data == "synthetic" else None)
+            dataset = build_dataset(
+                job.data,
+                "test",
+                frames=first.frames,
+                size=first.size,
+                root=job.root,
+                num_clips=job.num_clips if job.data == "synthetic" else None,
+            )
             n = min(job.num_clips, len(dataset))
             samples = [dataset[i] for i in range(n)]
             clips = torch.stack([c for c, _ in samples])
@@ -202,29 +240,50 @@ def run_benchmark(job: BenchmarkJob, progress: bool = True) -> dict:
             model, device = _float_reference(first)
             with torch.no_grad(), _ieee_fp32():
                 reference = _logits(lambda x: model(x.to(device)), clips, job.batch)
-            example = clips[:job.batch]
+            example = clips[: job.batch]
             score = functools.partial(_accuracy, labels=labels, reference=reference, has_labels=has_labels)
-            group = {"variant": first.variant, "frames": first.frames, "size": first.size,
-                     "checkpoint": first.source.get("checkpoint"), "float_reference": f"float PyTorch model on {device}"
-                     + (f" ({torch.cuda.get_device_name(0)}, full fp32: TF32 off)" if device == "cuda" else ""),
-                     "evaluation_clips": n, "labels_meaningful": has_labels}
+            group = {
+                "variant": first.variant,
+                "frames": first.frames,
+                "size": first.size,
+                "checkpoint": first.source.get("checkpoint"),
+                "float_reference": f"float PyTorch model on {device}"
+                + (f" ({torch.cuda.get_device_name(0)}, full fp32: TF32 off)" if device == "cuda" else ""),
+                "evaluation_clips": n,
+                "labels_meaningful": has_labels,
+            }
             report["groups"].append(group)
             # torch eager fp32 on this CPU: the baseline every speed figure is divided by
             cpu_model = deploy(model.cpu())
             baseline = Runner("torch", "cpu", lambda x: cpu_model(x))
             _reset_peak_rss()
-            row = {"variant": first.variant, "input": f"{first.frames}x{first.size}", "artifact": "float model (deploy form)",
-                   "format": "torch eager", "precision": "fp32", "backend": "torch", "setting": "cpu",
-                   "size_bytes": sum(p.numel() * p.element_size() for p in cpu_model.parameters()),
-                   "load_s": 0.0, "latency": _measure(baseline, example, job.warmup, job.runs),
-                   "accuracy": score(_logits(baseline.fn, clips, job.batch))}
+            row = {
+                "variant": first.variant,
+                "input": f"{first.frames}x{first.size}",
+                "artifact": "float model (deploy form)",
+                "format": "torch eager",
+                "precision": "fp32",
+                "backend": "torch",
+                "setting": "cpu",
+                "size_bytes": sum(p.numel() * p.element_size() for p in cpu_model.parameters()),
+                "load_s": 0.0,
+                "latency": _measure(baseline, example, job.warmup, job.runs),
+                "accuracy": score(_logits(baseline.fn, clips, job.batch)),
+            }
             row["peak_rss_bytes"] = _peak_rss_bytes()
             report["rows"].append(row)
             row["speedup_vs_torch_fp32"] = 1.0
             model.to(device)
             if cuda:
-                report["rows"] += _float_gpu_rows(cpu_model, clips, example, job, score, baseline,
-                                                  {k: row[k] for k in ("variant", "input", "artifact", "format")})
+                report["rows"] += _float_gpu_rows(
+                    cpu_model,
+                    clips,
+                    example,
+                    job,
+                    score,
+                    baseline,
+                    {k: row[k] for k in ("variant", "input", "artifact", "format")},
+                )
             bar.update(1)
             for artifact in items:
                 for backend in job.backends:
@@ -232,25 +291,45 @@ def run_benchmark(job: BenchmarkJob, progress: bool = True) -> dict:
                     bar.update(1)
                     if BACKENDS[backend][0] != artifact.format:
                         continue
-                    common = {"variant": artifact.variant, "input": f"{artifact.frames}x{artifact.size}",
-                              "artifact": artifact.name, "format": artifact.format, "precision": artifact.precision,
-                              "backend": backend, "size_bytes": artifact.size_bytes}
+                    common = {
+                        "variant": artifact.variant,
+                        "input": f"{artifact.frames}x{artifact.size}",
+                        "artifact": artifact.name,
+                        "format": artifact.format,
+                        "precision": artifact.precision,
+                        "backend": backend,
+                        "size_bytes": artifact.size_bytes,
+                    }
                     if status[backend] is not None:
-                        report["rows"].append({**common, "setting": None,
-                                               "not_available": f"not available here: {status[backend]}"})
+                        report["rows"].append(
+                            {**common, "setting": None, "not_available": f"not available here: {status[backend]}"}
+                        )
                         continue
                     if backend == "torch" and cuda:
-                        report["rows"].append({**common, "setting": "cuda", "not_available": (
-                            "not measured on cuda: a PT2E int8 program runs its quantize/dequantize ops as "
-                            "float arithmetic there (emulation, not int8 kernels)")})
+                        report["rows"].append(
+                            {
+                                **common,
+                                "setting": "cuda",
+                                "not_available": (
+                                    "not measured on cuda: a PT2E int8 program runs its quantize/dequantize ops as "
+                                    "float arithmetic there (emulation, not int8 kernels)"
+                                ),
+                            }
+                        )
                     gc.collect()
                     _reset_peak_rss()
                     started = time.perf_counter()
                     runners = runners_for(artifact, backend, threads)
                     load_s = time.perf_counter() - started
                     for runner in runners:
-                        report["rows"].append({**common, "load_s": load_s, **runner.extra,
-                                               **_timed(runner, clips, example, job, score, baseline)})
+                        report["rows"].append(
+                            {
+                                **common,
+                                "load_s": load_s,
+                                **runner.extra,
+                                **_timed(runner, clips, example, job, score, baseline),
+                            }
+                        )
                     del runners
         report["complete"] = True
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
 """Calibration sets: small, deterministic, class-stratified subsets streamed in batches."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -54,8 +55,8 @@ class CalibrationSet:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(self.indices), self.batch_size):
-            items = [self._load(i) for i in self.indices[start:start + self.batch_size]]
-            yield torch.stack([c for c, _ in items]), torch.tensor([l for _, l in items])
+            items = [self._load(i) for i in self.indices[start : start + self.batch_size]]
+            yield torch.stack([c for c, _ in items]), torch.tensor([label for _, label in items])
 
     def labels(self) -> list[int]:
         return [int(self.dataset.labels[i]) for i in self.indices] if hasattr(self.dataset, "labels") else []

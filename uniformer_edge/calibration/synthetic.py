@@ -10,6 +10,7 @@ clip of the partner class and a single frame carries no information about the la
 Clips are deterministic functions of (seed, split, index) and can be rendered at any
 number of frames and size.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,12 +26,18 @@ from .transforms import normalize
 __all__ = ["SyntheticMotion", "CLASSES", "REVERSED_CLASS", "SPLITS", "render_clip"]
 
 CLASSES = (
-    "move_right", "move_left",
-    "move_down", "move_up",
-    "spin_clockwise", "spin_counterclockwise",
-    "grow", "shrink",
-    "fade_in", "fade_out",
-    "orbit_clockwise", "orbit_counterclockwise",
+    "move_right",
+    "move_left",
+    "move_down",
+    "move_up",
+    "spin_clockwise",
+    "spin_counterclockwise",
+    "grow",
+    "shrink",
+    "fade_in",
+    "fade_out",
+    "orbit_clockwise",
+    "orbit_counterclockwise",
 )
 # Class k reversed in time is class k ^ 1.
 REVERSED_CLASS = tuple(k ^ 1 for k in range(len(CLASSES)))
@@ -42,6 +49,7 @@ _SHAPES = ("ellipse", "rectangle", "triangle", "diamond")
 @dataclass
 class _Track:
     """Per-frame pose of one object: centre (x, y), half-sizes (a, b), angle, opacity."""
+
     x: np.ndarray
     y: np.ndarray
     a: np.ndarray
@@ -80,8 +88,8 @@ def _main_track(rng: np.random.Generator, label: int, frames: int) -> _Track:
     sign = -1.0 if backwards else 1.0
     size = rng.uniform(0.11, 0.18)
     aspect = rng.uniform(1.8, 2.8)  # elongated, so that spin is visible
-    a = np.full(frames, size * aspect ** 0.5)
-    b = np.full(frames, size / aspect ** 0.5)
+    a = np.full(frames, size * aspect**0.5)
+    b = np.full(frames, size / aspect**0.5)
     angle = np.full(frames, rng.uniform(0, 2 * math.pi))
     alpha = np.ones(frames)
     # A slow drift in a random direction on every class: motion alone is not the label.
@@ -125,26 +133,32 @@ def _distractor_track(rng: np.random.Generator, frames: int) -> _Track:
     distance = rng.uniform(0.0, 0.25)
     t = np.linspace(-0.5, 0.5, frames)
     spin = rng.uniform(-1.0, 1.0)
-    return _Track(start[0] + distance * math.cos(heading) * t, start[1] + distance * math.sin(heading) * t,
-                  np.full(frames, size * aspect ** 0.5), np.full(frames, size / aspect ** 0.5),
-                  rng.uniform(0, 2 * math.pi) + spin * t, np.ones(frames) * rng.uniform(0.6, 1.0),
-                  str(rng.choice(_SHAPES)), rng.uniform(0.0, 1.0, 3))
+    return _Track(
+        start[0] + distance * math.cos(heading) * t,
+        start[1] + distance * math.sin(heading) * t,
+        np.full(frames, size * aspect**0.5),
+        np.full(frames, size / aspect**0.5),
+        rng.uniform(0, 2 * math.pi) + spin * t,
+        np.ones(frames) * rng.uniform(0.6, 1.0),
+        str(rng.choice(_SHAPES)),
+        rng.uniform(0.0, 1.0, 3),
+    )
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Smooth coloured texture: a gradient plus bilinearly upsampled coarse noise."""
     base = rng.uniform(0.2, 0.8, 3)
     grid = rng.normal(0, rng.uniform(0.05, 0.15), (3, 6, 6))
-    coarse = torch.nn.functional.interpolate(torch.from_numpy(grid)[None].float(), size=(height, width),
-                                             mode="bilinear", align_corners=False)[0].numpy()
+    coarse = torch.nn.functional.interpolate(
+        torch.from_numpy(grid)[None].float(), size=(height, width), mode="bilinear", align_corners=False
+    )[0].numpy()
     ys, xs = np.mgrid[0:height, 0:width]
     tilt = rng.normal(0, 0.1, (3, 2))
     gradient = tilt[:, :1, None] * (xs / width - 0.5) + tilt[:, 1:, None] * (ys / height - 0.5)
     return (base[:, None, None] + coarse + gradient).astype(np.float32)
 
 
-def render_clip(seed: int, split: int, index: int, label: int, frames: int, height: int,
-                width: int) -> np.ndarray:
+def render_clip(seed: int, split: int, index: int, label: int, frames: int, height: int, width: int) -> np.ndarray:
     """Render one clip as float32 (3, T, H, W) in [0, 1]."""
     rng = np.random.default_rng([seed, split, index, label])
     background = _background(rng, height, width)
@@ -180,9 +194,18 @@ class SyntheticMotion(Dataset):
 
     classes = CLASSES
 
-    def __init__(self, split: str = "train", frames: int = 8, size: int = 96, num_clips: int | None = None,
-                 seed: int = 0, height: int | None = None, width: int | None = None,
-                 reverse: bool = False, single_frame: bool = False):
+    def __init__(
+        self,
+        split: str = "train",
+        frames: int = 8,
+        size: int = 96,
+        num_clips: int | None = None,
+        seed: int = 0,
+        height: int | None = None,
+        width: int | None = None,
+        reverse: bool = False,
+        single_frame: bool = False,
+    ):
         if split not in SPLITS:
             raise InputError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
         if frames < 2:
@@ -203,8 +226,9 @@ class SyntheticMotion(Dataset):
         single-frame views."""
         if not 0 <= index < self.num_clips:
             raise IndexError(f"clip {index} out of range for {self.num_clips} clips")
-        clip = render_clip(self.seed, SPLITS[self.split], index, self.labels[index], self.frames,
-                           self.height, self.width)
+        clip = render_clip(
+            self.seed, SPLITS[self.split], index, self.labels[index], self.frames, self.height, self.width
+        )
         return np.round(clip.transpose(1, 2, 3, 0) * 255).astype(np.uint8)
 
     def __getitem__(self, index: int):
@@ -212,12 +236,14 @@ class SyntheticMotion(Dataset):
         if self.reverse:
             frames = frames[::-1]
         if self.single_frame:
-            frames = np.repeat(frames[self.frames // 2:self.frames // 2 + 1], self.frames, axis=0)
+            frames = np.repeat(frames[self.frames // 2 : self.frames // 2 + 1], self.frames, axis=0)
         return normalize(torch.from_numpy(np.ascontiguousarray(frames))), self.labels[index]
 
     def item_name(self, index: int) -> str:
         return f"synthetic {self.split} clip {index}"
 
     def describe(self) -> str:
-        return (f"synthetic:{self.split} ({self.num_clips} clips, {self.frames}x{self.height}x{self.width}, "
-                f"seed {self.seed})")
+        return (
+            f"synthetic:{self.split} ({self.num_clips} clips, {self.frames}x{self.height}x{self.width}, "
+            f"seed {self.seed})"
+        )

@@ -1,5 +1,6 @@
 """The official UniFormer / SlowFast test-time pipeline: frame sampling, short-side resize,
 centre crop and normalisation (mean 0.45, std 0.225 on [0, 1] pixels)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,16 @@ from torch import Tensor
 
 from ..errors import InputError
 
-__all__ = ["MEAN", "STD", "normalize", "sample_indices", "resize_short_side", "center_crop", "SAMPLING_MODES",
-           "frames_needed"]
+__all__ = [
+    "MEAN",
+    "STD",
+    "normalize",
+    "sample_indices",
+    "resize_short_side",
+    "center_crop",
+    "SAMPLING_MODES",
+    "frames_needed",
+]
 
 MEAN, STD = 0.45, 0.225
 SAMPLING_MODES = ("uniform", "strided")
@@ -55,11 +64,12 @@ def resize_short_side(clip: Tensor, size: int) -> Tensor:
         return clip
     scale = size / min(h, w)
     new = (max(size, round(h * scale)), max(size, round(w * scale)))
-    return F.interpolate(clip.transpose(0, 1), size=new, mode="bilinear", align_corners=False,
-                         antialias=scale < 1).transpose(0, 1)
+    return F.interpolate(
+        clip.transpose(0, 1), size=new, mode="bilinear", align_corners=False, antialias=scale < 1
+    ).transpose(0, 1)
 
 
 def center_crop(clip: Tensor, size: int) -> Tensor:
     _, _, h, w = clip.shape
     top, left = (h - size) // 2, (w - size) // 2
-    return clip[:, :, top:top + size, left:left + size]
+    return clip[:, :, top : top + size, left : left + size]

@@ -7,6 +7,7 @@ the official SlowFast lists are. Videos are decoded with PyAV. Files that are mi
 unreadable or too short are found when the dataset is built, skipped with a warning naming
 each, and counted.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from .transforms import (SAMPLING_MODES, center_crop, frames_needed, normalize, resize_short_side,
-                         sample_indices)
+from .transforms import SAMPLING_MODES, center_crop, frames_needed, normalize, resize_short_side, sample_indices
 
 __all__ = ["VideoDataset", "read_annotations", "read_class_names", "VIDEO_SUFFIXES", "CLIP_SUFFIXES"]
 
@@ -129,10 +129,18 @@ class VideoDataset(Dataset):
     `clip` a normalised float tensor (3, frames, size, size).
     """
 
-    def __init__(self, root: PathLike, annotations: Optional[PathLike] = None, frames: int = 8,
-                 size: int = 224, sampling: str = "uniform", sampling_rate: int = 8,
-                 class_names: Optional[Union[PathLike, Sequence[str]]] = None,
-                 num_classes: Optional[int] = None, probe: bool = True):
+    def __init__(
+        self,
+        root: PathLike,
+        annotations: Optional[PathLike] = None,
+        frames: int = 8,
+        size: int = 224,
+        sampling: str = "uniform",
+        sampling_rate: int = 8,
+        class_names: Optional[Union[PathLike, Sequence[str]]] = None,
+        num_classes: Optional[int] = None,
+        probe: bool = True,
+    ):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"video root folder not found: {self.root}")
@@ -154,8 +162,9 @@ class VideoDataset(Dataset):
         self.num_classes = num_classes or (len(names) if names else max(label for _, label in entries) + 1)
         bad = [(p, label) for p, label in entries if not 0 <= label < self.num_classes]
         if bad:
-            raise InputError(f"{source}: {len(bad)} label(s) outside 0..{self.num_classes - 1}, e.g. "
-                             f"{bad[0][0]} -> {bad[0][1]}")
+            raise InputError(
+                f"{source}: {len(bad)} label(s) outside 0..{self.num_classes - 1}, e.g. {bad[0][0]} -> {bad[0][1]}"
+            )
         self.items, skipped = self._check_files(entries, probe)
         if skipped:
             for path, reason in skipped:
@@ -171,8 +180,12 @@ class VideoDataset(Dataset):
         if not class_dirs:
             raise InputError(f"{self.root}: no class folders (expected root/<class>/<video>) and no annotation list")
         suffixes = VIDEO_SUFFIXES + CLIP_SUFFIXES
-        entries = [(str(f.relative_to(self.root)), label)
-                   for label, d in enumerate(class_dirs) for f in sorted(d.iterdir()) if f.suffix.lower() in suffixes]
+        entries = [
+            (str(f.relative_to(self.root)), label)
+            for label, d in enumerate(class_dirs)
+            for f in sorted(d.iterdir())
+            if f.suffix.lower() in suffixes
+        ]
         if not entries:
             raise InputError(f"{self.root}: class folders hold no videos ({', '.join(suffixes)})")
         return [d.name for d in class_dirs], entries
@@ -180,8 +193,7 @@ class VideoDataset(Dataset):
     def _check_files(self, entries, probe: bool):
         need = frames_needed(self.frames, self.sampling, self.sampling_rate)
         items, skipped = [], []
-        for rel, label in tqdm(entries, desc="checking videos", disable=not probe or len(entries) < 200,
-                               leave=False):
+        for rel, label in tqdm(entries, desc="checking videos", disable=not probe or len(entries) < 200, leave=False):
             path = self.root / rel
             if not path.is_file():
                 skipped.append((path, "file not found"))

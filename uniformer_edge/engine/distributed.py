@@ -1,4 +1,5 @@
 """Single-process by default; DistributedDataParallel when started by torchrun."""
+
 from __future__ import annotations
 
 import os

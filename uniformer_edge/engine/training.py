@@ -7,6 +7,7 @@ batch is split across ranks and every rank draws the same per-epoch permutation,
 clips of each step do not depend on the number of processes (BatchNorm statistics are
 per process, as usual for DDP on CPU where SyncBatchNorm is unavailable).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,17 @@ from ..models.checkpoint import read_checkpoint_file
 from .distributed import DistContext, init_distributed
 from .evaluation import Metrics, evaluate
 
-__all__ = ["TrainConfig", "NonFiniteLoss", "train", "warmup_cosine", "classification_loss", "make_optimizer",
-           "dataset_num_classes", "train_one_epoch", "epoch_batches"]
+__all__ = [
+    "TrainConfig",
+    "NonFiniteLoss",
+    "train",
+    "warmup_cosine",
+    "classification_loss",
+    "make_optimizer",
+    "dataset_num_classes",
+    "train_one_epoch",
+    "epoch_batches",
+]
 
 
 @dataclass
@@ -92,11 +102,13 @@ class NonFiniteLoss(UniformerEdgeError, ValueError):
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
     """LR multiplier: linear warm-up, then cosine decay to `min_ratio`."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
     return factor
 
 
@@ -112,8 +124,9 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 or name.endswith(("cls_token", "gamma_1", "gamma_2")) else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
 
 
 def dataset_num_classes(dataset: Dataset) -> int:
@@ -121,8 +134,14 @@ def dataset_num_classes(dataset: Dataset) -> int:
 
 
 def _datasets(cfg: TrainConfig):
-    common = dict(frames=cfg.frames, size=cfg.size, seed=cfg.seed, class_names=cfg.class_names,
-                  sampling=cfg.sampling, sampling_rate=cfg.sampling_rate)
+    common = dict(
+        frames=cfg.frames,
+        size=cfg.size,
+        seed=cfg.seed,
+        class_names=cfg.class_names,
+        sampling=cfg.sampling,
+        sampling_rate=cfg.sampling_rate,
+    )
     train_set = build_dataset(cfg.data, "train", root=cfg.root, num_clips=cfg.num_train_clips, **common)
     if cfg.val_data is not None:
         val_set = build_dataset(cfg.val_data, "val", root=cfg.val_root, num_clips=cfg.num_val_clips, **common)
@@ -139,11 +158,20 @@ def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int, ctx: D
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     perm = torch.randperm(num_items, generator=g).tolist()
     steps = num_items // batch_size
-    return [perm[s * batch_size:(s + 1) * batch_size][ctx.rank::ctx.world_size] for s in range(steps)]
+    return [perm[s * batch_size : (s + 1) * batch_size][ctx.rank :: ctx.world_size] for s in range(steps)]
 
 
-def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, ctx: DistContext, *,
-                    loss_fn: Callable, clip_grad: Optional[float], desc: str) -> float:
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    optimizer,
+    scheduler,
+    ctx: DistContext,
+    *,
+    loss_fn: Callable,
+    clip_grad: Optional[float],
+    desc: str,
+) -> float:
     """One pass over `loader`; returns the mean loss over all ranks. A non-finite loss on any
     rank stops training (`NonFiniteLoss`) before it reaches the weights."""
     model.train()
@@ -157,8 +185,10 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, ctx: DistCon
         if ctx.distributed:  # every rank stops together, none waits in the gradient all-reduce
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         if bad.item():
-            raise NonFiniteLoss(f"{desc}, step {step + 1}: the training loss is {loss.item()} (not finite); "
-                                f"training stopped before updating the weights (lower --lr, check the data)")
+            raise NonFiniteLoss(
+                f"{desc}, step {step + 1}: the training loss is {loss.item()} (not finite); "
+                f"training stopped before updating the weights (lower --lr, check the data)"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_grad:
@@ -177,8 +207,16 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, ctx: DistCon
 
 _RESUME_MAY_CHANGE = ("out", "device", "num_workers")
 _DEFAULT = asdict(TrainConfig())
-_TRAINING_STATE_KEYS = ("model_state", "optimizer_state", "scheduler_state", "epoch", "cfg", "best_top1", "history",
-                        "rng_states")
+_TRAINING_STATE_KEYS = (
+    "model_state",
+    "optimizer_state",
+    "scheduler_state",
+    "epoch",
+    "cfg",
+    "best_top1",
+    "history",
+    "rng_states",
+)
 
 
 def _read_training_state(path: Path) -> dict:
@@ -186,8 +224,10 @@ def _read_training_state(path: Path) -> dict:
     state = read_checkpoint_file(path)
     if not isinstance(state, dict) or not all(k in state for k in _TRAINING_STATE_KEYS):
         keys = ", ".join(map(str, list(state)[:6])) if isinstance(state, dict) else type(state).__name__
-        raise InputError(f"--resume: {path} is not a training checkpoint of this toolkit (it has {keys}; "
-                         f"expected {', '.join(_TRAINING_STATE_KEYS)}); start a new run with --checkpoint {path}")
+        raise InputError(
+            f"--resume: {path} is not a training checkpoint of this toolkit (it has {keys}; "
+            f"expected {', '.join(_TRAINING_STATE_KEYS)}); start a new run with --checkpoint {path}"
+        )
     if not isinstance(state["cfg"], dict):
         raise InputError(f"--resume: {path} has no saved settings (cfg)")
     return state
@@ -202,8 +242,14 @@ def _gather_rng(ctx: DistContext) -> list[torch.Tensor]:
     return states
 
 
-def train(cfg: TrainConfig, resume: bool = False, force: bool = False, ctx: Optional[DistContext] = None,
-          progress: bool = True, stop_after: Optional[int] = None) -> dict:
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    force: bool = False,
+    ctx: Optional[DistContext] = None,
+    progress: bool = True,
+    stop_after: Optional[int] = None,
+) -> dict:
     """Train (or, with `resume`, continue training) and return a summary with the best
     validation metrics. Checkpoints: `out/last.pth` after every epoch, `out/best.pth` for the
     best validation top-1 (the last epoch when there is no validation set).
@@ -223,12 +269,17 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False, ctx: Opti
             raise FileNotFoundError(f"--resume: no checkpoint {last_path} to continue from")
         state = _read_training_state(last_path)
         saved = TrainConfig.from_dict(state["cfg"])
-        ignored = [f"{f.name} ({getattr(cfg, f.name)!r}; the run has {getattr(saved, f.name)!r})"
-                   for f in fields(TrainConfig) if f.name not in _RESUME_MAY_CHANGE
-                   and getattr(cfg, f.name) != getattr(saved, f.name) and getattr(cfg, f.name) != _DEFAULT[f.name]]
+        ignored = [
+            f"{f.name} ({getattr(cfg, f.name)!r}; the run has {getattr(saved, f.name)!r})"
+            for f in fields(TrainConfig)
+            if f.name not in _RESUME_MAY_CHANGE
+            and getattr(cfg, f.name) != getattr(saved, f.name)
+            and getattr(cfg, f.name) != _DEFAULT[f.name]
+        ]
         if ignored and ctx.is_main:
-            warnings.warn(f"--resume continues {last_path} with its saved settings; ignoring {', '.join(ignored)}",
-                          stacklevel=2)
+            warnings.warn(
+                f"--resume continues {last_path} with its saved settings; ignoring {', '.join(ignored)}", stacklevel=2
+            )
         cfg = TrainConfig(**{**asdict(saved), **{k: getattr(cfg, k) for k in _RESUME_MAY_CHANGE}})
     elif last_path.exists() and not force:
         raise FileExistsError(f"{last_path} exists; pass --resume to continue that run or --force to start over")
@@ -249,8 +300,10 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False, ctx: Opti
     model.to(ctx.device, memory_format=torch.channels_last_3d)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     steps_per_epoch = len(train_set) // cfg.batch_size
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
-        cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr / cfg.lr))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        warmup_cosine(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr / cfg.lr),
+    )
     start_epoch, best_top1, history = 0, -1.0, []
     torch.manual_seed(cfg.seed + 1 + ctx.rank)  # stochastic depth / dropout differ per rank
     if state is not None:
@@ -260,8 +313,10 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False, ctx: Opti
             scheduler.load_state_dict(state["scheduler_state"])
         except (RuntimeError, ValueError, KeyError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise InputError(f"--resume: {last_path} does not fit the UniFormer-{cfg.variant.upper()} run its "
-                             f"settings describe ({first})") from None
+            raise InputError(
+                f"--resume: {last_path} does not fit the UniFormer-{cfg.variant.upper()} run its "
+                f"settings describe ({first})"
+            ) from None
         start_epoch, best_top1, history = state["epoch"] + 1, state["best_top1"], list(state["history"])
         if len(state["rng_states"]) == ctx.world_size:
             torch.set_rng_state(state["rng_states"][ctx.rank])
@@ -275,33 +330,62 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False, ctx: Opti
     for epoch in range(start_epoch, end_epoch):
         batches = epoch_batches(len(train_set), cfg.batch_size, cfg.seed, epoch, ctx)
         loader = DataLoader(train_set, batch_sampler=batches, num_workers=cfg.num_workers)
-        loss = train_one_epoch(wrapped, loader, optimizer, scheduler, ctx, loss_fn=loss_fn,
-                               clip_grad=cfg.clip_grad, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        loss = train_one_epoch(
+            wrapped,
+            loader,
+            optimizer,
+            scheduler,
+            ctx,
+            loss_fn=loss_fn,
+            clip_grad=cfg.clip_grad,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        )
         metrics: Optional[Metrics] = None
         if val_set is not None:
-            metrics = evaluate(model, val_set, num_classes, cfg.batch_size, ctx, progress=progress,
-                               desc="validating")
-        entry = {"epoch": epoch, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
-                 "val_top1": metrics.top1 if metrics else None, "val_top5": metrics.top5 if metrics else None,
-                 "seconds": time.time() - started}
+            metrics = evaluate(model, val_set, num_classes, cfg.batch_size, ctx, progress=progress, desc="validating")
+        entry = {
+            "epoch": epoch,
+            "loss": loss,
+            "lr": optimizer.param_groups[0]["lr"],
+            "val_top1": metrics.top1 if metrics else None,
+            "val_top5": metrics.top5 if metrics else None,
+            "seconds": time.time() - started,
+        }
         history.append(entry)
         rng_states = _gather_rng(ctx)
         if ctx.is_main:
-            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f}" +
-                       (f", val {metrics.summary()}" if metrics else ""))
-            ckpt = {"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                    "scheduler_state": scheduler.state_dict(), "epoch": epoch, "cfg": asdict(cfg),
-                    "best_top1": best_top1, "history": history, "rng_states": rng_states,
-                    "variant": cfg.variant, "num_classes": num_classes}
+            tqdm.write(
+                f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f}" + (f", val {metrics.summary()}" if metrics else "")
+            )
+            ckpt = {
+                "model_state": model.state_dict(),
+                "optimizer_state": optimizer.state_dict(),
+                "scheduler_state": scheduler.state_dict(),
+                "epoch": epoch,
+                "cfg": asdict(cfg),
+                "best_top1": best_top1,
+                "history": history,
+                "rng_states": rng_states,
+                "variant": cfg.variant,
+                "num_classes": num_classes,
+            }
             score = metrics.top1 if metrics else epoch
             if score > best_top1:
                 best_top1 = score
                 ckpt["best_top1"] = best_top1
-                atomic_torch_save({k: ckpt[k] for k in ("model_state", "epoch", "cfg", "variant", "num_classes",
-                                                        "best_top1")}, best_path)
+                atomic_torch_save(
+                    {k: ckpt[k] for k in ("model_state", "epoch", "cfg", "variant", "num_classes", "best_top1")},
+                    best_path,
+                )
             atomic_torch_save(ckpt, last_path)
             atomic_write_json(out / "history.json", history)
         elif metrics is not None:
             best_top1 = max(best_top1, metrics.top1)
-    return {"best_top1": best_top1, "history": history, "last": str(last_path), "best": str(best_path),
-            "num_classes": num_classes, "seconds": time.time() - started}
+    return {
+        "best_top1": best_top1,
+        "history": history,
+        "last": str(last_path),
+        "best": str(best_path),
+        "num_classes": num_classes,
+        "seconds": time.time() - started,
+    }

@@ -8,6 +8,7 @@ program (IndexError in its proto writer), so the app maps the argmax to a name i
 Prediction only exists on macOS; on every system the saved program is executed by the MIL
 reference (`mil_reference`), and `neural_engine_census` reports its static Neural Engine
 eligibility."""
+
 from __future__ import annotations
 
 import json
@@ -26,15 +27,34 @@ from torch.export import ExportedProgram
 from ..errors import InputError
 from .. import __version__
 
-__all__ = ["COREML_PRECISIONS", "MIN_TARGET", "convert_coreml", "coreml_op_census", "coreml_io", "can_predict",
-           "predict_coreml", "TARGETS", "FORMS", "with_package_weights", "ANE_NATIVE_OPS", "neural_engine_census", "compute_plan"]
+__all__ = [
+    "COREML_PRECISIONS",
+    "MIN_TARGET",
+    "convert_coreml",
+    "coreml_op_census",
+    "coreml_io",
+    "can_predict",
+    "predict_coreml",
+    "TARGETS",
+    "FORMS",
+    "with_package_weights",
+    "ANE_NATIVE_OPS",
+    "neural_engine_census",
+    "compute_plan",
+]
 
 TARGETS = ("ios16", "ios17", "ios18")
 COREML_PRECISIONS = ("fp32", "fp16", "w8", "w4", "palettize4", "palettize6", "int8")
 # The oldest deployment target each precision needs (Core ML op availability).
-MIN_TARGET = {"fp32": "ios16", "fp16": "ios16", "w8": "ios16", "palettize4": "ios16", "palettize6": "ios16",
-              "int8": "ios17",  # activation quantize/dequantize ops
-              "w4": "ios18"}    # per-block int4 weights
+MIN_TARGET = {
+    "fp32": "ios16",
+    "fp16": "ios16",
+    "w8": "ios16",
+    "palettize4": "ios16",
+    "palettize6": "ios16",
+    "int8": "ios17",  # activation quantize/dequantize ops
+    "w4": "ios18",
+}  # per-block int4 weights
 
 
 # Core ML program forms: "ane" is built from the frame-batched 2-D deploy form (Conv2d over
@@ -49,11 +69,39 @@ FORMS = ("ane", "3d")
 # "Capability surface" (ane-guide.readthedocs.io: the scatter family has no hardware path) and
 # hollance/neural-engine docs/unsupported-layers.md. topk, gathers, scatters and selects (the
 # light models' token pruning) are outside it.
-ANE_NATIVE_OPS = frozenset({
-    "const", "constexpr_affine_dequantize", "constexpr_blockwise_shift_scale", "constexpr_lut_to_dense", "conv", "linear", "matmul", "layer_norm",
-    "softmax", "gelu", "add", "sub", "mul", "real_div", "maximum", "minimum", "reduce_mean", "reduce_sum",
-    "reduce_max", "reshape", "transpose", "expand_dims", "squeeze", "slice_by_index", "split", "concat", "cast",
-    "quantize", "dequantize"})
+ANE_NATIVE_OPS = frozenset(
+    {
+        "const",
+        "constexpr_affine_dequantize",
+        "constexpr_blockwise_shift_scale",
+        "constexpr_lut_to_dense",
+        "conv",
+        "linear",
+        "matmul",
+        "layer_norm",
+        "softmax",
+        "gelu",
+        "add",
+        "sub",
+        "mul",
+        "real_div",
+        "maximum",
+        "minimum",
+        "reduce_mean",
+        "reduce_sum",
+        "reduce_max",
+        "reshape",
+        "transpose",
+        "expand_dims",
+        "squeeze",
+        "slice_by_index",
+        "split",
+        "concat",
+        "cast",
+        "quantize",
+        "dequantize",
+    }
+)
 
 
 def can_predict() -> Optional[str]:
@@ -90,8 +138,15 @@ def _target(name: str):
     return {"ios16": ct.target.iOS16, "ios17": ct.target.iOS17, "ios18": ct.target.iOS18}[name]
 
 
-def convert_coreml(model, example: Tensor, precision: str, target: str, labels: Optional[Sequence[str]] = None,
-                   preprocessing: Optional[dict] = None, description: str = ""):
+def convert_coreml(
+    model,
+    example: Tensor,
+    precision: str,
+    target: str,
+    labels: Optional[Sequence[str]] = None,
+    preprocessing: Optional[dict] = None,
+    description: str = "",
+):
     """Convert `model` (float deploy form, or for `int8` the PT2E-quantized graph module) to an
     in-memory Core ML model. Raises ValueError for precision/target combinations Core ML lacks."""
     import coremltools as ct
@@ -113,19 +168,35 @@ def convert_coreml(model, example: Tensor, precision: str, target: str, labels: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mlmodel = ct.convert(
-            program, inputs=[ct.TensorType(name="video", shape=tuple(example.shape), dtype=np.float32)],
-            outputs=outputs, convert_to="mlprogram", minimum_deployment_target=_target(target),
+            program,
+            inputs=[ct.TensorType(name="video", shape=tuple(example.shape), dtype=np.float32)],
+            outputs=outputs,
+            convert_to="mlprogram",
+            minimum_deployment_target=_target(target),
             compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
-            skip_model_load=True)
+            skip_model_load=True,
+        )
         if precision == "w8":
-            mlmodel = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(cto.OpLinearQuantizerConfig(
-                mode="linear_symmetric", dtype="int8", granularity="per_channel")))
+            mlmodel = cto.linear_quantize_weights(
+                mlmodel,
+                cto.OptimizationConfig(
+                    cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
+                ),
+            )
         elif precision == "w4":
-            mlmodel = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(cto.OpLinearQuantizerConfig(
-                mode="linear_symmetric", dtype="int4", granularity="per_block", block_size=32)))
+            mlmodel = cto.linear_quantize_weights(
+                mlmodel,
+                cto.OptimizationConfig(
+                    cto.OpLinearQuantizerConfig(
+                        mode="linear_symmetric", dtype="int4", granularity="per_block", block_size=32
+                    )
+                ),
+            )
         elif precision.startswith("palettize"):
-            mlmodel = cto.palettize_weights(mlmodel, cto.OptimizationConfig(cto.OpPalettizerConfig(
-                mode="kmeans", nbits=int(precision[len("palettize"):]))))
+            mlmodel = cto.palettize_weights(
+                mlmodel,
+                cto.OptimizationConfig(cto.OpPalettizerConfig(mode="kmeans", nbits=int(precision[len("palettize") :]))),
+            )
     mlmodel.author = "uniformer-edge"
     mlmodel.license = "Model weights: see the source checkpoint's licence; code: Apache-2.0"
     mlmodel.version = __version__
@@ -183,14 +254,19 @@ def coreml_io(path_or_model) -> dict:
         for f in features:
             kind = f.type.WhichOneof("Type")
             if kind == "multiArrayType":
-                out[f.name] = {"shape": list(f.type.multiArrayType.shape),
-                               "dtype": _DTYPES.get(f.type.multiArrayType.dataType, str(f.type.multiArrayType.dataType))}
+                out[f.name] = {
+                    "shape": list(f.type.multiArrayType.shape),
+                    "dtype": _DTYPES.get(f.type.multiArrayType.dataType, str(f.type.multiArrayType.dataType)),
+                }
             else:
                 out[f.name] = {"type": kind}
         return out
 
-    return {"inputs": describe(spec.description.input), "outputs": describe(spec.description.output),
-            "spec_version": spec.specificationVersion}
+    return {
+        "inputs": describe(spec.description.input),
+        "outputs": describe(spec.description.output),
+        "spec_version": spec.specificationVersion,
+    }
 
 
 def neural_engine_census(program) -> dict:
@@ -217,11 +293,16 @@ def neural_engine_census(program) -> dict:
         if op.op_type in ("conv", "linear", "matmul"):
             compute.add(types.builtin_to_string(op.outputs[0].dtype))
     precision = "fp32" if "fp32" in compute else "fp16"
-    return {"conv_5d": conv5d, "ops_on_rank5_tensors": sum(rank5.values()), "rank5_op_types": dict(sorted(rank5.items())),
-            "ops_outside_ane_list": dict(sorted(outside.items())), "compute_precision": precision,
-            "eligible": conv5d == 0 and not outside and precision == "fp16",
-            "note": "static eligibility (op types, tensor ranks, precision), not placement: Core ML decides on the "
-                    "device which unit runs each op"}
+    return {
+        "conv_5d": conv5d,
+        "ops_on_rank5_tensors": sum(rank5.values()),
+        "rank5_op_types": dict(sorted(rank5.items())),
+        "ops_outside_ane_list": dict(sorted(outside.items())),
+        "compute_precision": precision,
+        "eligible": conv5d == 0 and not outside and precision == "fp16",
+        "note": "static eligibility (op types, tensor ranks, precision), not placement: Core ML decides on the "
+        "device which unit runs each op",
+    }
 
 
 def compute_plan(path, compute_units: str = "ALL") -> dict:
@@ -233,7 +314,9 @@ def compute_plan(path, compute_units: str = "ALL") -> dict:
     reason = can_predict()
     if reason:
         raise RuntimeError(reason)
-    compiled = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units)).get_compiled_model_path()
+    compiled = ct.models.MLModel(
+        str(path), compute_units=getattr(ct.ComputeUnit, compute_units)
+    ).get_compiled_model_path()
     plan = MLComputePlan.load_from_path(path=compiled, compute_units=getattr(ct.ComputeUnit, compute_units))
     ops, cost = {}, {}
     program = plan.model_structure.program
@@ -247,9 +330,12 @@ def compute_plan(path, compute_units: str = "ALL") -> dict:
             estimate = plan.get_estimated_cost_for_mlprogram_operation(operation)
             cost[device] = cost.get(device, 0.0) + (estimate.weight if estimate is not None else 0.0)
     total_ops, total_cost = sum(ops.values()) or 1, sum(cost.values()) or 1.0
-    return {"compute_units": compute_units, "ops": ops,
-            "op_share": {k: v / total_ops for k, v in ops.items()},
-            "cost_share": {k: v / total_cost for k, v in cost.items()}}
+    return {
+        "compute_units": compute_units,
+        "ops": ops,
+        "op_share": {k: v / total_ops for k, v in ops.items()},
+        "cost_share": {k: v / total_cost for k, v in cost.items()},
+    }
 
 
 _COMPRESSED_SUFFIXES = ("_to_fp16_palettized", "_to_fp16_quantized")

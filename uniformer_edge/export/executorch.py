@@ -1,6 +1,7 @@
 """ExecuTorch export: XNNPACK-delegated `.pte` programs lowered from the XNNPACK form
 (`uniformer_edge.forms.xnnpack_form`), float or quantized by `uniformer_edge.quantize.xnnpack`,
 and run with the ExecuTorch runtime for parity."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +21,9 @@ def executorch_available() -> Optional[str]:
         import executorch.exir  # noqa: F401
         from executorch.runtime import Runtime  # noqa: F401
     except Exception as err:  # ImportError, or a runtime library that fails to load
-        return f"ExecuTorch is not installed ({err.__class__.__name__}: {err}); pip install 'uniformer-edge[executorch]'"
+        return (
+            f"ExecuTorch is not installed ({err.__class__.__name__}: {err}); pip install 'uniformer-edge[executorch]'"
+        )
     return None
 
 

@@ -11,6 +11,7 @@ its figures are labelled "MIL reference", never "Core ML".
 An op type without an implementation here is an error naming it (`UnsupportedOp`), never
 skipped. The private coremltools modules used to read the program are pinned through the
 `coreml` extra's version range."""
+
 from __future__ import annotations
 
 import math
@@ -19,20 +20,50 @@ from typing import Callable, Optional
 
 import numpy as np
 
-__all__ = ["MilReference", "UnsupportedOp", "load_mil_program", "IMPLEMENTED_OPS", "FP16_MAX", "RUNTIME_NAME",
-           "RUNTIME_NOTE"]
+__all__ = [
+    "MilReference",
+    "UnsupportedOp",
+    "load_mil_program",
+    "IMPLEMENTED_OPS",
+    "FP16_MAX",
+    "RUNTIME_NAME",
+    "RUNTIME_NOTE",
+]
 
 FP16_MAX = 65504.0
 RUNTIME_NAME = "MIL reference (numpy)"
-RUNTIME_NOTE = ("executes the converted MIL program read back from the saved package; it checks the program "
-                "(weights, pads, layouts, quantization parameters, pruning indices), not Core ML's kernels")
+RUNTIME_NOTE = (
+    "executes the converted MIL program read back from the saved package; it checks the program "
+    "(weights, pads, layouts, quantization parameters, pruning indices), not Core ML's kernels"
+)
 
-_NP_DTYPES = {"fp16": np.float16, "fp32": np.float32, "fp64": np.float64, "int8": np.int8, "uint8": np.uint8,
-              "int16": np.int16, "uint16": np.uint16, "int32": np.int32, "uint32": np.uint32, "int64": np.int64,
-              "bool": np.bool_, "int4": np.int8, "uint4": np.uint8, "uint1": np.uint8, "uint2": np.uint8,
-              "uint3": np.uint8, "uint6": np.uint8}
-_INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int4": (-8, 7), "uint4": (0, 15), "int16": (-32768, 32767),
-               "uint16": (0, 65535)}
+_NP_DTYPES = {
+    "fp16": np.float16,
+    "fp32": np.float32,
+    "fp64": np.float64,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "int16": np.int16,
+    "uint16": np.uint16,
+    "int32": np.int32,
+    "uint32": np.uint32,
+    "int64": np.int64,
+    "bool": np.bool_,
+    "int4": np.int8,
+    "uint4": np.uint8,
+    "uint1": np.uint8,
+    "uint2": np.uint8,
+    "uint3": np.uint8,
+    "uint6": np.uint8,
+}
+_INT_RANGES = {
+    "int8": (-128, 127),
+    "uint8": (0, 255),
+    "int4": (-8, 7),
+    "uint4": (0, 15),
+    "int16": (-32768, 32767),
+    "uint16": (0, 65535),
+}
 
 
 class UnsupportedOp(NotImplementedError):
@@ -67,6 +98,7 @@ def _dtype_name(var) -> str:
 # Each takes (op, get) where get(name) is the value of the op's input `name` (None when the op
 # has no such input) and returns the op's output values in order. Arithmetic is in fp32 (fp64
 # for fp64 inputs); the executor rounds each output to its declared dtype.
+
 
 def _f(x):
     x = np.asarray(x)
@@ -112,8 +144,9 @@ def _conv(op, get):
     depthwise = cin_g == 1
     out = np.zeros((batch, groups, cout_g, *out_size), dtype=np.float32 if x.dtype != np.float64 else np.float64)
     for tap in np.ndindex(*kernel):
-        window = tuple(slice(t * d, t * d + (o - 1) * s + 1, s)
-                       for t, d, o, s in zip(tap, dilations, out_size, strides))
+        window = tuple(
+            slice(t * d, t * d + (o - 1) * s + 1, s) for t, d, o, s in zip(tap, dilations, out_size, strides)
+        )
         xs = xg[(slice(None), slice(None), slice(None)) + window]  # (B, G, Cin_g, *out)
         wt = wg[(slice(None), slice(None), slice(None)) + tap]  # (G, Cout_g, Cin_g)
         if depthwise:
@@ -170,9 +203,27 @@ def _erf(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     z = np.abs(x)
     t = 1.0 / (1.0 + 0.5 * z)
-    poly = -z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
-        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
-            -0.82215223 + t * 0.17087277))))))))
+    poly = (
+        -z * z
+        - 1.26551223
+        + t
+        * (
+            1.00002368
+            + t
+            * (
+                0.37409196
+                + t
+                * (
+                    0.09678418
+                    + t
+                    * (
+                        -0.18628806
+                        + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))
+                    )
+                )
+            )
+        )
+    )
     erfc = t * np.exp(poly)
     return np.where(x >= 0, 1.0 - erfc, erfc - 1.0)
 
@@ -184,7 +235,7 @@ def _gelu(op, get):
         y = 0.5 * x.astype(np.float64) * (1.0 + _erf(x / math.sqrt(2.0)))
     elif mode == "TANH_APPROXIMATION":
         x64 = x.astype(np.float64)
-        y = 0.5 * x64 * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x64 + 0.044715 * x64 ** 3)))
+        y = 0.5 * x64 * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x64 + 0.044715 * x64**3)))
     elif mode == "SIGMOID_APPROXIMATION":
         y = x / (1.0 + np.exp(-1.702 * x))
     else:
@@ -198,6 +249,7 @@ def _binary(fn):
         if x.dtype.kind == "f" or y.dtype.kind == "f":
             x, y = _f(x), _f(y)
         return [fn(x, y)]
+
     return run
 
 
@@ -207,6 +259,7 @@ def _reduce(fn):
         x = _f(x) if x.dtype.kind == "f" else x
         axes = _axes(get("axes"), x.ndim) if get("axes") is not None else None
         return [fn(x, axis=axes, keepdims=bool(get("keep_dims") if get("keep_dims") is not None else False))]
+
     return run
 
 
@@ -395,7 +448,7 @@ def _constexpr_lut_to_dense(op, get):
     if get("shape") is not None:  # iOS16/17: one palette, indices packed LSB first into bytes
         lut, shape = np.asarray(get("lut")), [int(d) for d in get("shape")]
         nbits = int(round(math.log2(lut.size)))
-        if 2 ** nbits != lut.size or lut.ndim != 1:
+        if 2**nbits != lut.size or lut.ndim != 1:
             raise UnsupportedOp(f"constexpr_lut_to_dense with a palette of shape {lut.shape}")
         bits = np.unpackbits(np.asarray(get("indices")).astype(np.uint8), bitorder="little")
         count = int(np.prod(shape))
@@ -419,19 +472,44 @@ def _constexpr_lut_to_dense(op, get):
 
 
 _OPS: dict[str, Callable] = {
-    "conv": _conv, "linear": _linear, "matmul": _matmul, "layer_norm": _layer_norm, "softmax": _softmax,
+    "conv": _conv,
+    "linear": _linear,
+    "matmul": _matmul,
+    "layer_norm": _layer_norm,
+    "softmax": _softmax,
     "gelu": _gelu,
-    "add": _binary(np.add), "sub": _binary(np.subtract), "mul": _binary(np.multiply),
-    "real_div": _binary(np.divide), "maximum": _binary(np.maximum), "minimum": _binary(np.minimum),
-    "greater_equal": _binary(np.greater_equal), "greater": _binary(np.greater), "less": _binary(np.less),
-    "less_equal": _binary(np.less_equal), "equal": _binary(np.equal),
-    "reduce_mean": _reduce(np.mean), "reduce_sum": _reduce(np.sum), "reduce_max": _reduce(np.max),
-    "reshape": _reshape, "transpose": _transpose, "expand_dims": _expand_dims, "squeeze": _squeeze,
-    "slice_by_index": _slice_by_index, "split": _split, "concat": _concat, "cast": _cast, "select": _select,
-    "gather": _gather, "gather_along_axis": _gather_along_axis, "scatter_along_axis": _scatter_along_axis,
-    "topk": _topk, "quantize": _quantize, "dequantize": _dequantize,
+    "add": _binary(np.add),
+    "sub": _binary(np.subtract),
+    "mul": _binary(np.multiply),
+    "real_div": _binary(np.divide),
+    "maximum": _binary(np.maximum),
+    "minimum": _binary(np.minimum),
+    "greater_equal": _binary(np.greater_equal),
+    "greater": _binary(np.greater),
+    "less": _binary(np.less),
+    "less_equal": _binary(np.less_equal),
+    "equal": _binary(np.equal),
+    "reduce_mean": _reduce(np.mean),
+    "reduce_sum": _reduce(np.sum),
+    "reduce_max": _reduce(np.max),
+    "reshape": _reshape,
+    "transpose": _transpose,
+    "expand_dims": _expand_dims,
+    "squeeze": _squeeze,
+    "slice_by_index": _slice_by_index,
+    "split": _split,
+    "concat": _concat,
+    "cast": _cast,
+    "select": _select,
+    "gather": _gather,
+    "gather_along_axis": _gather_along_axis,
+    "scatter_along_axis": _scatter_along_axis,
+    "topk": _topk,
+    "quantize": _quantize,
+    "dequantize": _dequantize,
     "constexpr_blockwise_shift_scale": _constexpr_blockwise_shift_scale,
-    "constexpr_lut_to_dense": _constexpr_lut_to_dense, "constexpr_affine_dequantize": _constexpr_affine_dequantize,
+    "constexpr_lut_to_dense": _constexpr_lut_to_dense,
+    "constexpr_affine_dequantize": _constexpr_affine_dequantize,
 }
 IMPLEMENTED_OPS = frozenset(_OPS) | {"const"}
 
@@ -458,14 +536,14 @@ class MilReference:
         self.path = Path(path)
         self.program = load_mil_program(self.path)
         if function not in self.program.functions:
-            raise ValueError(f"{self.path}: no function {function!r} in the program "
-                             f"(has {', '.join(self.program.functions)})")
+            raise ValueError(
+                f"{self.path}: no function {function!r} in the program (has {', '.join(self.program.functions)})"
+            )
         self.function = self.program.functions[function]
         self.ops = list(self.function.operations)
         missing = sorted({op.op_type for op in self.ops} - IMPLEMENTED_OPS)
         if missing:
-            raise UnsupportedOp(f"{self.path}: the MIL reference does not implement op type(s) "
-                                f"{', '.join(missing)}")
+            raise UnsupportedOp(f"{self.path}: the MIL reference does not implement op type(s) {', '.join(missing)}")
         if any(op.blocks for op in self.ops):
             raise UnsupportedOp(f"{self.path}: ops with nested blocks (control flow) are not implemented")
         self.input_names = list(self.function.inputs)
@@ -481,7 +559,7 @@ class MilReference:
         last: dict[str, int] = {}
         for i, op in enumerate(self.ops):
             for value in op.inputs.values():
-                for var in (value if isinstance(value, (list, tuple)) else [value]):
+                for var in value if isinstance(value, (list, tuple)) else [value]:
                     last[var.name] = i
         for name in self.output_names:
             last[name] = len(self.ops)
@@ -497,8 +575,9 @@ class MilReference:
             self.constants[key] = _round(value, dtype) if dtype in _NP_DTYPES else value  # strings stay as they are
         return self.constants[key]
 
-    def run(self, inputs: dict, track: bool = False,
-            edit: Optional[Callable[[object, list], list]] = None) -> dict[str, np.ndarray]:
+    def run(
+        self, inputs: dict, track: bool = False, edit: Optional[Callable[[object, list], list]] = None
+    ) -> dict[str, np.ndarray]:
         """Execute the program once. `edit(op, outputs)` may replace an op's outputs (tests use it
         to plant faults)."""
         unknown = set(inputs) - set(self.input_names)
@@ -508,8 +587,9 @@ class MilReference:
         for name, var in self.function.inputs.items():
             value = np.asarray(inputs[name])
             if tuple(value.shape) != tuple(var.shape):
-                raise ValueError(f"{self.path}: input {name} has shape {tuple(value.shape)}, the program "
-                                 f"declares {tuple(var.shape)}")
+                raise ValueError(
+                    f"{self.path}: input {name} has shape {tuple(value.shape)}, the program declares {tuple(var.shape)}"
+                )
             env[name] = _round(value, self.input_dtypes[name])
         for index, op in enumerate(self.ops):
             if op.op_type == "const":
@@ -539,8 +619,10 @@ class MilReference:
                 outputs = edit(op, outputs)
             for value, var in zip(outputs, op.outputs):
                 if tuple(value.shape) != tuple(var.shape) and all(isinstance(d, int) for d in var.shape):
-                    raise RuntimeError(f"{self.path}: op {op.name} ({op.op_type}) gave shape {value.shape}, "
-                                       f"the program declares {tuple(var.shape)}")
+                    raise RuntimeError(
+                        f"{self.path}: op {op.name} ({op.op_type}) gave shape {value.shape}, "
+                        f"the program declares {tuple(var.shape)}"
+                    )
                 env[var.name] = value
                 if cached:
                     self.constants[var.name] = value
@@ -549,7 +631,7 @@ class MilReference:
                     self.magnitudes[var.name] = max(self.magnitudes.get(var.name, 0.0), peak)
                     self.op_types[var.name] = op.op_type
             for value in op.inputs.values():  # free what no later op reads
-                for var in (value if isinstance(value, (list, tuple)) else [value]):
+                for var in value if isinstance(value, (list, tuple)) else [value]:
                     if self._last_use.get(var.name) == index and var.name not in self.constants:
                         env.pop(var.name, None)
         return {name: env[name] for name in self.output_names}
@@ -562,8 +644,13 @@ class MilReference:
             self.run({n: np.zeros(v.shape, _NP_DTYPES[self.input_dtypes[n]]) for n, v in self.function.inputs.items()})
         return {name: self.constants[name] for name in names}
 
-    def run_batch(self, clips: np.ndarray, input_name: Optional[str] = None, output_name: Optional[str] = None,
-                  track: bool = False) -> np.ndarray:
+    def run_batch(
+        self,
+        clips: np.ndarray,
+        input_name: Optional[str] = None,
+        output_name: Optional[str] = None,
+        track: bool = False,
+    ) -> np.ndarray:
         """One run per clip of `clips` (the programs have a static batch of one); returns the
         concatenated `output_name` (the first output by default) as float32."""
         input_name = input_name or self.input_names[0]
@@ -573,6 +660,7 @@ class MilReference:
 
     def near_overflow(self, factor: float = 4.0) -> list[tuple[str, str, float]]:
         """(output, op type, largest magnitude) of the tracked ops within `factor` of fp16's maximum."""
-        return sorted(((name, self.op_types[name], peak) for name, peak in self.magnitudes.items()
-                       if peak * factor >= FP16_MAX), key=lambda item: -item[2])
-
+        return sorted(
+            ((name, self.op_types[name], peak) for name, peak in self.magnitudes.items() if peak * factor >= FP16_MAX),
+            key=lambda item: -item[2],
+        )

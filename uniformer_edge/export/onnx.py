@@ -3,6 +3,7 @@ alternative int8 route through ONNX Runtime's `quantize_static`, and ONNX Runtim
 
 Every model has one input `video` (float32, B x 3 x T x H x W, dynamic batch) and one output
 `logits`; fp16 models keep float32 I/O and cast inside, so apps feed the same tensor."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,16 @@ from ..errors import InputError
 from .._cpu import has_int8_dot_product, is_x86
 from .._io import atomic_write
 
-__all__ = ["OPSET", "export_onnx", "half_precision", "ort_session", "ort_session_config", "run_onnx",
-           "ort_quantize_static", "onnx_op_census"]
+__all__ = [
+    "OPSET",
+    "export_onnx",
+    "half_precision",
+    "ort_session",
+    "ort_session_config",
+    "run_onnx",
+    "ort_quantize_static",
+    "onnx_op_census",
+]
 
 OPSET = 18  # the dynamo exporter's native opset; QDQ with per-channel axes needs >= 13
 
@@ -61,8 +70,16 @@ def export_onnx(model, path, example: Optional[Tensor] = None, opset: int = OPSE
     log = io.StringIO()
     # The exporter prints progress lines and warnings on stdout; keep them for error messages only.
     with contextlib.redirect_stdout(log), _quiet_loggers("torch.onnx", "onnxscript"):
-        onnx_program = torch.onnx.export(program, (), None, input_names=["video"], output_names=["logits"],
-                                         opset_version=opset, dynamo=True, external_data=False)
+        onnx_program = torch.onnx.export(
+            program,
+            (),
+            None,
+            input_names=["video"],
+            output_names=["logits"],
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+        )
     proto = onnx_program.model_proto
     _unshare_quantization_parameters(proto)
     onnx.checker.check_model(proto)
@@ -128,8 +145,9 @@ def _quiet_loggers(*names):
             lg.setLevel(level)
 
 
-def ort_session(path, threads: Optional[int] = None, providers: Optional[list[str]] = None,
-                profile_prefix: Optional[Path] = None):
+def ort_session(
+    path, threads: Optional[int] = None, providers: Optional[list[str]] = None, profile_prefix: Optional[Path] = None
+):
     """An ONNX Runtime session with `ort_session_config()`; with `profile_prefix` it records every
     node's kernel time, written to a JSON trace at that prefix by `session.end_profiling()`. The
     entries it runs with are in `session.uniformer_config` (the exact-int8 rewrite fails on some
@@ -158,8 +176,10 @@ def ort_session(path, threads: Optional[int] = None, providers: Optional[list[st
         if not config or "replace the existing tensor" not in str(err):
             raise
     session = make({})
-    session.uniformer_config = {"not applied": f"{', '.join(config)}: ONNX Runtime's exact-int8 rewrite fails on "
-                                               f"this graph; its u8 x s8 kernels saturate on this CPU"}
+    session.uniformer_config = {
+        "not applied": f"{', '.join(config)}: ONNX Runtime's exact-int8 rewrite fails on "
+        f"this graph; its u8 x s8 kernels saturate on this CPU"
+    }
     return session
 
 
@@ -186,13 +206,17 @@ def _entropy_ranges(model: Path, clips: Iterable[Tensor], tmp: Path) -> Path:
     from onnxruntime.quantization import CalibrationMethod, quantize_static
 
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
-        raise InputError(f"ONNX Runtime Entropy calibration needs onnxruntime>=1.32 (calibration caches); "
-                         f"this is {onnxruntime.__version__}, whose Entropy ranges equal MinMax")
+        raise InputError(
+            f"ONNX Runtime Entropy calibration needs onnxruntime>=1.32 (calibration caches); "
+            f"this is {onnxruntime.__version__}, whose Entropy ranges equal MinMax"
+        )
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
     # ORT's own threshold search (compute_data) is a Python loop per bin: 8-9 minutes on UniFormer-S.
-    ranges = {name: (*kl_threshold(*histogram[:4], num_quantized_bins=128), *histogram[:2])
-              for name, histogram in entropy_histograms(model, list(clips), tmp).items()}
+    ranges = {
+        name: (*kl_threshold(*histogram[:4], num_quantized_bins=128), *histogram[:2])
+        for name, histogram in entropy_histograms(model, list(clips), tmp).items()
+    }
     cache = tmp / "entropy-ranges.json"
     save_tensors_data(TensorsData(CalibrationMethod.Entropy, ranges), cache)
     return cache
@@ -210,8 +234,9 @@ def entropy_histograms(model: Path, clips: list[Tensor], tmp: Path, num_bins: in
     from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import create_calibrator
 
-    calibrator = create_calibrator(model, augmented_model_path=str(tmp / "augmented.onnx"),
-                                   calibrate_method=CalibrationMethod.Entropy)
+    calibrator = create_calibrator(
+        model, augmented_model_path=str(tmp / "augmented.onnx"), calibrate_method=CalibrationMethod.Entropy
+    )
     session = calibrator.infer_session
     names = [output.name for output in session.get_outputs()]
     wanted = [i for i, name in enumerate(names) if name in calibrator.tensors_to_calibrate]
@@ -227,8 +252,9 @@ def entropy_histograms(model: Path, clips: list[Tensor], tmp: Path, num_bins: in
             low, high = (np.nanmin(value), np.nanmax(value)) if value.size else (value.dtype.type(0),) * 2
             lowest[name] = min(lowest.get(name, low), low)
             highest[name] = max(highest.get(name, high), high)
-    thresholds = {name: np.array(max(abs(lowest[name]), abs(highest[name])), dtype=lowest[name].dtype)
-                  for name in lowest}
+    thresholds = {
+        name: np.array(max(abs(lowest[name]), abs(highest[name])), dtype=lowest[name].dtype) for name in lowest
+    }
     counts: dict[str, np.ndarray] = {}
     edges: dict[str, np.ndarray] = {}
     for values in outputs():
@@ -274,8 +300,7 @@ def _smooth(p: np.ndarray, eps: float = 1e-4) -> Optional[np.ndarray]:
     n_zeros = int(zeros.sum())
     if n_zeros == p.size:
         return None
-    return p.astype(np.float32) + np.where(zeros, np.float32(eps),
-                                           np.float32(-eps * n_zeros / (p.size - n_zeros)))
+    return p.astype(np.float32) + np.where(zeros, np.float32(eps), np.float32(-eps * n_zeros / (p.size - n_zeros)))
 
 
 def _kl(p: Optional[np.ndarray], q: Optional[np.ndarray]) -> float:
@@ -297,15 +322,19 @@ class _CalibrationReader:
         return None if clip is None else {"video": clip}
 
 
-def ort_quantize_static(float_onnx, path, batches: Iterable[tuple[Tensor, Tensor]], method: str = "minmax",
-                        per_channel: bool = True) -> Path:
+def ort_quantize_static(
+    float_onnx, path, batches: Iterable[tuple[Tensor, Tensor]], method: str = "minmax", per_channel: bool = True
+) -> Path:
     """ONNX Runtime's own static int8 quantization (QDQ format, int8 weights and activations) of a
     float ONNX model, calibrated on `batches`; `method` is minmax, entropy or percentile."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
     if method not in methods:
         raise InputError(f"unknown ONNX Runtime calibration method {method!r}; choose from {', '.join(methods)}")
     with tempfile.TemporaryDirectory() as tmp, _quiet_loggers("root"), contextlib.redirect_stdout(io.StringIO()):
@@ -315,9 +344,17 @@ def ort_quantize_static(float_onnx, path, batches: Iterable[tuple[Tensor, Tensor
         reader, cache = _CalibrationReader(batches), None
         if method == "entropy":
             reader, cache = None, _entropy_ranges(pre, (c for clips, _ in batches for c in clips), Path(tmp))
-        quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ,
-                        per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method], **({"calibration_cache_path": cache} if cache else {}))
+        quantize_static(
+            str(pre),
+            str(out),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[method],
+            **({"calibration_cache_path": cache} if cache else {}),
+        )
         import onnx
 
         proto = onnx.load(str(out))

@@ -10,6 +10,7 @@ Every artifact also reports SQNR, KL and top-1 agreement against the float model
 
 Core ML packages are also executed by the MIL reference (`mil_reference`) from the saved
 package on every system, with their own thresholds (`COREML_REFERENCE_THRESHOLDS`)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,19 @@ from ..models import create_model, deploy, get_variant, read_state_dict
 from ..quantize import QuantConfig, load_program, quantize_ptq, read_quantize_config, verify_program
 from ..quantize.qat import QATSchedule
 
-__all__ = ["ExportJob", "run_export", "FORMATS", "PRECISIONS", "SUPPORTED", "MANIFEST_SCHEMA", "verify_manifest",
-           "ExportError", "coreml_reference_parity", "fp16_safety", "COREML_REFERENCE_THRESHOLDS"]
+__all__ = [
+    "ExportJob",
+    "run_export",
+    "FORMATS",
+    "PRECISIONS",
+    "SUPPORTED",
+    "MANIFEST_SCHEMA",
+    "verify_manifest",
+    "ExportError",
+    "coreml_reference_parity",
+    "fp16_safety",
+    "COREML_REFERENCE_THRESHOLDS",
+]
 
 MANIFEST_SCHEMA = 1
 FORMATS = ("onnx", "coreml", "executorch")
@@ -63,8 +75,10 @@ XNNPACK_INT8_MIN_COSINE = 0.998
 # the ONNX weight-only exports, with their PyTorch counterpart: the converted model holding the
 # weights the package decompresses.
 COREML_REFERENCE_THRESHOLDS = {
-    "fp16": ("float", FP16_MIN_COSINE, True), "int8": ("pytorch_quantized", QUANT_MIN_COSINE, False),
-    **{p: ("package_weights", QUANT_MIN_COSINE, False) for p in ("w8", "w4", "palettize4", "palettize6")}}
+    "fp16": ("float", FP16_MIN_COSINE, True),
+    "int8": ("pytorch_quantized", QUANT_MIN_COSINE, False),
+    **{p: ("package_weights", QUANT_MIN_COSINE, False) for p in ("w8", "w4", "palettize4", "palettize6")},
+}
 # A float op output within this factor of fp16's largest value (65504) is reported by name.
 FP16_HEADROOM = 4.0
 _SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage", "executorch": ".pte"}
@@ -126,8 +140,10 @@ class ExportJob:
             lacking = [f for f in self.formats if prec not in SUPPORTED[f]]
             if lacking:
                 having = [f for f in FORMATS if prec in SUPPORTED[f]]
-                raise InputError(f"precision {prec} is not available for {', '.join(lacking)} "
-                                 f"(formats with {prec}: {', '.join(having)})")
+                raise InputError(
+                    f"precision {prec} is not available for {', '.join(lacking)} "
+                    f"(formats with {prec}: {', '.join(having)})"
+                )
         if self.target is None:
             needed = [MIN_TARGET[p] for p in self.precisions if "coreml" in self.formats and p in MIN_TARGET]
             self.target = max(["ios17", *needed], key=TARGETS.index)
@@ -143,15 +159,18 @@ class ExportJob:
             mine = self.quant_config["precision"]
             other = [p for p in self.precisions if p in PT2E_RECIPE and p != mine and p != "int8-ort"]
             if other:
-                raise InputError(f"--quantized {self.quantized} holds a {self.quant_config['recipe']} graph "
-                                 f"(precision {mine}); it cannot provide {', '.join(other)}")
+                raise InputError(
+                    f"--quantized {self.quantized} holds a {self.quant_config['recipe']} graph "
+                    f"(precision {mine}); it cannot provide {', '.join(other)}"
+                )
         if self.check_clips < 1:
             raise InputError("check_clips must be at least 1")
         if self.qat_epochs < 0:
             raise InputError(f"--qat-epochs must be 0 or more, got {self.qat_epochs}")
         if self.qat_epochs and not ("executorch" in self.formats and "int8" in self.precisions):
-            raise InputError("--qat-epochs fine-tunes the ExecuTorch int8 program: it needs --format executorch "
-                             "--precision int8")
+            raise InputError(
+                "--qat-epochs fine-tunes the ExecuTorch int8 program: it needs --format executorch --precision int8"
+            )
 
     def _read_quantized(self):
         folder = Path(self.quantized)
@@ -160,21 +179,31 @@ class ExportJob:
         recipe = cfg["quant_config"]["recipe"]
         inverse = {v: k for k, v in PT2E_RECIPE.items()}
         if recipe not in inverse:
-            raise InputError(f"--quantized {folder}: recipe {recipe} cannot be exported "
-                             f"(exportable: {', '.join(PT2E_RECIPE.values())})")
+            raise InputError(
+                f"--quantized {folder}: recipe {recipe} cannot be exported "
+                f"(exportable: {', '.join(PT2E_RECIPE.values())})"
+            )
         if self.variant and get_variant(self.variant).name != cfg["variant"]:
-            raise InputError(f"--quantized {folder} holds a UniFormer-{cfg['variant'].upper()} model, "
-                             f"not --variant {self.variant}")
+            raise InputError(
+                f"--quantized {folder} holds a UniFormer-{cfg['variant'].upper()} model, not --variant {self.variant}"
+            )
         _, _, frames, size, _ = cfg["input_shape"]
         if (self.frames is not None and self.frames != frames) or (self.size is not None and self.size != size):
-            raise InputError(f"--quantized {folder} was quantized at {frames}x{size}; "
-                             f"it cannot be exported at {self.frames or frames}x{self.size or size}")
+            raise InputError(
+                f"--quantized {folder} was quantized at {frames}x{size}; "
+                f"it cannot be exported at {self.frames or frames}x{self.size or size}"
+            )
         self.variant, self.frames, self.size = cfg["variant"], frames, size
         self.checkpoint = self.checkpoint or cfg["job"].get("checkpoint")
-        if self.checkpoint and cfg.get("checkpoint_sha256") and Path(self.checkpoint).is_file() \
-                and sha256_file(self.checkpoint) != cfg["checkpoint_sha256"]:
-            raise InputError(f"checkpoint {self.checkpoint} is not the one {folder} was quantized from "
-                             f"(SHA-256 differs)")
+        if (
+            self.checkpoint
+            and cfg.get("checkpoint_sha256")
+            and Path(self.checkpoint).is_file()
+            and sha256_file(self.checkpoint) != cfg["checkpoint_sha256"]
+        ):
+            raise InputError(
+                f"checkpoint {self.checkpoint} is not the one {folder} was quantized from (SHA-256 differs)"
+            )
         self.num_classes = self.num_classes or cfg.get("num_classes")
         self.model_overrides = self.model_overrides or cfg.get("model_overrides") or {}
         self.quant_config = {**cfg, "recipe": recipe, "precision": inverse[recipe]}
@@ -210,27 +239,38 @@ def _compare(reference: torch.Tensor, output: torch.Tensor) -> dict:
     return {"max_rel_err": rel, **agreement(reference, output)}
 
 
-def coreml_reference_parity(output: torch.Tensor, float_logits: torch.Tensor, precision: str,
-                            quantized_reference: Optional[Callable[[], torch.Tensor]] = None) -> dict:
+def coreml_reference_parity(
+    output: torch.Tensor,
+    float_logits: torch.Tensor,
+    precision: str,
+    quantized_reference: Optional[Callable[[], torch.Tensor]] = None,
+) -> dict:
     """Figures and verdict of a Core ML package's MIL-reference `output` under
     `COREML_REFERENCE_THRESHOLDS`; `quantized_reference()` gives the logits of the PyTorch
     counterpart (the PT2E graph for int8, the model with the package's weights for w8/w4/palettized)."""
     vs_float = _compare(float_logits, output)
     entry = {"clips": len(output), "vs_float": vs_float}
     if precision == "fp32":
-        return {**entry, "threshold": f"max_rel_err <= {FP32_MAX_REL_ERR} vs float",
-                "passed": vs_float["max_rel_err"] <= FP32_MAX_REL_ERR}
+        return {
+            **entry,
+            "threshold": f"max_rel_err <= {FP32_MAX_REL_ERR} vs float",
+            "passed": vs_float["max_rel_err"] <= FP32_MAX_REL_ERR,
+        }
     against, minimum, same_top1 = COREML_REFERENCE_THRESHOLDS[precision]
     figures, what = vs_float, "float"
     if against != "float":
-        key, what = {"pytorch_quantized": ("vs_pytorch_quantized", "the PyTorch quantized graph"),
-                     "package_weights": ("vs_package_weights", "the model with the package's decompressed "
-                                                               "weights in PyTorch")}[against]
+        key, what = {
+            "pytorch_quantized": ("vs_pytorch_quantized", "the PyTorch quantized graph"),
+            "package_weights": ("vs_package_weights", "the model with the package's decompressed weights in PyTorch"),
+        }[against]
         with torch.no_grad():
             figures = entry[key] = _compare(quantized_reference(), output)
     passed = figures["cosine"] >= minimum and (not same_top1 or figures["top1_agreement"] == 1.0)
-    return {**entry, "threshold": f"cosine >= {minimum}{' and same top-1' if same_top1 else ''} vs {what}",
-            "passed": passed}
+    return {
+        **entry,
+        "threshold": f"cosine >= {minimum}{' and same top-1' if same_top1 else ''} vs {what}",
+        "passed": passed,
+    }
 
 
 def fp16_safety(reference, name: str) -> dict:
@@ -242,12 +282,19 @@ def fp16_safety(reference, name: str) -> dict:
     peak_name = max(magnitudes, key=magnitudes.get)
     near = reference.near_overflow(FP16_HEADROOM)
     for op_name, op_type, peak in near:
-        warnings.warn(f"{name}: {op_type} op {op_name} reaches {peak:.5g}, within {FP16_HEADROOM:g}x of "
-                      f"fp16's largest value {FP16_MAX:g}", stacklevel=2)
-    return {"fp16_max": FP16_MAX, "largest_magnitude": magnitudes[peak_name], "largest_op": peak_name,
-            "largest_op_type": reference.op_types[peak_name],
-            "headroom": FP16_MAX / max(magnitudes[peak_name], 1e-30),
-            "near_overflow": [{"op": n, "type": t, "magnitude": m} for n, t, m in near]}
+        warnings.warn(
+            f"{name}: {op_type} op {op_name} reaches {peak:.5g}, within {FP16_HEADROOM:g}x of "
+            f"fp16's largest value {FP16_MAX:g}",
+            stacklevel=2,
+        )
+    return {
+        "fp16_max": FP16_MAX,
+        "largest_magnitude": magnitudes[peak_name],
+        "largest_op": peak_name,
+        "largest_op_type": reference.op_types[peak_name],
+        "headroom": FP16_MAX / max(magnitudes[peak_name], 1e-30),
+        "near_overflow": [{"op": n, "type": t, "magnitude": m} for n, t, m in near],
+    }
 
 
 class _Exporter:
@@ -260,8 +307,9 @@ class _Exporter:
         if self.labels and len(self.labels) != num_classes:
             raise InputError(f"labels file {job.labels} has {len(self.labels)} classes, the model {num_classes}")
         torch.manual_seed(job.seed)  # random-weight models are reproducible from the manifest
-        self.model = create_model(job.variant, num_classes=num_classes, checkpoint=job.checkpoint,
-                                  **job.model_overrides).eval()
+        self.model = create_model(
+            job.variant, num_classes=num_classes, checkpoint=job.checkpoint, **job.model_overrides
+        ).eval()
         self.num_classes = num_classes
         data = dict(frames=job.frames, size=job.size, seed=job.seed)
         check = build_dataset("synthetic", "test", num_clips=job.check_clips, **data)
@@ -271,8 +319,9 @@ class _Exporter:
             self.float_logits = self.model(self.clips)
         self._calib, self._programs, self._et_quantized = None, {}, {}
         if job.quantized:
-            self._programs[job.quant_config["precision"]] = load_program(Path(job.quantized) / "quantized.pt2",
-                                                                           job.quant_config["program_sha256"])
+            self._programs[job.quant_config["precision"]] = load_program(
+                Path(job.quantized) / "quantized.pt2", job.quant_config["program_sha256"]
+            )
 
     def calibration(self):
         if self._calib is None:
@@ -287,30 +336,46 @@ class _Exporter:
         key = precision if conv3d == "native" else (precision, conv3d)
         if key not in self._programs:
             cfg = QuantConfig(recipe=PT2E_RECIPE[precision])
-            self._programs[key], _ = quantize_ptq(self.model, self.calibration(), cfg, self.example, conv3d=conv3d,
-                                                  progress=self.progress)
+            self._programs[key], _ = quantize_ptq(
+                self.model, self.calibration(), cfg, self.example, conv3d=conv3d, progress=self.progress
+            )
         return self._programs[key]
 
     def preprocessing(self) -> dict:
-        return {"frames": self.job.frames, "size": self.job.size, "channels": "RGB", "layout": "B,3,T,H,W",
-                "pixel_scale": "divide 8-bit values by 255", "mean": [MEAN] * 3, "std": [STD] * 3,
-                "sampling": "uniform: T frames evenly spaced over the clip, short side resized to size, "
-                            "centre crop size x size"}
+        return {
+            "frames": self.job.frames,
+            "size": self.job.size,
+            "channels": "RGB",
+            "layout": "B,3,T,H,W",
+            "pixel_scale": "divide 8-bit values by 255",
+            "mean": [MEAN] * 3,
+            "std": [STD] * 3,
+            "sampling": "uniform: T frames evenly spaced over the clip, short side resized to size, "
+            "centre crop size x size",
+        }
 
     def _parity(self, runtime: str, output: torch.Tensor, precision: str, fmt: str) -> dict:
         vs_float = _compare(self.float_logits, output)
         entry = {"runtime": runtime, "clips": len(self.clips), "vs_float": vs_float}
         if precision == "fp32":
-            entry.update(threshold=f"max_rel_err <= {FP32_MAX_REL_ERR} vs float", passed=vs_float["max_rel_err"] <= FP32_MAX_REL_ERR)
+            entry.update(
+                threshold=f"max_rel_err <= {FP32_MAX_REL_ERR} vs float",
+                passed=vs_float["max_rel_err"] <= FP32_MAX_REL_ERR,
+            )
         elif precision == "fp16":
-            entry.update(threshold=f"cosine >= {FP16_MIN_COSINE} and same top-1 vs float",
-                         passed=vs_float["cosine"] >= FP16_MIN_COSINE and vs_float["top1_agreement"] == 1.0)
+            entry.update(
+                threshold=f"cosine >= {FP16_MIN_COSINE} and same top-1 vs float",
+                passed=vs_float["cosine"] >= FP16_MIN_COSINE and vs_float["top1_agreement"] == 1.0,
+            )
         elif precision in PT2E_RECIPE and not (fmt == "coreml" and precision != "int8"):
             reference = self._quantized_reference(fmt, precision)
             vs_torch = _compare(reference, output)
             minimum = XNNPACK_INT8_MIN_COSINE if fmt == "executorch" else QUANT_MIN_COSINE
-            entry.update(vs_pytorch_quantized=vs_torch, threshold=f"cosine >= {minimum} vs the PyTorch "
-                         "quantized graph", passed=vs_torch["cosine"] >= minimum)
+            entry.update(
+                vs_pytorch_quantized=vs_torch,
+                threshold=f"cosine >= {minimum} vs the PyTorch quantized graph",
+                passed=vs_torch["cosine"] >= minimum,
+            )
         else:
             entry.update(threshold="none: no PyTorch counterpart, compared with the float model", passed=True)
         return entry
@@ -329,8 +394,9 @@ class _Exporter:
             float_path = path.with_name(path.stem + ".float.tmp.onnx")
             export_onnx(deploy(self.model, per_channel_safe=True), float_path, self.example)
             try:
-                ort_quantize_static(float_path, path, self.calibration(),
-                                    "entropy" if precision.endswith("entropy") else "minmax")
+                ort_quantize_static(
+                    float_path, path, self.calibration(), "entropy" if precision.endswith("entropy") else "minmax"
+                )
             finally:
                 float_path.unlink(missing_ok=True)
         elif precision in PT2E_RECIPE:
@@ -351,29 +417,52 @@ class _Exporter:
         if census.get("QuantizeLinear"):
             extra["onnxruntime_session_config"] = {
                 "session.x64quantprecision": "1",
-                "when": "x86 CPUs without VNNI or AMX: their u8 x s8 kernels saturate int16 pair sums"}
-        return {**extra, "census": census, "parity": parity, "input": {"name": "video", "shape": ["batch", 3, *self._thw()],
-                                                              "dtype": "float32"}}
+                "when": "x86 CPUs without VNNI or AMX: their u8 x s8 kernels saturate int16 pair sums",
+            }
+        return {
+            **extra,
+            "census": census,
+            "parity": parity,
+            "input": {"name": "video", "shape": ["batch", 3, *self._thw()], "dtype": "float32"},
+        }
 
     def coreml(self, precision: str, path: Path) -> dict:
-        from .coreml import (can_predict, convert_coreml, coreml_io, coreml_op_census, neural_engine_census,
-                             predict_coreml, save_mlpackage)
+        from .coreml import (
+            can_predict,
+            convert_coreml,
+            coreml_io,
+            coreml_op_census,
+            neural_engine_census,
+            predict_coreml,
+            save_mlpackage,
+        )
         from .mil_reference import RUNTIME_NAME, RUNTIME_NOTE, MilReference
 
         form, form_note = self.job.coreml_form, None
         if precision == "int8" and form == "ane" and self.job.quantized:
-            form, form_note = "3d", (f"--quantized {self.job.quantized} holds a graph of the 5-D (Conv3d) form; "
-                                     "export without --quantized (int8 is then quantized here) for the Neural "
-                                     "Engine form")
+            form, form_note = (
+                "3d",
+                (
+                    f"--quantized {self.job.quantized} holds a graph of the 5-D (Conv3d) form; "
+                    "export without --quantized (int8 is then quantized here) for the Neural "
+                    "Engine form"
+                ),
+            )
             warnings.warn(f"Core ML int8: {form_note}", stacklevel=2)
         conv3d = "2d" if form == "ane" else "native"
         if precision == "int8":
             source = self.program("int8", conv3d).module()
         else:
             source = frame_batched(self.model, self.job.frames) if conv3d == "2d" else deploy(self.model)
-        mlmodel = convert_coreml(source, self.example, precision, self.job.target, self.labels,
-                                 self.preprocessing(), f"UniFormer-{self.job.variant.upper()} "
-                                 f"{self.job.frames}x{self.job.size}, {precision}, {form} form")
+        mlmodel = convert_coreml(
+            source,
+            self.example,
+            precision,
+            self.job.target,
+            self.labels,
+            self.preprocessing(),
+            f"UniFormer-{self.job.variant.upper()} {self.job.frames}x{self.job.size}, {precision}, {form} form",
+        )
         save_mlpackage(mlmodel, path)
         census, io = coreml_op_census(path), coreml_io(path)
         if io["inputs"].get("video", {}).get("shape") != [1, 3, *self._thw()] or "logits" not in io["outputs"]:
@@ -381,21 +470,34 @@ class _Exporter:
         if precision == "int8" and not census.get("quantize"):
             raise ExportError(f"{path.name}: no activation quantize ops in the converted program")
         reference = MilReference(path)  # read back from disk: what the package holds, not the in-memory model
-        output = torch.from_numpy(reference.run_batch(self.clips.numpy(), "video", "logits",
-                                                      track=precision != "fp32"))
-        reference_parity = {"runtime": RUNTIME_NAME, "what": RUNTIME_NOTE,
-                            **coreml_reference_parity(output, self.float_logits, precision,
-                                                      lambda: self._counterpart(precision, conv3d, source,
-                                                                                reference)(self.clips))}
+        output = torch.from_numpy(reference.run_batch(self.clips.numpy(), "video", "logits", track=precision != "fp32"))
+        reference_parity = {
+            "runtime": RUNTIME_NAME,
+            "what": RUNTIME_NOTE,
+            **coreml_reference_parity(
+                output,
+                self.float_logits,
+                precision,
+                lambda: self._counterpart(precision, conv3d, source, reference)(self.clips),
+            ),
+        }
         reason = can_predict()
         if reason:
             parity = {"runtime": "Core ML", "not run": reason}
         else:
-            parity = self._parity("coremltools (macOS, compute units ALL)", predict_coreml(path, self.clips),
-                                  precision, "coreml")
-        info = {"census": census, "io": io, "form": form, "parity": parity, "reference_parity": reference_parity,
-                "neural_engine": neural_engine_census(reference.program), "target": self.job.target,
-                "input": {"name": "video", "shape": [1, 3, *self._thw()], "dtype": "float32"}}
+            parity = self._parity(
+                "coremltools (macOS, compute units ALL)", predict_coreml(path, self.clips), precision, "coreml"
+            )
+        info = {
+            "census": census,
+            "io": io,
+            "form": form,
+            "parity": parity,
+            "reference_parity": reference_parity,
+            "neural_engine": neural_engine_census(reference.program),
+            "target": self.job.target,
+            "input": {"name": "video", "shape": [1, 3, *self._thw()], "dtype": "float32"},
+        }
         if form_note:
             info["form_note"] = form_note
         if precision != "fp32":
@@ -428,10 +530,12 @@ class _Exporter:
                 quantization.update(train_clips=len(train_set), **dataclasses.asdict(schedule))
         elif precision in ("w8", "w4"):
             model = xnnpack_weight_quantize(self.model, self.example, bits=int(precision[1:]))
-            quantization = {"method": "weights only, no calibration",
-                            "weights": f"{precision[1:]}-bit symmetric per-channel: linear layers"
-                                       + (" and pointwise convolutions" if precision == "w8" else ""),
-                            "activations": "quantized to int8 by XNNPACK at every call, with that call's range"}
+            quantization = {
+                "method": "weights only, no calibration",
+                "weights": f"{precision[1:]}-bit symmetric per-channel: linear layers"
+                + (" and pointwise convolutions" if precision == "w8" else ""),
+                "activations": "quantized to int8 by XNNPACK at every call, with that call's range",
+            }
         elif precision == "fp16":
             model = XnnpackHalf(self.model, self.job.frames)
         else:
@@ -440,18 +544,30 @@ class _Exporter:
             self._et_quantized[precision] = model
         census = lower_executorch(model, self.example, path)
         output = run_executorch(load_executorch(path), self.clips)
-        parity = self._parity(f"executorch {metadata.version('executorch')} runtime (XNNPACK)", output,
-                              precision, "executorch")
-        return {"census": census, "parity": parity, "quantization": quantization,
-                "input": {"name": "video", "shape": [1, 3, *self._thw()], "dtype": "float32"}}
+        parity = self._parity(
+            f"executorch {metadata.version('executorch')} runtime (XNNPACK)", output, precision, "executorch"
+        )
+        return {
+            "census": census,
+            "parity": parity,
+            "quantization": quantization,
+            "input": {"name": "video", "shape": [1, 3, *self._thw()], "dtype": "float32"},
+        }
 
     def _finetuning(self):
         """(schedule, training clips) of the ExecuTorch int8 QAT, or None without --qat-epochs."""
         j = self.job
         if not j.qat_epochs:
             return None
-        train_set = build_dataset(j.calib_data, "train", frames=j.frames, size=j.size, root=j.calib_root,
-                                  num_clips=j.qat_clips if j.calib_data == "synthetic" else None, seed=j.seed)
+        train_set = build_dataset(
+            j.calib_data,
+            "train",
+            frames=j.frames,
+            size=j.size,
+            root=j.calib_root,
+            num_clips=j.qat_clips if j.calib_data == "synthetic" else None,
+            seed=j.seed,
+        )
         return QATSchedule(epochs=j.qat_epochs, lr=j.qat_lr, batch_size=8, seed=j.seed, distill_weight=1.0), train_set
 
     def _thw(self):
@@ -481,46 +597,84 @@ def run_export(job: ExportJob, progress: bool = True) -> dict:
                     failed.append({"path": name, "format": fmt, "precision": precision, "reason": str(err)})
                     _remove(path)
                     continue
-                missed = [(key, info[key]) for key in ("parity", "reference_parity")
-                          if isinstance(info.get(key), dict) and info[key].get("passed") is False]
+                missed = [
+                    (key, info[key])
+                    for key in ("parity", "reference_parity")
+                    if isinstance(info.get(key), dict) and info[key].get("passed") is False
+                ]
                 if missed:
                     key, parity = missed[0]
                     figures = {k: v for k, v in parity.items() if k.startswith("vs_")}
-                    failed.append({"path": name, "format": fmt, "precision": precision, key: parity,
-                                   "reason": f"{name} misses its {parity['runtime']} parity threshold "
-                                             f"({parity['threshold']}): {json.dumps(figures)}"})
+                    failed.append(
+                        {
+                            "path": name,
+                            "format": fmt,
+                            "precision": precision,
+                            key: parity,
+                            "reason": f"{name} misses its {parity['runtime']} parity threshold "
+                            f"({parity['threshold']}): {json.dumps(figures)}",
+                        }
+                    )
                     _remove(path)
                     continue
-                artifacts.append({"path": name, "format": fmt, "precision": precision,
-                                  "target": info.get("target"), "export_seconds": round(time.time() - started, 2),
-                                  "size_bytes": _size(path), "sha256": sha256_tree(path) if path.is_dir() else sha256_file(path),
-                                  **{k: v for k, v in info.items() if k != "target"}})
+                artifacts.append(
+                    {
+                        "path": name,
+                        "format": fmt,
+                        "precision": precision,
+                        "target": info.get("target"),
+                        "export_seconds": round(time.time() - started, 2),
+                        "size_bytes": _size(path),
+                        "sha256": sha256_tree(path) if path.is_dir() else sha256_file(path),
+                        **{k: v for k, v in info.items() if k != "target"},
+                    }
+                )
         if not artifacts:
             raise ExportError("; ".join(f["reason"] for f in failed) + " (nothing written)")
         manifest = {
-            "schema": MANIFEST_SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "variant": job.variant, "num_classes": exporter.num_classes, "labels": exporter.labels,
-            "source": {"checkpoint": job.checkpoint,
-                       "checkpoint_sha256": sha256_file(job.checkpoint) if job.checkpoint else None,
-                       "random_weights": job.checkpoint is None, "seed": job.seed,
-                       "model_overrides": job.model_overrides, "quantized": job.quantized,
-                       "quantized_recipe": job.quant_config.get("recipe")},
-            "input": {"name": "video", "dtype": "float32", "layout": "B,3,T,H,W", "frames": job.frames,
-                      "size": job.size, "preprocessing": exporter.preprocessing()},
+            "schema": MANIFEST_SCHEMA,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "variant": job.variant,
+            "num_classes": exporter.num_classes,
+            "labels": exporter.labels,
+            "source": {
+                "checkpoint": job.checkpoint,
+                "checkpoint_sha256": sha256_file(job.checkpoint) if job.checkpoint else None,
+                "random_weights": job.checkpoint is None,
+                "seed": job.seed,
+                "model_overrides": job.model_overrides,
+                "quantized": job.quantized,
+                "quantized_recipe": job.quant_config.get("recipe"),
+            },
+            "input": {
+                "name": "video",
+                "dtype": "float32",
+                "layout": "B,3,T,H,W",
+                "frames": job.frames,
+                "size": job.size,
+                "preprocessing": exporter.preprocessing(),
+            },
             "output": {"name": "logits", "dtype": "float32", "classes": exporter.num_classes},
-            "artifacts": artifacts, "failed": failed, "versions": _library_versions(),
+            "artifacts": artifacts,
+            "failed": failed,
+            "versions": _library_versions(),
             "platform": platform.platform(),
-            "cpu": {"name": cpu_name(), "instruction_sets": list(instruction_sets()),
-                    "int8_dot_product": has_int8_dot_product()},
+            "cpu": {
+                "name": cpu_name(),
+                "instruction_sets": list(instruction_sets()),
+                "int8_dot_product": has_int8_dot_product(),
+            },
         }
         text = json.dumps(manifest, indent=2) + "\n"
         (tmp / "manifest.json").write_text(text)
     manifest = json.loads(text)  # exactly what manifest.json holds (tuples become lists)
     if failed:
-        raise ExportError(f"{len(failed)} of {len(failed) + len(artifacts)} artifacts not written: "
-                          + "; ".join(f["reason"] for f in failed)
-                          + f". The other {len(artifacts)} are in {job.out} (manifest.json lists the failures)",
-                          manifest=manifest)
+        raise ExportError(
+            f"{len(failed)} of {len(failed) + len(artifacts)} artifacts not written: "
+            + "; ".join(f["reason"] for f in failed)
+            + f". The other {len(artifacts)} are in {job.out} (manifest.json lists the failures)",
+            manifest=manifest,
+        )
     return manifest
 
 
@@ -543,13 +697,18 @@ def verify_manifest(folder) -> dict:
     folder = Path(folder)
     path = folder / "manifest.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no manifest.json: is it the output of `python -m uniformer_edge.export`?")
+        raise FileNotFoundError(
+            f"{folder} has no manifest.json: is it the output of `python -m uniformer_edge.export`?"
+        )
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{path} is not valid JSON ({err})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list) \
-            or not all(isinstance(a, dict) and {"path", "sha256"} <= a.keys() for a in manifest["artifacts"]):
+    if (
+        not isinstance(manifest, dict)
+        or not isinstance(manifest.get("artifacts"), list)
+        or not all(isinstance(a, dict) and {"path", "sha256"} <= a.keys() for a in manifest["artifacts"])
+    ):
         raise InputError(f"{path} is not an export manifest (no list of artifacts with path and sha256)")
     for key in ("variant", "input", "source", "num_classes"):
         if key not in manifest:
@@ -557,8 +716,10 @@ def verify_manifest(folder) -> dict:
     if not isinstance(manifest.get("schema", 0), int):
         raise InputError(f"{path}: schema must be an integer")
     if manifest.get("schema", 0) > MANIFEST_SCHEMA:
-        raise InputError(f"{path} has manifest schema {manifest['schema']}, newer than this toolkit reads "
-                         f"({MANIFEST_SCHEMA}); upgrade uniformer-edge")
+        raise InputError(
+            f"{path} has manifest schema {manifest['schema']}, newer than this toolkit reads "
+            f"({MANIFEST_SCHEMA}); upgrade uniformer-edge"
+        )
     for art in manifest["artifacts"]:
         if not isinstance(art["path"], str) or Path(art["path"]).name != art["path"] or art["path"] in ("", ".", ".."):
             raise InputError(f"{path}: artifact path {art['path']!r} is not a file name inside {folder}")
@@ -567,6 +728,8 @@ def verify_manifest(folder) -> dict:
             raise InputError(f"artifact {p} listed in {path} is missing")
         digest = sha256_tree(p) if p.is_dir() else sha256_file(p)
         if digest != art["sha256"]:
-            raise InputError(f"artifact {p} does not match its manifest (SHA-256 {digest[:12]}..., "
-                             f"manifest {art['sha256'][:12]}...): it was modified after export")
+            raise InputError(
+                f"artifact {p} does not match its manifest (SHA-256 {digest[:12]}..., "
+                f"manifest {art['sha256'][:12]}...): it was modified after export"
+            )
     return manifest

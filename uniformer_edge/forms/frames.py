@@ -6,6 +6,7 @@ The convolution-only stages 1-2 run on frame-batched maps (B*T, C, H, W), which 
 in its channels-last layout from one convolution to the next. The residual adds of the blocks
 this form owns go through `ResidualAdd`, so quantizers can tell them from the sums inside layers.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -17,8 +18,17 @@ from ..models import deploy
 from ..models.deploy import ChannelAffine
 from ..models.uniformer import Attention, CBlock, ConvStem, PatchEmbed
 
-__all__ = ["frame_batched", "Conv3dAs2d", "TimeUnrolledConv", "BatchedAttention", "FrameConvStages", "FrameEmbed",
-           "FrameCBlock", "ResidualAdd", "affine_as_depthwise"]
+__all__ = [
+    "frame_batched",
+    "Conv3dAs2d",
+    "TimeUnrolledConv",
+    "BatchedAttention",
+    "FrameConvStages",
+    "FrameEmbed",
+    "FrameCBlock",
+    "ResidualAdd",
+    "affine_as_depthwise",
+]
 
 
 class ResidualAdd(nn.Module):
@@ -113,8 +123,13 @@ class Conv3dAs2d(nn.Module):
             self.bias_tap = min(self.time_pad, kt - 1)
             self.taps = nn.ModuleList()
             for tau in range(kt):
-                tap = nn.Conv2d(conv.in_channels, conv.out_channels, groups=conv.groups,
-                                bias=has_bias and tau == self.bias_tap, **spatial)
+                tap = nn.Conv2d(
+                    conv.in_channels,
+                    conv.out_channels,
+                    groups=conv.groups,
+                    bias=has_bias and tau == self.bias_tap,
+                    **spatial,
+                )
                 with torch.no_grad():
                     tap.weight.copy_(w[:, :, tau])
                     if tap.bias is not None:
@@ -214,8 +229,14 @@ class TimeUnrolledConv(nn.Module):
         if self.frames_out < 1:
             raise ValueError(f"{frames} frames are fewer than the temporal kernel ({kt}) needs")
         self.frames, self.out_channels = frames, out_ch
-        self.conv = nn.Conv2d(in_ch * frames, self.frames_out * out_ch, fused.kernel_size, fused.stride,
-                              fused.padding, bias=fused.bias is not None)
+        self.conv = nn.Conv2d(
+            in_ch * frames,
+            self.frames_out * out_ch,
+            fused.kernel_size,
+            fused.stride,
+            fused.padding,
+            bias=fused.bias is not None,
+        )
         taps = fused.weight.detach().reshape(out_ch, kt, in_ch, *fused.kernel_size)
         with torch.no_grad():
             weight = self.conv.weight.zero_().reshape(self.frames_out, out_ch, in_ch, frames, *fused.kernel_size)
@@ -243,8 +264,9 @@ class FrameCBlock(nn.Module):
         self.conv1, self.conv2 = Conv3dAs2d(blk.conv1), Conv3dAs2d(blk.conv2)
         self.fc1, self.act, self.fc2 = Conv3dAs2d(blk.mlp.fc1), blk.mlp.act, Conv3dAs2d(blk.mlp.fc2)
         self.residual = ResidualAdd()
-        self.norm1, self.norm2 = (affine_as_depthwise(n) if isinstance(n, ChannelAffine) else n
-                                  for n in (blk.norm1, blk.norm2))
+        self.norm1, self.norm2 = (
+            affine_as_depthwise(n) if isinstance(n, ChannelAffine) else n for n in (blk.norm1, blk.norm2)
+        )
 
     def forward(self, x: Tensor, batch: int) -> Tensor:
         pe = self.pos_embed(x, batch)
@@ -325,9 +347,9 @@ class BatchedAttention(nn.Module):
         self.q, self.k, self.v = (nn.Linear(C, C, bias=attn.qkv.bias is not None) for _ in range(3))
         with torch.no_grad():
             for i, (layer, scale) in enumerate(zip((self.q, self.k, self.v), (attn.scale, 1.0, 1.0))):
-                layer.weight.copy_(attn.qkv.weight[i * C:(i + 1) * C] * scale)
+                layer.weight.copy_(attn.qkv.weight[i * C : (i + 1) * C] * scale)
                 if layer.bias is not None:
-                    layer.bias.copy_(attn.qkv.bias[i * C:(i + 1) * C] * scale)
+                    layer.bias.copy_(attn.qkv.bias[i * C : (i + 1) * C] * scale)
         self.proj = attn.proj
 
     def forward(self, x: Tensor, want_cls_scores: bool = False) -> tuple[Tensor, Optional[Tensor]]:
@@ -345,8 +367,7 @@ class BatchedAttention(nn.Module):
 def _to_frame_batched(model: nn.Module, frames: Optional[int]):
     # Stages 1-2 become one frame-batched module in place of `patch_embed1`; the model's own
     # forward then passes through the emptied stage-1/2 slots unchanged.
-    model.patch_embed1 = FrameConvStages(model.patch_embed1, model.blocks1, model.patch_embed2, model.blocks2,
-                                         frames)
+    model.patch_embed1 = FrameConvStages(model.patch_embed1, model.blocks1, model.patch_embed2, model.blocks2, frames)
     model.blocks1, model.patch_embed2, model.blocks2 = nn.ModuleList(), nn.Identity(), nn.ModuleList()
     _replace_3d(model)
 
@@ -361,10 +382,9 @@ def _replace_3d(module: nn.Module):
             _replace_3d(child)
 
 
-
-
-def frame_batched(model: nn.Module, frames: Optional[int] = None, per_channel_safe: bool = False,
-                  float_depthwise: bool = False) -> nn.Module:
+def frame_batched(
+    model: nn.Module, frames: Optional[int] = None, per_channel_safe: bool = False, float_depthwise: bool = False
+) -> nn.Module:
     """`deploy(model, per_channel_safe, float_depthwise)` in the frame-batched 2-D form. `frames`
     fixes the clips' frame count, which lets the stem take the clips without a transpose
     (`TimeUnrolledConv`); the form then runs on that count only. The input model is untouched."""

@@ -1,6 +1,7 @@
 """The XNNPACK form: the frame-batched form (`frame_batched`) with every LayerNorm spelled in
 ops XNNPACK runs, and the roles of its ops that XNNPACK's quantization treats apart (depthwise
 convolutions, token scores, residual adds)."""
+
 from __future__ import annotations
 
 import torch
@@ -10,8 +11,14 @@ from torch import Tensor, nn
 from ..models.uniformer import EvoSABlock, SABlock
 from .frames import FrameEmbed, ResidualAdd, frame_batched
 
-__all__ = ["LayerNormAsXnnpackOps", "xnnpack_form", "XnnpackHalf", "is_depthwise_conv", "is_token_score_op",
-           "is_residual_add"]
+__all__ = [
+    "LayerNormAsXnnpackOps",
+    "xnnpack_form",
+    "XnnpackHalf",
+    "is_depthwise_conv",
+    "is_token_score_op",
+    "is_residual_add",
+]
 
 
 class LayerNormAsXnnpackOps(nn.Module):
@@ -70,8 +77,12 @@ def xnnpack_form(model: nn.Module, frames: int, per_channel_safe: bool = False) 
 
 def is_depthwise_conv(node) -> bool:
     args = node.args
-    return node.target == torch.ops.aten.conv2d.default and len(args) > 6 and args[6] > 1 \
-        and args[6] == args[1].meta["val"].shape[0]  # groups == output channels
+    return (
+        node.target == torch.ops.aten.conv2d.default
+        and len(args) > 6
+        and args[6] > 1
+        and args[6] == args[1].meta["val"].shape[0]
+    )  # groups == output channels
 
 
 def is_token_score_op(node) -> bool:
@@ -90,8 +101,7 @@ def is_residual_add(node) -> bool:
     """An add on a block's residual stream. The export names each op's enclosing modules in
     `nn_module_stack`, innermost last."""
     stack = node.meta.get("nn_module_stack")
-    return node.target == torch.ops.aten.add.Tensor and bool(stack) and \
-        list(stack.values())[-1][1] in _RESIDUAL_OWNERS
+    return node.target == torch.ops.aten.add.Tensor and bool(stack) and list(stack.values())[-1][1] in _RESIDUAL_OWNERS
 
 
 class XnnpackHalf(nn.Module):

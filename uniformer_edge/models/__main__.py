@@ -1,4 +1,5 @@
 """`python -m uniformer_edge.models`: parameters and GMACs of a UniFormer variant."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ def build_parser() -> Parser:
     p = Parser(
         prog="python -m uniformer_edge.models",
         description="Print the parameter count and GMACs (multiply-adds of convolutions, linear layers "
-                    "and matrix products, counted once: the paper's per-view convention) of a UniFormer "
-                    "model at a given clip size.")
+        "and matrix products, counted once: the paper's per-view convention) of a UniFormer "
+        "model at a given clip size.",
+    )
     p.add_argument("--variant", default="s", help=f"registered variant: {', '.join(list_variants())} (default s)")
     p.add_argument("--config", help="official config.yaml to build the model from instead of --variant")
     p.add_argument("--checkpoint", help="checkpoint to load (checks that it fits the model)")
@@ -38,16 +40,29 @@ def main(argv=None) -> int:
         name = get_variant(args.variant).name
     if args.checkpoint:
         from .checkpoint import load_checkpoint
+
         load_checkpoint(model, args.checkpoint)
     info = model_info(model, frames=args.frames, size=args.size)
     if args.json:
-        print(json.dumps({"model": name, "class": type(model).__name__, "frames": args.frames,
-                          "size": args.size, **info.as_dict()}))
+        print(
+            json.dumps(
+                {
+                    "model": name,
+                    "class": type(model).__name__,
+                    "frames": args.frames,
+                    "size": args.size,
+                    **info.as_dict(),
+                }
+            )
+        )
     else:
         print(f"{name} ({type(model).__name__}) at {args.frames}x{args.size}x{args.size}")
         print(f"  params: {info.params / 1e6:.2f} M ({info.params:,})")
-        print(f"  GMACs:  {info.gmacs:.3f} per view (" +
-              ", ".join(f"{k} {v:.3f}" for k, v in sorted(info.gmacs_by_op.items())) + ")")
+        print(
+            f"  GMACs:  {info.gmacs:.3f} per view ("
+            + ", ".join(f"{k} {v:.3f}" for k, v in sorted(info.gmacs_by_op.items()))
+            + ")"
+        )
     return 0
 
 

@@ -4,6 +4,7 @@ checkpoints of this toolkit, and ImageNet 2-D weights inflated to 3-D.
 Files are always read with `torch.load(..., weights_only=True)`: no code is unpickled.
 Every failure is a `CheckpointError` whose message names the file and the offending keys.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,15 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 
-__all__ = ["CheckpointError", "LoadReport", "read_checkpoint_file", "read_state_dict", "checkpoint_metadata", "load_checkpoint",
-           "inflate_2d_kernel"]
+__all__ = [
+    "CheckpointError",
+    "LoadReport",
+    "read_checkpoint_file",
+    "read_state_dict",
+    "checkpoint_metadata",
+    "load_checkpoint",
+    "inflate_2d_kernel",
+]
 
 # Keys a checkpoint may nest its weights under, in the order the official loaders look.
 WRAPPER_KEYS = ("model_state", "model", "state_dict")
@@ -65,13 +73,14 @@ def _unwrap(obj, path: Path) -> dict[str, Tensor]:
     if not tensors:
         raise CheckpointError(
             f"{path}: holds no weights (top-level keys: {_listing(map(str, obj))}); expected a state dict, "
-            f"bare or under one of {', '.join(WRAPPER_KEYS)}")
+            f"bare or under one of {', '.join(WRAPPER_KEYS)}"
+        )
     if len(tensors) != len(obj):
         others = [k for k, v in obj.items() if not isinstance(v, Tensor)]
         raise CheckpointError(f"{path}: state dict has non-tensor entries: {_listing(others)}")
     for prefix in STRIP_PREFIXES:
         if all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
     return tensors
 
 
@@ -88,7 +97,8 @@ def _load_file(path: Path):
         what = f" ({found.group(1)})" if found else ""
         raise CheckpointError(
             f"{path}: holds pickled Python objects{what} besides tensors; refusing to unpickle them "
-            "(weights_only=True). Re-save its state_dict with torch.save from code you trust.") from None
+            "(weights_only=True). Re-save its state_dict with torch.save from code you trust."
+        ) from None
     except Exception as e:  # the unpickler fails in many ways on files that are not checkpoints
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
@@ -125,15 +135,18 @@ def inflate_2d_kernel(weight: Tensor, time_kernel: int) -> Tensor:
 
 def _layer_scale_hint(missing: list[str], unexpected: list[str]) -> str:
     if any(".gamma_" in k for k in unexpected):
-        return (" The checkpoint has LayerScale parameters (gamma_1/gamma_2): build the model with "
-                "layer_scale=0.1 (official class Uniformer_light_ls_fp32).")
+        return (
+            " The checkpoint has LayerScale parameters (gamma_1/gamma_2): build the model with "
+            "layer_scale=0.1 (official class Uniformer_light_ls_fp32)."
+        )
     if any(".gamma_" in k for k in missing):
         return " The model has LayerScale but the checkpoint does not: build it with layer_scale=None."
     return ""
 
 
-def load_checkpoint(model: nn.Module, path: Union[str, os.PathLike], strict: bool = True,
-                    new_head: bool = True) -> LoadReport:
+def load_checkpoint(
+    model: nn.Module, path: Union[str, os.PathLike], strict: bool = True, new_head: bool = True
+) -> LoadReport:
     """Load a checkpoint into `model`.
 
     Accepts a bare state dict or one under `model_state`, `model` or `state_dict`, with or
@@ -158,8 +171,12 @@ def load_checkpoint(model: nn.Module, path: Union[str, os.PathLike], strict: boo
             report.unexpected.append(key)
             continue
         want = target[key]
-        if value.shape != want.shape and value.ndim == 4 and want.ndim == 5 and \
-                value.shape == want.shape[:2] + want.shape[3:]:
+        if (
+            value.shape != want.shape
+            and value.ndim == 4
+            and want.ndim == 5
+            and value.shape == want.shape[:2] + want.shape[3:]
+        ):
             value = inflate_2d_kernel(value, want.shape[2])
             report.inflated.append(key)
         if value.shape == want.shape:
@@ -175,33 +192,47 @@ def load_checkpoint(model: nn.Module, path: Union[str, os.PathLike], strict: boo
 
     if report.dropped_head and not new_head:
         shapes = {k: tuple(state[k].shape) for k in report.dropped_head}
-        raise CheckpointError(f"{path}: its classifier has another class count than the model "
-                              f"({', '.join(f'{k} {v}' for k, v in shapes.items())} vs "
-                              f"{tuple(target[report.dropped_head[0]].shape)}); evaluating it would score a random "
-                              f"head (fine-tune it with `train --checkpoint`)")
+        raise CheckpointError(
+            f"{path}: its classifier has another class count than the model "
+            f"({', '.join(f'{k} {v}' for k, v in shapes.items())} vs "
+            f"{tuple(target[report.dropped_head[0]].shape)}); evaluating it would score a random "
+            f"head (fine-tune it with `train --checkpoint`)"
+        )
     if mismatched:
-        raise CheckpointError(f"{path}: {len(mismatched)} tensor(s) do not fit the model: {_listing(mismatched)}"
-                              + _layer_scale_hint(report.missing, report.unexpected))
+        raise CheckpointError(
+            f"{path}: {len(mismatched)} tensor(s) do not fit the model: {_listing(mismatched)}"
+            + _layer_scale_hint(report.missing, report.unexpected)
+        )
     if strict and (report.missing or report.unexpected):
         parts = []
         if report.missing:
             parts.append(f"missing {len(report.missing)} key(s): {_listing(report.missing)}")
         if report.unexpected:
             parts.append(f"unexpected {len(report.unexpected)} key(s): {_listing(report.unexpected)}")
-        raise CheckpointError(f"{path}: does not match the model; " + "; ".join(parts) + "."
-                              + _layer_scale_hint(report.missing, report.unexpected)
-                              + " Pass strict=False to load the matching part.")
+        raise CheckpointError(
+            f"{path}: does not match the model; "
+            + "; ".join(parts)
+            + "."
+            + _layer_scale_hint(report.missing, report.unexpected)
+            + " Pass strict=False to load the matching part."
+        )
 
     model.load_state_dict(usable, strict=False)
     report.loaded = len(usable)
     if report.dropped_head:
-        warnings.warn(f"{path}: classifier head has another class count; not loaded "
-                      f"({', '.join(report.dropped_head)}), left freshly initialised for fine-tuning",
-                      stacklevel=2)
+        warnings.warn(
+            f"{path}: classifier head has another class count; not loaded "
+            f"({', '.join(report.dropped_head)}), left freshly initialised for fine-tuning",
+            stacklevel=2,
+        )
     if report.inflated:
-        warnings.warn(f"{path}: inflated {len(report.inflated)} 2-D kernel(s) to 3-D (ImageNet initialisation)",
-                      stacklevel=2)
+        warnings.warn(
+            f"{path}: inflated {len(report.inflated)} 2-D kernel(s) to 3-D (ImageNet initialisation)", stacklevel=2
+        )
     if not strict and (report.missing or report.unexpected):
-        warnings.warn(f"{path}: loaded non-strictly; {len(report.missing)} missing and "
-                      f"{len(report.unexpected)} unexpected key(s)", stacklevel=2)
+        warnings.warn(
+            f"{path}: loaded non-strictly; {len(report.missing)} missing and "
+            f"{len(report.unexpected)} unexpected key(s)",
+            stacklevel=2,
+        )
     return report

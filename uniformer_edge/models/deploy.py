@@ -9,6 +9,7 @@ form that quantizes well per channel); the BatchNorms it keeps become plain per-
 multiply-adds (`ChannelAffine`). Runtime-specific forms built on it live in
 `uniformer_edge.forms`.
 """
+
 from __future__ import annotations
 
 import copy

@@ -4,6 +4,7 @@ GMACs follow the paper's convention: multiply-adds of convolutions, linear layer
 matrix products, each counted once (fvcore's "FLOPs"). Normalisations and element-wise
 ops are not counted.
 """
+
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,5 @@
 """Named UniFormer variants, `create_model`, and models built from official configs."""
+
 from __future__ import annotations
 
 import copy
@@ -13,8 +14,14 @@ from ..errors import InputError
 from .checkpoint import load_checkpoint, read_state_dict
 from .uniformer import DEFAULT_PRUNE_RATIO, DEFAULT_TRADE_OFF, UniFormer, UniFormerLight
 
-__all__ = ["VariantSpec", "create_model", "list_variants", "get_variant", "from_official_config",
-           "official_config_kwargs"]
+__all__ = [
+    "VariantSpec",
+    "create_model",
+    "list_variants",
+    "get_variant",
+    "from_official_config",
+    "official_config_kwargs",
+]
 
 
 @dataclass(frozen=True)
@@ -30,20 +37,41 @@ class VariantSpec:
 _XS_SCHEDULE = ([], [], [1.0] + [0.5] * 8, [0.5] * 3)
 
 _VARIANTS: dict[str, VariantSpec] = {
-    "xxs": VariantSpec("xxs", UniFormerLight,
-                       dict(embed_dim=(56, 112, 224, 448), depth=(2, 5, 8, 2), head_dim=28,
-                            mlp_ratio=(3, 3, 3, 3)),
-                       "UniFormer-XXS (Uniformer_light), 9.8 M params", (8, 160)),
-    "xs": VariantSpec("xs", UniFormerLight,
-                      dict(embed_dim=(64, 128, 256, 512), depth=(3, 5, 9, 3), head_dim=32,
-                           mlp_ratio=(3, 3, 3, 3), prune_ratio=_XS_SCHEDULE, trade_off=_XS_SCHEDULE),
-                      "UniFormer-XS (Uniformer_light_fp32), 16.1 M params", (32, 192)),
-    "s": VariantSpec("s", UniFormer,
-                     dict(embed_dim=(64, 128, 320, 512), depth=(3, 4, 8, 3), head_dim=64, mlp_ratio=4),
-                     "UniFormer-S (Uniformer), 21.4 M params", (8, 224)),
-    "b": VariantSpec("b", UniFormer,
-                     dict(embed_dim=(64, 128, 320, 512), depth=(5, 8, 20, 7), head_dim=64, mlp_ratio=4),
-                     "UniFormer-B (Uniformer), 49.8 M params", (8, 224)),
+    "xxs": VariantSpec(
+        "xxs",
+        UniFormerLight,
+        dict(embed_dim=(56, 112, 224, 448), depth=(2, 5, 8, 2), head_dim=28, mlp_ratio=(3, 3, 3, 3)),
+        "UniFormer-XXS (Uniformer_light), 9.8 M params",
+        (8, 160),
+    ),
+    "xs": VariantSpec(
+        "xs",
+        UniFormerLight,
+        dict(
+            embed_dim=(64, 128, 256, 512),
+            depth=(3, 5, 9, 3),
+            head_dim=32,
+            mlp_ratio=(3, 3, 3, 3),
+            prune_ratio=_XS_SCHEDULE,
+            trade_off=_XS_SCHEDULE,
+        ),
+        "UniFormer-XS (Uniformer_light_fp32), 16.1 M params",
+        (32, 192),
+    ),
+    "s": VariantSpec(
+        "s",
+        UniFormer,
+        dict(embed_dim=(64, 128, 320, 512), depth=(3, 4, 8, 3), head_dim=64, mlp_ratio=4),
+        "UniFormer-S (Uniformer), 21.4 M params",
+        (8, 224),
+    ),
+    "b": VariantSpec(
+        "b",
+        UniFormer,
+        dict(embed_dim=(64, 128, 320, 512), depth=(5, 8, 20, 7), head_dim=64, mlp_ratio=4),
+        "UniFormer-B (Uniformer), 49.8 M params",
+        (8, 224),
+    ),
 }
 
 
@@ -58,8 +86,14 @@ def get_variant(name: str) -> VariantSpec:
     return _VARIANTS[key]
 
 
-def create_model(name: str, num_classes: int = 400, checkpoint: Optional[Union[str, os.PathLike]] = None,
-                 strict: bool = True, new_head: bool = True, **overrides) -> nn.Module:
+def create_model(
+    name: str,
+    num_classes: int = 400,
+    checkpoint: Optional[Union[str, os.PathLike]] = None,
+    strict: bool = True,
+    new_head: bool = True,
+    **overrides,
+) -> nn.Module:
     """Build a registered variant (`list_variants()`), optionally loading a checkpoint.
 
     Keyword overrides replace the variant's constructor arguments, e.g.
@@ -87,10 +121,22 @@ _ALL_CLASSES = {"Uniformer"} | _LIGHT_CLASSES
 # The official `defaults.py` (UNIFORMER section) for the fields a config may leave out. It
 # has no INIT_VALUE: the LayerScale class reads one from every config that uses it.
 _OFFICIAL_DEFAULTS = dict(
-    EMBED_DIM=[64, 128, 320, 512], DEPTH=[3, 4, 8, 3], HEAD_DIM=64, MLP_RATIO=4, QKV_BIAS=True,
-    QKV_SCALE=None, REPRESENTATION_SIZE=None, DROPOUT_RATE=0.0, ATTENTION_DROPOUT_RATE=0.0,
-    DROP_DEPTH_RATE=0.1, PRETRAIN_NAME=None, SPLIT=False, STAGE_TYPE=[0, 0, 1, 1], STD=False,
-    PRUNE_RATIO=[list(s) for s in DEFAULT_PRUNE_RATIO], TRADE_OFF=[list(s) for s in DEFAULT_TRADE_OFF],
+    EMBED_DIM=[64, 128, 320, 512],
+    DEPTH=[3, 4, 8, 3],
+    HEAD_DIM=64,
+    MLP_RATIO=4,
+    QKV_BIAS=True,
+    QKV_SCALE=None,
+    REPRESENTATION_SIZE=None,
+    DROPOUT_RATE=0.0,
+    ATTENTION_DROPOUT_RATE=0.0,
+    DROP_DEPTH_RATE=0.1,
+    PRETRAIN_NAME=None,
+    SPLIT=False,
+    STAGE_TYPE=[0, 0, 1, 1],
+    STD=False,
+    PRUNE_RATIO=[list(s) for s in DEFAULT_PRUNE_RATIO],
+    TRADE_OFF=[list(s) for s in DEFAULT_TRADE_OFF],
 )
 # Keys released configs carry beyond the defaults; none changes the inference graph.
 _KNOWN_EXTRAS = {"INIT_VALUE", "HEAD_DROPOUT_RATE"}
@@ -121,8 +167,10 @@ def _scalar_mlp_ratio(ratio, where: str) -> float:
         return float(ratio)
     if len(ratio) == 4 and len({float(r) for r in ratio}) == 1:
         return float(ratio[0])
-    raise InputError(f"{where}: the Uniformer class takes one MLP ratio for every stage; UNIFORMER.MLP_RATIO "
-                     f"{list(ratio)} has different values (the official class cannot build it either)")
+    raise InputError(
+        f"{where}: the Uniformer class takes one MLP ratio for every stage; UNIFORMER.MLP_RATIO "
+        f"{list(ratio)} has different values (the official class cannot build it either)"
+    )
 
 
 def official_config_kwargs(cfg: Union[Mapping[str, Any], str, os.PathLike]) -> tuple[type, dict]:
@@ -136,33 +184,44 @@ def official_config_kwargs(cfg: Union[Mapping[str, Any], str, os.PathLike]) -> t
     uni = {**_OFFICIAL_DEFAULTS, **given}
     name = model_sec.get("MODEL_NAME")
     if name is None:
-        raise InputError(f"{where}: MODEL.MODEL_NAME is missing; it names the class "
-                         f"({', '.join(sorted(_ALL_CLASSES))})")
+        raise InputError(
+            f"{where}: MODEL.MODEL_NAME is missing; it names the class ({', '.join(sorted(_ALL_CLASSES))})"
+        )
     if name not in _ALL_CLASSES:
-        raise InputError(f"{where}: MODEL.MODEL_NAME {name!r} is not a UniFormer video class "
-                         f"({', '.join(sorted(_ALL_CLASSES))})")
+        raise InputError(
+            f"{where}: MODEL.MODEL_NAME {name!r} is not a UniFormer video class ({', '.join(sorted(_ALL_CLASSES))})"
+        )
     unknown = sorted(set(given) - set(_OFFICIAL_DEFAULTS) - _KNOWN_EXTRAS)
     if unknown:
-        warnings.warn(f"{where}: ignoring UNIFORMER key(s) this toolkit does not know: {', '.join(unknown)}",
-                      stacklevel=3)
+        warnings.warn(
+            f"{where}: ignoring UNIFORMER key(s) this toolkit does not know: {', '.join(unknown)}", stacklevel=3
+        )
     channels = (cfg.get("DATA") or {}).get("INPUT_CHANNEL_NUM", [3])
     first = channels[0] if isinstance(channels, (list, tuple)) and channels else channels
     if first != 3:
-        raise InputError(f"{where}: DATA.INPUT_CHANNEL_NUM {channels} asks for {first} input channels; "
-                         f"UniFormer models here take RGB clips (3 channels)")
+        raise InputError(
+            f"{where}: DATA.INPUT_CHANNEL_NUM {channels} asks for {first} input channels; "
+            f"UniFormer models here take RGB clips (3 channels)"
+        )
     reads_std = name in _READS_STD_AND_SPLIT
     if uni["SPLIT"] and reads_std:
-        raise InputError(f"{where}: UNIFORMER.SPLIT=True (split attention) is not supported; "
-                         "no released checkpoint uses it")
+        raise InputError(
+            f"{where}: UNIFORMER.SPLIT=True (split attention) is not supported; no released checkpoint uses it"
+        )
     if uni["STAGE_TYPE"] != [0, 0, 1, 1]:
         raise InputError(f"{where}: UNIFORMER.STAGE_TYPE {uni['STAGE_TYPE']} is not the released layout [0, 0, 1, 1]")
     kwargs = dict(
-        embed_dim=list(uni["EMBED_DIM"]), depth=list(uni["DEPTH"]), head_dim=int(uni["HEAD_DIM"]),
-        qkv_bias=bool(uni["QKV_BIAS"]), qk_scale=uni["QKV_SCALE"] or None,
+        embed_dim=list(uni["EMBED_DIM"]),
+        depth=list(uni["DEPTH"]),
+        head_dim=int(uni["HEAD_DIM"]),
+        qkv_bias=bool(uni["QKV_BIAS"]),
+        qk_scale=uni["QKV_SCALE"] or None,
         representation_size=uni["REPRESENTATION_SIZE"] or None,
         num_classes=int(model_sec.get("NUM_CLASSES", 400)),
-        drop_rate=float(uni["DROPOUT_RATE"]), attn_drop_rate=float(uni["ATTENTION_DROPOUT_RATE"]),
-        drop_path_rate=float(uni["DROP_DEPTH_RATE"]), std_patch=bool(uni["STD"]) and reads_std,
+        drop_rate=float(uni["DROPOUT_RATE"]),
+        attn_drop_rate=float(uni["ATTENTION_DROPOUT_RATE"]),
+        drop_path_rate=float(uni["DROP_DEPTH_RATE"]),
+        std_patch=bool(uni["STD"]) and reads_std,
     )
     ratio = uni["MLP_RATIO"]
     if name == "Uniformer":
@@ -170,8 +229,10 @@ def official_config_kwargs(cfg: Union[Mapping[str, Any], str, os.PathLike]) -> t
     layer_scale = None
     if name == "Uniformer_light_ls_fp32":
         if "INIT_VALUE" not in given:
-            raise InputError(f"{where}: Uniformer_light_ls_fp32 needs UNIFORMER.INIT_VALUE (the LayerScale "
-                             f"initial value; the official defaults have none, released configs use 0.1)")
+            raise InputError(
+                f"{where}: Uniformer_light_ls_fp32 needs UNIFORMER.INIT_VALUE (the LayerScale "
+                f"initial value; the official defaults have none, released configs use 0.1)"
+            )
         layer_scale = float(given["INIT_VALUE"])
     kwargs.update(
         mlp_ratio=list(ratio) if isinstance(ratio, (list, tuple)) else [ratio] * 4,

@@ -9,6 +9,7 @@ Unlike the official light model, which keeps token scores in module-level global
 scores here travel through the blocks as explicit tensors: the forward pass is pure,
 thread-safe and exportable with static shapes.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -109,14 +110,21 @@ class Attention(nn.Module):
     """Multi-head self-attention with explicit matrix products (no fused SDPA), so that both
     attention matmuls stay visible to quantizers and exporters."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True,
-                 qk_scale: Optional[float] = None, attn_drop: float = 0.0, proj_drop: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        qk_scale: Optional[float] = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
         super().__init__()
         if dim % num_heads:
             raise InputError(f"attention width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         head_width = dim // num_heads
-        self.scale = qk_scale or head_width ** -0.5
+        self.scale = qk_scale or head_width**-0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
@@ -171,8 +179,9 @@ class CBlock(nn.Module):
     """Local MHRA block: dynamic position embedding, then BN -> PW -> DW 5x5x5 -> PW, then a
     1x1x1-conv MLP."""
 
-    def __init__(self, dim: int, mlp_ratio: float, drop: float = 0.0, drop_path: float = 0.0,
-                 layer_scale: Optional[float] = None):
+    def __init__(
+        self, dim: int, mlp_ratio: float, drop: float = 0.0, drop_path: float = 0.0, layer_scale: Optional[float] = None
+    ):
         super().__init__()
         if layer_scale is not None:  # registered first: official key order
             self.gamma_1 = nn.Parameter(torch.full((1, dim, 1, 1, 1), float(layer_scale)))
@@ -199,9 +208,18 @@ class CBlock(nn.Module):
 class SABlock(nn.Module):
     """Global MHRA block: dynamic position embedding, then joint spatio-temporal attention."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool = True,
-                 qk_scale: Optional[float] = None, drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: float = 0.0, layer_scale: Optional[float] = None):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool = True,
+        qk_scale: Optional[float] = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        layer_scale: Optional[float] = None,
+    ):
         super().__init__()
         if layer_scale is not None:
             self.gamma_1 = nn.Parameter(torch.full((dim,), float(layer_scale)))
@@ -237,8 +255,17 @@ class EvoSABlock(SABlock):
     prunes (`track_scores=False`).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, prune_ratio: float,
-                 trade_off: float, pool_scores: bool = False, track_scores: bool = True, **kwargs):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        prune_ratio: float,
+        trade_off: float,
+        pool_scores: bool = False,
+        track_scores: bool = True,
+        **kwargs,
+    ):
         super().__init__(dim, num_heads, mlp_ratio, **kwargs)
         self.prune_ratio = float(prune_ratio)
         self.trade_off = float(trade_off)
@@ -293,7 +320,7 @@ class EvoSABlock(SABlock):
         z = z + m
         # Dropped tokens receive the representative's update (both branches, before residuals).
         dropped = dropped + a[:, -1:] + m[:, -1:]
-        sorted_tokens = torch.cat([z[:, 1:keep + 1], dropped], dim=1)
+        sorted_tokens = torch.cat([z[:, 1 : keep + 1], dropped], dim=1)
         tokens = _permute_tokens(sorted_tokens, _inverse_order(flat_order))
 
         if want_scores:
@@ -312,7 +339,7 @@ class EvoSABlock(SABlock):
         that runtimes without 5-D pooling can run it, with tensors of rank <= 5 (Core ML)."""
         B, _, T, H, W = shape
         Ho, Wo = H // 2, W // 2
-        grid = scores.reshape(B, T, H, W)[:, :, :2 * Ho, :2 * Wo]
+        grid = scores.reshape(B, T, H, W)[:, :, : 2 * Ho, : 2 * Wo]
         pooled = grid.reshape(B * T, Ho, 2, Wo, 2).mean(dim=(2, 4)).reshape(B, -1)
         return pooled * total / pooled.sum(dim=1, keepdim=True)
 
@@ -321,7 +348,7 @@ def _stage_rates(drop_path_rate: float, depth: Sequence[int]) -> list[list[float
     rates = torch.linspace(0, drop_path_rate, sum(depth)).tolist()
     out, start = [], 0
     for d in depth:
-        out.append(rates[start:start + d])
+        out.append(rates[start : start + d])
         start += d
     return out
 
@@ -376,16 +403,29 @@ class _Backbone(nn.Module):
 class UniFormer(_Backbone):
     """Official video `Uniformer` (variants S and B)."""
 
-    def __init__(self, embed_dim: Sequence[int] = (64, 128, 320, 512), depth: Sequence[int] = (3, 4, 8, 3),
-                 head_dim: int = 64, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 num_classes: int = 400, in_chans: int = 3, qk_scale: Optional[float] = None,
-                 representation_size: Optional[int] = None, drop_rate: float = 0.0,
-                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, std_patch: bool = False):
+    def __init__(
+        self,
+        embed_dim: Sequence[int] = (64, 128, 320, 512),
+        depth: Sequence[int] = (3, 4, 8, 3),
+        head_dim: int = 64,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        num_classes: int = 400,
+        in_chans: int = 3,
+        qk_scale: Optional[float] = None,
+        representation_size: Optional[int] = None,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        std_patch: bool = False,
+    ):
         super().__init__()
         embed_dim, depth = _check_four("embed_dim", embed_dim), _check_four("depth", depth)
         if isinstance(mlp_ratio, (list, tuple)):
-            raise InputError("Uniformer takes one scalar mlp_ratio for every stage "
-                             f"(got {list(mlp_ratio)}); per-stage ratios exist only in the light models")
+            raise InputError(
+                "Uniformer takes one scalar mlp_ratio for every stage "
+                f"(got {list(mlp_ratio)}); per-stage ratios exist only in the light models"
+            )
         self.embed_dim, self.depth = embed_dim, depth
         self.patch_embed1 = PatchEmbed(in_chans, embed_dim[0], (3, 4, 4), (2, 4, 4), (1, 0, 0))
         k, p = ((3, 2, 2), (1, 0, 0)) if std_patch else ((1, 2, 2), 0)
@@ -400,18 +440,24 @@ class UniFormer(_Backbone):
         self.blocks2 = nn.ModuleList(CBlock(embed_dim[1], mlp_ratio, drop_rate, r) for r in rates[1])
         self.blocks3 = nn.ModuleList(
             SABlock(embed_dim[2], heads[2], mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, r)
-            for r in rates[2])
+            for r in rates[2]
+        )
         self.blocks4 = nn.ModuleList(
             SABlock(embed_dim[3], heads[3], mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, r)
-            for r in rates[3])
+            for r in rates[3]
+        )
         feat = self._init_head(embed_dim[3], num_classes, representation_size)
         self.head = nn.Linear(feat, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.pos_drop(self.patch_embed1(self._clip(x)))
-        for stage, embed in ((self.blocks1, None), (self.blocks2, self.patch_embed2),
-                             (self.blocks3, self.patch_embed3), (self.blocks4, self.patch_embed4)):
+        for stage, embed in (
+            (self.blocks1, None),
+            (self.blocks2, self.patch_embed2),
+            (self.blocks3, self.patch_embed3),
+            (self.blocks4, self.patch_embed4),
+        ):
             if embed is not None:
                 x = embed(x)
             for blk in stage:
@@ -431,14 +477,25 @@ class UniFormerLight(_Backbone):
     eval mode it returns the logits of the main head.
     """
 
-    def __init__(self, embed_dim: Sequence[int] = (56, 112, 224, 448), depth: Sequence[int] = (2, 5, 8, 2),
-                 head_dim: int = 28, mlp_ratio: Sequence[float] = (3, 3, 3, 3),
-                 prune_ratio: Sequence[Sequence[float]] = DEFAULT_PRUNE_RATIO,
-                 trade_off: Sequence[Sequence[float]] = DEFAULT_TRADE_OFF,
-                 num_classes: int = 400, layer_scale: Optional[float] = None, in_chans: int = 3,
-                 qkv_bias: bool = True, qk_scale: Optional[float] = None,
-                 representation_size: Optional[int] = None, drop_rate: float = 0.0,
-                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, std_patch: bool = False):
+    def __init__(
+        self,
+        embed_dim: Sequence[int] = (56, 112, 224, 448),
+        depth: Sequence[int] = (2, 5, 8, 2),
+        head_dim: int = 28,
+        mlp_ratio: Sequence[float] = (3, 3, 3, 3),
+        prune_ratio: Sequence[Sequence[float]] = DEFAULT_PRUNE_RATIO,
+        trade_off: Sequence[Sequence[float]] = DEFAULT_TRADE_OFF,
+        num_classes: int = 400,
+        layer_scale: Optional[float] = None,
+        in_chans: int = 3,
+        qkv_bias: bool = True,
+        qk_scale: Optional[float] = None,
+        representation_size: Optional[int] = None,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        std_patch: bool = False,
+    ):
         super().__init__()
         embed_dim, depth = _check_four("embed_dim", embed_dim), _check_four("depth", depth)
         if not isinstance(mlp_ratio, (list, tuple)):
@@ -470,18 +527,37 @@ class UniFormerLight(_Backbone):
         self.blocks2 = nn.ModuleList(CBlock(embed_dim[1], ratios[1], drop_rate, r, layer_scale) for r in rates[1])
         # A block tracks scores only when some later block prunes with them.
         schedule = stage3_ratio + stage4_ratio
-        later_prunes = [any(r < 1 for r in schedule[i + 1:]) for i in range(len(schedule))]
-        common = dict(qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate,
-                      layer_scale=layer_scale)
+        later_prunes = [any(r < 1 for r in schedule[i + 1 :]) for i in range(len(schedule))]
+        common = dict(
+            qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate, layer_scale=layer_scale
+        )
         self.blocks3 = nn.ModuleList(
-            EvoSABlock(embed_dim[2], heads[2], ratios[2], stage3_ratio[i], stage3_lam[i],
-                       pool_scores=(i == depth[2] - 1), track_scores=later_prunes[i],
-                       drop_path=rates[2][i], **common)
-            for i in range(depth[2]))
+            EvoSABlock(
+                embed_dim[2],
+                heads[2],
+                ratios[2],
+                stage3_ratio[i],
+                stage3_lam[i],
+                pool_scores=(i == depth[2] - 1),
+                track_scores=later_prunes[i],
+                drop_path=rates[2][i],
+                **common,
+            )
+            for i in range(depth[2])
+        )
         self.blocks4 = nn.ModuleList(
-            EvoSABlock(embed_dim[3], heads[3], ratios[3], stage4_ratio[i], stage4_lam[i],
-                       track_scores=later_prunes[depth[2] + i], drop_path=rates[3][i], **common)
-            for i in range(depth[3]))
+            EvoSABlock(
+                embed_dim[3],
+                heads[3],
+                ratios[3],
+                stage4_ratio[i],
+                stage4_lam[i],
+                track_scores=later_prunes[depth[2] + i],
+                drop_path=rates[3][i],
+                **common,
+            )
+            for i in range(depth[3])
+        )
         feat = self._init_head(embed_dim[3], num_classes, representation_size)
         self.norm_cls = nn.LayerNorm(embed_dim[3])
         self.head = nn.Linear(feat, num_classes) if num_classes > 0 else nn.Identity()
@@ -501,11 +577,14 @@ class UniFormerLight(_Backbone):
         if any(not 0 < r <= 1 for r in stage3 + stage4):
             raise InputError(f"prune ratios must lie in (0, 1], got {stage3} and {stage4}")
         if stage3 and stage3[0] < 1:
-            raise InputError("the first stage-3 block must not prune (prune_ratio 1): "
-                             "there are no token scores before it")
+            raise InputError(
+                "the first stage-3 block must not prune (prune_ratio 1): there are no token scores before it"
+            )
         if stage3 and stage3[-1] >= 1 and any(r < 1 for r in stage4):
-            raise InputError("stage-4 blocks can prune only if the last stage-3 block prunes: "
-                             "its pooling maps the scores onto the stage-4 grid")
+            raise InputError(
+                "stage-4 blocks can prune only if the last stage-3 block prunes: "
+                "its pooling maps the scores onto the stage-4 grid"
+            )
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = self.pos_drop(self.patch_embed1(self._clip(x)))

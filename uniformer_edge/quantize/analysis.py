@@ -5,6 +5,7 @@ quantizer that uses the observer's quantization parameters. With all switches of
 is the float deploy model; with all on it computes what the converted int8 graph computes.
 Layers can then be quantized or left float one at a time without re-calibrating.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,10 +41,12 @@ class _SwitchableFakeQuant(nn.Module):
         if not self.enabled or self.dynamic:
             return x
         if self.per_channel:
-            return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, self.ch_axis,
-                                                          self.quant_min, self.quant_max)
-        return torch.fake_quantize_per_tensor_affine(x, self.scale.item(), int(self.zero_point.item()),
-                                                     self.quant_min, self.quant_max)
+            return torch.fake_quantize_per_channel_affine(
+                x, self.scale, self.zero_point, self.ch_axis, self.quant_min, self.quant_max
+            )
+        return torch.fake_quantize_per_tensor_affine(
+            x, self.scale.item(), int(self.zero_point.item()), self.quant_min, self.quant_max
+        )
 
 
 class SwitchableQuantGraph:
@@ -93,8 +96,9 @@ def _score(graph: SwitchableQuantGraph, clips: Tensor, labels: Optional[Tensor],
     return result
 
 
-def sensitivity(graph: SwitchableQuantGraph, clips: Tensor, labels: Optional[Tensor] = None,
-                progress: bool = True) -> list[LayerSensitivity]:
+def sensitivity(
+    graph: SwitchableQuantGraph, clips: Tensor, labels: Optional[Tensor] = None, progress: bool = True
+) -> list[LayerSensitivity]:
     """For every layer: agreement with float (and top-1) when only it is quantized, and when
     only it is left float."""
     graph.set_quantized([])
@@ -115,7 +119,9 @@ def _block_outputs(gm: GraphModule) -> dict[str, torch.fx.Node]:
     for node in gm.graph.nodes:
         for name in module_path(node):
             parts = name.split(".")
-            if (parts[0].startswith("blocks") and len(parts) == 2) or (parts[0].startswith("patch_embed") and len(parts) == 1):
+            if (parts[0].startswith("blocks") and len(parts) == 2) or (
+                parts[0].startswith("patch_embed") and len(parts) == 1
+            ):
                 last[name] = node
     return last
 
@@ -143,17 +149,26 @@ def block_sqnr(graph: SwitchableQuantGraph, clips: Tensor) -> dict[str, float]:
     graph.set_quantized(None)
     quant = _Recorder(graph.module, wanted)
     quant.run(clips)
-    return {name: agreement(ref.values[name].flatten(1), quant.values[name].flatten(1))["sqnr_db"]
-            for name in wanted if name in ref.values and name in quant.values}
+    return {
+        name: agreement(ref.values[name].flatten(1), quant.values[name].flatten(1))["sqnr_db"]
+        for name in wanted
+        if name in ref.values and name in quant.values
+    }
 
 
-def choose_float_layers(graph: SwitchableQuantGraph, rows: list[LayerSensitivity],
-                        evaluate: Callable[[], float], baseline: float, max_drop: float,
-                        progress: bool = True) -> tuple[list[str], float]:
+def choose_float_layers(
+    graph: SwitchableQuantGraph,
+    rows: list[LayerSensitivity],
+    evaluate: Callable[[], float],
+    baseline: float,
+    max_drop: float,
+    progress: bool = True,
+) -> tuple[list[str], float]:
     """Greedy mixed precision: leave float, most sensitive first, the fewest layers for which
     `baseline - evaluate()` (top-1 points) is at most `max_drop`. Returns (layers, final score)."""
-    ranked = sorted(rows, key=lambda r: (-r.only_float.get("top1", r.only_float["top1_agreement"]),
-                                         -r.only_float["sqnr_db"]))
+    ranked = sorted(
+        rows, key=lambda r: (-r.only_float.get("top1", r.only_float["top1_agreement"]), -r.only_float["sqnr_db"])
+    )
     kept: list[str] = []
     graph.set_quantized(None)
     score = evaluate()

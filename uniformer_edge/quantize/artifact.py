@@ -10,6 +10,7 @@ second read of the file that could differ from what was checked). The SHA-256 re
 `quant_config.json` is verified too, which catches damaged or swapped files; it is no defence
 against whoever hands over the folder (they can rewrite both), the inspection is.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,8 +27,16 @@ from torch.export import ExportedProgram
 from ..errors import InputError
 
 
-__all__ = ["PROGRAM_FILE", "CONFIG_FILE", "ArtifactError", "read_quantize_config", "check_program_archive",
-           "verify_program", "load_program", "load_quantized"]
+__all__ = [
+    "PROGRAM_FILE",
+    "CONFIG_FILE",
+    "ArtifactError",
+    "read_quantize_config",
+    "check_program_archive",
+    "verify_program",
+    "load_program",
+    "load_quantized",
+]
 
 PROGRAM_FILE, CONFIG_FILE = "quantized.pt2", "quant_config.json"
 _REQUIRED_KEYS = ("variant", "method", "quant_config", "job", "input_shape", "num_classes", "program_sha256")
@@ -46,7 +55,9 @@ def read_quantize_config(folder) -> dict:
     path, program = folder / CONFIG_FILE, folder / PROGRAM_FILE
     for p in (path, program):
         if not p.is_file():
-            raise FileNotFoundError(f"{folder} has no {p.name}: is it the output of `python -m uniformer_edge.quantize`?")
+            raise FileNotFoundError(
+                f"{folder} has no {p.name}: is it the output of `python -m uniformer_edge.quantize`?"
+            )
     try:
         cfg = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -84,8 +95,9 @@ def load_program(path, sha256: Optional[str] = None) -> ExportedProgram:
     try:
         program = torch.export.load(io.BytesIO(data))
     except Exception as err:  # a malformed archive: torch's own message, on one line
-        raise ArtifactError(f"{path} cannot be loaded as a program: {type(err).__name__}: "
-                            f"{' '.join(str(err).split())[:300]}") from None
+        raise ArtifactError(
+            f"{path} cannot be loaded as a program: {type(err).__name__}: {' '.join(str(err).split())[:300]}"
+        ) from None
     _check_loaded_targets(program, path)
     return program
 
@@ -102,28 +114,99 @@ def verify_program(path, sha256: Optional[str] = None) -> bytes:
 
         digest = hashlib.sha256(data).hexdigest()
         if digest != sha256:
-            raise ArtifactError(f"{path} does not match the SHA-256 recorded beside it ({digest[:12]}..., recorded "
-                                f"{str(sha256)[:12]}...): it was modified after quantization")
+            raise ArtifactError(
+                f"{path} does not match the SHA-256 recorded beside it ({digest[:12]}..., recorded "
+                f"{str(sha256)[:12]}...): it was modified after quantization"
+            )
     check_program_archive(data, path)
     return data
 
 
 # -- inspection ----------------------------------------------------------------------------
-_FIXED_ENTRIES = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id",
-                  "models/model.json", "data/weights/model_weights_config.json",
-                  "data/constants/model_constants_config.json", "data/sample_inputs/model.pt"}
+_FIXED_ENTRIES = {
+    "archive_format",
+    "archive_version",
+    "byteorder",
+    ".data/version",
+    ".data/serialization_id",
+    "models/model.json",
+    "data/weights/model_weights_config.json",
+    "data/constants/model_constants_config.json",
+    "data/sample_inputs/model.pt",
+}
 _PAYLOAD = {"data/weights/": re.compile(r"weight_\d+"), "data/constants/": re.compile(r"tensor_\d+")}
-_OPERATOR_TARGETS = {"getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pow", "eq", "ne", "lt",
-                     "le", "gt", "ge", "and_", "or_", "not_"}
+_OPERATOR_TARGETS = {
+    "getitem",
+    "add",
+    "sub",
+    "mul",
+    "floordiv",
+    "truediv",
+    "mod",
+    "neg",
+    "pow",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "and_",
+    "or_",
+    "not_",
+}
 _TARGET = re.compile(r"torch\.ops\.[A-Za-z_]\w*\.[A-Za-z_]\w*(\.[A-Za-z_]\w*)?")
 # Symbolic-shape expressions are parsed by sympy.sympify, i.e. eval: allow sympy's arithmetic on
 # shape symbols and nothing that could name a Python object.
 _EXPR_TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d+)?)|('[a-z]+\d*')|([A-Za-z_]\w*)|(\*\*|[-+*/(),=<>%]))")
-_EXPR_NAMES = {"Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "floor", "ceiling", "Eq", "Ne", "Lt",
-               "Le", "Gt", "Ge", "And", "Or", "Not", "positive", "integer", "nonnegative", "real", "finite",
-               "True", "False", "oo", "Max", "Min", "Mod", "Abs", "FloorDiv", "CeilDiv", "CleanDiv", "PythonMod",
-               "ModularIndexing", "Where", "FloorToInt", "CeilToInt", "TruncToInt", "IntTrueDiv", "FloatTrueDiv",
-               "PowByNatural", "LShift", "RShift", "ToFloat", "Identity"}
+_EXPR_NAMES = {
+    "Symbol",
+    "Integer",
+    "Rational",
+    "Float",
+    "Add",
+    "Mul",
+    "Pow",
+    "floor",
+    "ceiling",
+    "Eq",
+    "Ne",
+    "Lt",
+    "Le",
+    "Gt",
+    "Ge",
+    "And",
+    "Or",
+    "Not",
+    "positive",
+    "integer",
+    "nonnegative",
+    "real",
+    "finite",
+    "True",
+    "False",
+    "oo",
+    "Max",
+    "Min",
+    "Mod",
+    "Abs",
+    "FloorDiv",
+    "CeilDiv",
+    "CleanDiv",
+    "PythonMod",
+    "ModularIndexing",
+    "Where",
+    "FloorToInt",
+    "CeilToInt",
+    "TruncToInt",
+    "IntTrueDiv",
+    "FloatTrueDiv",
+    "PowByNatural",
+    "LShift",
+    "RShift",
+    "ToFloat",
+    "Identity",
+}
 _SYMBOL = re.compile(r"[a-z]+\d+")
 
 
@@ -139,11 +222,12 @@ def check_program_archive(data: bytes, name="program") -> None:
     if len(roots) != 1 or any("/" not in e for e in entries):
         raise ArtifactError(f"{name} is not a torch.export archive (entries under one folder expected)")
     root = roots.pop() + "/"
-    files = {e[len(root):] for e in entries}
+    files = {e[len(root) :] for e in entries}
 
     def refuse(entry: str, why: str):
-        raise ArtifactError(f"{name}: refusing entry {entry!r}: {why}; a program file is code, load only "
-                            f"programs you made or trust")
+        raise ArtifactError(
+            f"{name}: refusing entry {entry!r}: {why}; a program file is code, load only programs you made or trust"
+        )
 
     for entry in sorted(files):
         folder, _, base = entry.rpartition("/")
@@ -154,15 +238,21 @@ def check_program_archive(data: bytes, name="program") -> None:
         if base.startswith(("custom_obj_", "opaque_obj_")):
             refuse(entry, "object constants are unpickled on load")
         refuse(entry, "not part of a plain exported program (expected only its graph, weight and constant tensors)")
-    for required in ("archive_format", "models/model.json", "data/weights/model_weights_config.json",
-                     "data/constants/model_constants_config.json"):
+    for required in (
+        "archive_format",
+        "models/model.json",
+        "data/weights/model_weights_config.json",
+        "data/constants/model_constants_config.json",
+    ):
         if required not in files:
             raise ArtifactError(f"{name}: archive has no {required}")
     read = lambda entry: archive.read(root + entry)  # noqa: E731
     if read("archive_format") != b"pt2":
         raise ArtifactError(f"{name}: archive_format is not pt2")
-    for kind, config_entry in (("weights", "data/weights/model_weights_config.json"),
-                               ("constants", "data/constants/model_constants_config.json")):
+    for kind, config_entry in (
+        ("weights", "data/weights/model_weights_config.json"),
+        ("constants", "data/constants/model_constants_config.json"),
+    ):
         config = _json(read(config_entry), name, config_entry).get("config")
         if not isinstance(config, dict):
             raise ArtifactError(f"{name}: {config_entry} has no config mapping")
@@ -171,11 +261,17 @@ def check_program_archive(data: bytes, name="program") -> None:
             if not isinstance(meta, dict):
                 raise ArtifactError(f"{name}: {config_entry} entry {fqn!r} is not an object")
             if meta.get("use_pickle"):
-                refuse(f"data/{kind}/{meta.get('path_name')} ({fqn})", "marked use_pickle: torch would unpickle it "
-                       "with weights_only=False")
+                refuse(
+                    f"data/{kind}/{meta.get('path_name')} ({fqn})",
+                    "marked use_pickle: torch would unpickle it with weights_only=False",
+                )
             path_name = meta.get("path_name")
-            if not isinstance(path_name, str) or not pattern.fullmatch(path_name) \
-                    or f"data/{kind}/{path_name}" not in files or meta.get("tensor_meta") is None:
+            if (
+                not isinstance(path_name, str)
+                or not pattern.fullmatch(path_name)
+                or f"data/{kind}/{path_name}" not in files
+                or meta.get("tensor_meta") is None
+            ):
                 raise ArtifactError(f"{name}: {config_entry} entry {fqn!r} names no tensor payload of this archive")
     if "data/sample_inputs/model.pt" in files:
         _check_sample_inputs(read("data/sample_inputs/model.pt"), name)
@@ -198,9 +294,11 @@ def _check_sample_inputs(raw: bytes, name) -> None:
     try:
         value = torch.load(io.BytesIO(raw), weights_only=True)
     except Exception as err:
-        raise ArtifactError(f"{name}: refusing entry 'data/sample_inputs/model.pt': it does not load as plain "
-                            f"tensors ({type(err).__name__}), and torch would retry it with weights_only=False; "
-                            f"a program file is code, load only programs you made or trust") from None
+        raise ArtifactError(
+            f"{name}: refusing entry 'data/sample_inputs/model.pt': it does not load as plain "
+            f"tensors ({type(err).__name__}), and torch would retry it with weights_only=False; "
+            f"a program file is code, load only programs you made or trust"
+        ) from None
     if not isinstance(value, (tuple, dict)):
         raise ArtifactError(f"{name}: data/sample_inputs/model.pt holds a {type(value).__name__}")
 
@@ -213,11 +311,15 @@ def _check_graph(model: dict, name, refuse) -> None:
         raise ArtifactError(f"{name}: models/model.json has no graph")
     for node in module["graph"].get("nodes", []):
         target = node.get("target") if isinstance(node, dict) else None
-        ok = isinstance(target, str) and (_TARGET.fullmatch(target) or (
-            target.startswith("_operator.") and target[len("_operator."):] in _OPERATOR_TARGETS))
+        ok = isinstance(target, str) and (
+            _TARGET.fullmatch(target)
+            or (target.startswith("_operator.") and target[len("_operator.") :] in _OPERATOR_TARGETS)
+        )
         if not ok:
-            refuse(f"models/model.json: node {node.get('name') if isinstance(node, dict) else node!r}",
-                   f"its target {target!r} is not an ATen or torch.ops operator")
+            refuse(
+                f"models/model.json: node {node.get('name') if isinstance(node, dict) else node!r}",
+                f"its target {target!r} is not an ATen or torch.ops operator",
+            )
 
     def walk(value: Any):
         if isinstance(value, dict):
@@ -255,9 +357,9 @@ def _check_loaded_targets(program: ExportedProgram, path) -> None:
     a string target resolved to."""
     allowed = {getattr(operator, n) for n in _OPERATOR_TARGETS}
     for node in program.graph.nodes:
-        if node.op == "call_function" and not (isinstance(node.target, (torch._ops.OpOverload,
-                                                                        torch._ops.OpOverloadPacket))
-                                               or node.target in allowed):
+        if node.op == "call_function" and not (
+            isinstance(node.target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)) or node.target in allowed
+        ):
             raise ArtifactError(f"{path}: node {node.name} calls {node.target!r}, not an operator")
         if node.op in ("call_module", "call_method"):
             raise ArtifactError(f"{path}: node {node.name} is a {node.op}, which exported programs do not hold")

@@ -1,4 +1,5 @@
 """Quantization configuration: one small dataclass that says what is quantized and how."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -9,10 +10,10 @@ __all__ = ["QuantConfig", "RECIPES", "OBSERVERS", "QUANTIZABLE_OPS"]
 
 # recipe -> (weight bits, activations: "static" | "dynamic" | None)
 RECIPES = {
-    "w8a8": (8, "static"),    # int8 weights per channel, int8 activations calibrated per tensor
-    "w8": (8, None),          # weight-only int8 per channel
-    "w4": (4, None),          # weight-only int4 per channel
-    "w4a8": (4, "static"),    # int4 weights, int8 activations: the low-bit QAT setting
+    "w8a8": (8, "static"),  # int8 weights per channel, int8 activations calibrated per tensor
+    "w8": (8, None),  # weight-only int8 per channel
+    "w4": (4, None),  # weight-only int4 per channel
+    "w4a8": (4, "static"),  # int4 weights, int8 activations: the low-bit QAT setting
     "dynamic": (8, "dynamic"),  # int8 weights, linear-layer activations quantized at run time
 }
 # Range estimation for activations. `mse` searches the clipping range that minimises the

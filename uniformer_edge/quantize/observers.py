@@ -1,4 +1,5 @@
 """Activation range observers beyond torchao's stock ones."""
+
 from __future__ import annotations
 
 import torch
@@ -26,5 +27,6 @@ class PercentileObserver(HistogramObserver):
         high = int(torch.searchsorted(cdf, torch.tensor(1.0 - tail)))
         new_min = self.min_val + width * low
         new_max = self.min_val + width * (high + 1)
-        return self._calculate_qparams(torch.minimum(new_min, torch.zeros_like(new_min)),
-                                       torch.maximum(new_max, torch.zeros_like(new_max)))
+        return self._calculate_qparams(
+            torch.minimum(new_min, torch.zeros_like(new_min)), torch.maximum(new_max, torch.zeros_like(new_max))
+        )

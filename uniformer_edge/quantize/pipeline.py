@@ -1,6 +1,7 @@
 """The quantization job behind `python -m uniformer_edge.quantize`: build the model and data,
 quantize (PTQ or QAT), compare with the float model and write the artifacts atomically:
 `quantized.pt2`, `quant_config.json`, `report.json`, `report.md`."""
+
 from __future__ import annotations
 
 import copy
@@ -58,8 +59,8 @@ class QuantizeJob:
     max_drop: Optional[float] = None
     analysis_clips: int = 32
     model_overrides: dict = field(default_factory=dict)  # constructor arguments, e.g. for small test models
-    resume: bool = False                  # QAT: continue from <out>.qat-state.pth
-    stop_after: Optional[int] = None      # QAT: end this invocation after that many epochs (state saved)
+    resume: bool = False  # QAT: continue from <out>.qat-state.pth
+    stop_after: Optional[int] = None  # QAT: end this invocation after that many epochs (state saved)
 
     def __post_init__(self):
         if self.method not in ("ptq", "qat"):
@@ -103,17 +104,22 @@ def _analyze_and_quantize(model, calib, eval_set, job: QuantizeJob, example, pro
 
     prepared = prepare(model, job.config, example)
     calibrate(prepared, calib, progress)
-    graph = SwitchableQuantGraph(PreparedModel(copy.deepcopy(prepared.module), prepared.quantizer, example,
-                                               job.config))
+    graph = SwitchableQuantGraph(PreparedModel(copy.deepcopy(prepared.module), prepared.quantizer, example, job.config))
     n = min(job.analysis_clips, len(eval_set))
     items = [eval_set[i] for i in range(n)]
     clips, labels = torch.stack([c for c, _ in items]), torch.tensor([y for _, y in items])
     labels = labels if job.checkpoint else None
     rows = sensitivity(graph, clips, labels, progress)
-    info = {"analysis": {"clips": n, "criterion": "top1" if labels is not None else "top1_agreement",
-                         "layers": [{"layer": r.layer, "only_quantized": r.only_quantized,
-                                     "only_float": r.only_float} for r in rows],
-                         "block_sqnr_db": block_sqnr(graph, clips)}}
+    info = {
+        "analysis": {
+            "clips": n,
+            "criterion": "top1" if labels is not None else "top1_agreement",
+            "layers": [
+                {"layer": r.layer, "only_quantized": r.only_quantized, "only_float": r.only_float} for r in rows
+            ],
+            "block_sqnr_db": block_sqnr(graph, clips),
+        }
+    }
     if job.max_drop is None:
         return convert(prepared), prepared, info
     graph.set_quantized([])
@@ -125,8 +131,11 @@ def _analyze_and_quantize(model, calib, eval_set, job: QuantizeJob, example, pro
         baseline = 1.0
         evaluate = lambda: agreement(float_out, graph.logits(clips))["top1_agreement"]  # noqa: E731
     kept, score = choose_float_layers(graph, rows, evaluate, baseline, job.max_drop, progress)
-    info["mixed_precision"] = {"max_drop_points": job.max_drop, "kept_float": kept,
-                               "simulated_drop_points": 100 * (baseline - score)}
+    info["mixed_precision"] = {
+        "max_drop_points": job.max_drop,
+        "kept_float": kept,
+        "simulated_drop_points": 100 * (baseline - score),
+    }
     if kept:
         cfg = dataclasses.replace(job.config, keep_float=tuple(job.config.keep_float) + tuple(kept))
         prepared = prepare(model, cfg, example)
@@ -140,18 +149,23 @@ def run_job(job: QuantizeJob, progress: bool = True) -> dict:
     started = time.time()
     data_kw = dict(frames=job.frames, size=job.size, seed=job.seed)
     calib_source = build_dataset(job.calib_data, "train", root=job.calib_root, **data_kw)
-    eval_set = build_dataset(job.eval_data or job.calib_data, "test",
-                             root=job.eval_root if job.eval_data else job.calib_root,
-                             num_clips=job.num_eval if (job.eval_data or job.calib_data) == "synthetic" else None,
-                             **data_kw)
+    eval_set = build_dataset(
+        job.eval_data or job.calib_data,
+        "test",
+        root=job.eval_root if job.eval_data else job.calib_root,
+        num_clips=job.num_eval if (job.eval_data or job.calib_data) == "synthetic" else None,
+        **data_kw,
+    )
     calib = calibration_set(calib_source, job.num_calib, seed=job.seed, batch_size=job.batch_size)
     num_classes = _num_classes(job, eval_set)
     torch.manual_seed(job.seed)  # the random-weight model is the same on every run (and every rank)
     model = create_model(job.variant, num_classes=num_classes, checkpoint=job.checkpoint, **job.model_overrides)
     if not job.checkpoint:
-        warnings.warn("no --checkpoint: the model has random weights, so top-1 figures are meaningless; "
-                      "the report's agreement with the float model (SQNR, KL, top-1 agreement) still holds",
-                      stacklevel=2)
+        warnings.warn(
+            "no --checkpoint: the model has random weights, so top-1 figures are meaningless; "
+            "the report's agreement with the float model (SQNR, KL, top-1 agreement) still holds",
+            stacklevel=2,
+        )
     model.eval()
     example = next(iter(calib))[0][:1]
 
@@ -162,41 +176,61 @@ def run_job(job: QuantizeJob, progress: bool = True) -> dict:
         method_info = {}
     else:
         from .qat import run_qat
-        program, prepared, method_info = run_qat(model, calib, job, example, progress=progress, resume=job.resume,
-                                                 stop_after=job.stop_after)
+
+        program, prepared, method_info = run_qat(
+            model, calib, job, example, progress=progress, resume=job.resume, stop_after=job.stop_after
+        )
     quant_seconds = time.time() - started
     ctx = init_distributed()
     if not ctx.is_main:  # under torchrun, rank 0 evaluates and writes the outputs
         return {}
 
     float_logits, labels = collect_logits(model, eval_set, job.batch_size, progress=progress, desc="float model")
-    quant_logits, _ = collect_logits(program.module(), eval_set, job.batch_size, progress=progress,
-                                     desc="quantized model")
+    quant_logits, _ = collect_logits(
+        program.module(), eval_set, job.batch_size, progress=progress, desc="quantized model"
+    )
     has_labels = job.checkpoint is not None
     float_params = sum(p.numel() * p.element_size() for p in model.parameters())
 
     with atomic_dir(job.out, force=job.force) as tmp:
         torch.export.save(program, tmp / "quantized.pt2")
         size = (tmp / "quantized.pt2").stat().st_size
-        config = {"toolkit_version": __version__, "variant": job.variant, "method": job.method,
-                  "quant_config": job.config.as_dict(), "job": {k: v for k, v in asdict(job).items() if k != "config"},
-                  "input_shape": [1, 3, job.frames, job.size, job.size], "num_classes": num_classes,
-                  "model_overrides": job.model_overrides,
-                  "checkpoint_sha256": sha256_file(job.checkpoint) if job.checkpoint else None,
-                  "program_sha256": sha256_file(tmp / "quantized.pt2"), "torch": torch.__version__}
+        config = {
+            "toolkit_version": __version__,
+            "variant": job.variant,
+            "method": job.method,
+            "quant_config": job.config.as_dict(),
+            "job": {k: v for k, v in asdict(job).items() if k != "config"},
+            "input_shape": [1, 3, job.frames, job.size, job.size],
+            "num_classes": num_classes,
+            "model_overrides": job.model_overrides,
+            "checkpoint_sha256": sha256_file(job.checkpoint) if job.checkpoint else None,
+            "program_sha256": sha256_file(tmp / "quantized.pt2"),
+            "torch": torch.__version__,
+        }
         (tmp / "quant_config.json").write_text(json.dumps(config, indent=2) + "\n")
         report = {
-            "schema": REPORT_SCHEMA, "variant": job.variant, "method": job.method, "recipe": job.config.recipe,
-            "observer": job.config.observer, "calibration_clips": calib.num_clips,
+            "schema": REPORT_SCHEMA,
+            "variant": job.variant,
+            "method": job.method,
+            "recipe": job.config.recipe,
+            "observer": job.config.observer,
+            "calibration_clips": calib.num_clips,
             "calibration_data": getattr(calib_source, "describe", lambda: job.calib_data)(),
-            "evaluation_data": getattr(eval_set, "describe", lambda: "")(), "evaluation_clips": len(labels),
-            "checkpoint": job.checkpoint, "random_weights": job.checkpoint is None,
+            "evaluation_data": getattr(eval_set, "describe", lambda: "")(),
+            "evaluation_clips": len(labels),
+            "checkpoint": job.checkpoint,
+            "random_weights": job.checkpoint is None,
             "seconds": round(quant_seconds, 2),
             "size_bytes": {"float32_parameters": float_params, "quantized_pt2": size},
-            "float": {"top1": topk_accuracy(float_logits, labels, 1) if has_labels else None,
-                      "top5": topk_accuracy(float_logits, labels, 5) if has_labels else None},
-            "quantized": {"top1": topk_accuracy(quant_logits, labels, 1) if has_labels else None,
-                          "top5": topk_accuracy(quant_logits, labels, 5) if has_labels else None},
+            "float": {
+                "top1": topk_accuracy(float_logits, labels, 1) if has_labels else None,
+                "top5": topk_accuracy(float_logits, labels, 5) if has_labels else None,
+            },
+            "quantized": {
+                "top1": topk_accuracy(quant_logits, labels, 1) if has_labels else None,
+                "top5": topk_accuracy(quant_logits, labels, 5) if has_labels else None,
+            },
             "agreement": agreement(float_logits, quant_logits),
             "layers": {"quantized": prepared.quantized_layers, "float": prepared.float_layers},
             **method_info,

@@ -2,6 +2,7 @@
 deploy form -> export -> prepare_pt2e -> calibrate -> convert_pt2e -> export again. The
 result is one quantized graph (quantize/dequantize ops around int8 weights) that every
 exporter consumes."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -58,8 +59,12 @@ def prepare(model: nn.Module, cfg: QuantConfig, example: Tensor, conv3d: str = "
 
 
 @torch.no_grad()
-def calibrate(prepared: PreparedModel, batches: Iterable[tuple[Tensor, Tensor]], progress: bool = True,
-              total: Optional[int] = None) -> int:
+def calibrate(
+    prepared: PreparedModel,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    progress: bool = True,
+    total: Optional[int] = None,
+) -> int:
     """Run calibration batches through the observers; returns the number of clips seen."""
     seen = 0
     for clips, _ in tqdm(batches, desc="calibrating", total=total, disable=not progress, leave=False, unit="batch"):
@@ -133,8 +138,14 @@ def convert(prepared: PreparedModel) -> ExportedProgram:
     return export_batch_dynamic(converted, prepared.example)
 
 
-def quantize_ptq(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: QuantConfig,
-                 example: Tensor, conv3d: str = "native", progress: bool = True) -> tuple[ExportedProgram, PreparedModel]:
+def quantize_ptq(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    cfg: QuantConfig,
+    example: Tensor,
+    conv3d: str = "native",
+    progress: bool = True,
+) -> tuple[ExportedProgram, PreparedModel]:
     """Static or weight-only PTQ of `model`; returns the quantized program and the prepared model."""
     if cfg.qat:
         raise ValueError("quantize_ptq takes a PTQ config (qat=False)")

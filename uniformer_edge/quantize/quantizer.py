@@ -5,6 +5,7 @@ Weights: symmetric int8 (or int4) per output channel. Activations: int8 per tens
 observed at the inputs of quantized ops, so everything between two quantized ops
 (LayerNorm, Softmax, GELU, residual adds, token pruning) stays float.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -13,9 +14,14 @@ from typing import Optional
 import torch
 from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e.fake_quantize import FakeQuantize
-from torchao.quantization.pt2e.observer import (HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver,
-                                                MovingAveragePerChannelMinMaxObserver, PerChannelMinMaxObserver,
-                                                PlaceholderObserver)
+from torchao.quantization.pt2e.observer import (
+    HistogramObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    PerChannelMinMaxObserver,
+    PlaceholderObserver,
+)
 from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, QuantizationSpec, Quantizer
 
 from ..errors import InputError
@@ -25,9 +31,12 @@ from .observers import PercentileObserver
 __all__ = ["UniformerQuantizer", "op_kind", "module_path", "QuantizableOp", "quantizable_ops"]
 
 _OP_KINDS = {
-    torch.ops.aten.conv1d.default: "conv", torch.ops.aten.conv2d.default: "conv",
-    torch.ops.aten.conv3d.default: "conv", torch.ops.aten.linear.default: "linear",
-    torch.ops.aten.matmul.default: "matmul", torch.ops.aten.bmm.default: "matmul",
+    torch.ops.aten.conv1d.default: "conv",
+    torch.ops.aten.conv2d.default: "conv",
+    torch.ops.aten.conv3d.default: "conv",
+    torch.ops.aten.linear.default: "linear",
+    torch.ops.aten.matmul.default: "matmul",
+    torch.ops.aten.bmm.default: "matmul",
 }
 
 
@@ -65,8 +74,13 @@ def _activation_ctr(cfg: QuantConfig):
     if cfg.activations == "dynamic":
         return PlaceholderObserver.with_args(dtype=torch.int8, quant_min=-128, quant_max=127, is_dynamic=True)
     if cfg.qat:  # ranges track the activations as the weights move
-        return FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=-128, quant_max=127,
-                                      dtype=torch.int8, qscheme=torch.per_tensor_affine)
+        return FakeQuantize.with_args(
+            observer=MovingAverageMinMaxObserver,
+            quant_min=-128,
+            quant_max=127,
+            dtype=torch.int8,
+            qscheme=torch.per_tensor_affine,
+        )
     return {
         "minmax": MinMaxObserver.with_args(),
         "moving_average": MovingAverageMinMaxObserver.with_args(averaging_constant=0.01),
@@ -88,17 +102,38 @@ class UniformerQuantizer(Quantizer):
     def _weight_spec(self) -> QuantizationSpec:
         qmax = 2 ** (self.cfg.weight_bits - 1) - 1
         observer = MovingAveragePerChannelMinMaxObserver if self.cfg.qat else PerChannelMinMaxObserver
-        ctr = FakeQuantize.with_args(observer=observer, quant_min=-qmax, quant_max=qmax, dtype=torch.int8,
-                                     qscheme=torch.per_channel_symmetric, ch_axis=0) if self.cfg.qat else observer
-        return QuantizationSpec(dtype=torch.int8, quant_min=-qmax, quant_max=qmax,
-                                qscheme=torch.per_channel_symmetric, ch_axis=0, observer_or_fake_quant_ctr=ctr)
+        ctr = (
+            FakeQuantize.with_args(
+                observer=observer,
+                quant_min=-qmax,
+                quant_max=qmax,
+                dtype=torch.int8,
+                qscheme=torch.per_channel_symmetric,
+                ch_axis=0,
+            )
+            if self.cfg.qat
+            else observer
+        )
+        return QuantizationSpec(
+            dtype=torch.int8,
+            quant_min=-qmax,
+            quant_max=qmax,
+            qscheme=torch.per_channel_symmetric,
+            ch_axis=0,
+            observer_or_fake_quant_ctr=ctr,
+        )
 
     def _activation_spec(self) -> Optional[QuantizationSpec]:
         if self.cfg.activations is None:
             return None
-        return QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine,
-                                is_dynamic=self.cfg.activations == "dynamic",
-                                observer_or_fake_quant_ctr=_activation_ctr(self.cfg))
+        return QuantizationSpec(
+            dtype=torch.int8,
+            quant_min=-128,
+            quant_max=127,
+            qscheme=torch.per_tensor_affine,
+            is_dynamic=self.cfg.activations == "dynamic",
+            observer_or_fake_quant_ctr=_activation_ctr(self.cfg),
+        )
 
     def annotate(self, model: GraphModule) -> GraphModule:
         cfg = self.cfg
@@ -106,8 +141,10 @@ class UniformerQuantizer(Quantizer):
         unmatched = [p for p in cfg.keep_float if not any(op.matches(p) for op in ops)]
         if unmatched:
             names = sorted({op.name for op in ops})
-            raise InputError(f"--keep-float pattern(s) {', '.join(unmatched)} match no quantizable layer "
-                             f"(layers look like: {', '.join(names[:6])}, ...)")
+            raise InputError(
+                f"--keep-float pattern(s) {', '.join(unmatched)} match no quantizable layer "
+                f"(layers look like: {', '.join(names[:6])}, ...)"
+            )
         weight, act = self._weight_spec(), self._activation_spec()
         for op in ops:
             if op.kind not in cfg.ops or any(op.matches(p) for p in cfg.keep_float):

@@ -17,6 +17,7 @@ XNNPACK's annotators skip annotated ops. Which ops stay fp32, and why:
 - LayerNorms, spelled in ops XNNPACK runs (`LayerNormAsXnnpackOps`): their averaging products
   are not weight layers.
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,13 +42,31 @@ WEIGHT_BITS = {8: (-127, 127), 4: (-8, 7)}
 _aten = torch.ops.aten
 # Ops that XNNPACK's quantizer gives their input's quantization parameters (it propagates them
 # through these): they follow their input, float or int8.
-_FOLLOW_INPUT = {_aten.slice.Tensor, _aten.view.default, _aten.reshape.default, _aten.transpose.int,
-                 _aten.permute.default, _aten.flatten.using_ints, _aten.squeeze.dim, _aten.mean.dim,
-                 _aten.mean.default, _aten.max_pool2d.default, _aten.adaptive_avg_pool2d.default,
-                 _aten.relu.default, _aten.hardtanh.default, _aten.dropout.default}
+_FOLLOW_INPUT = {
+    _aten.slice.Tensor,
+    _aten.view.default,
+    _aten.reshape.default,
+    _aten.transpose.int,
+    _aten.permute.default,
+    _aten.flatten.using_ints,
+    _aten.squeeze.dim,
+    _aten.mean.dim,
+    _aten.mean.default,
+    _aten.max_pool2d.default,
+    _aten.adaptive_avg_pool2d.default,
+    _aten.relu.default,
+    _aten.hardtanh.default,
+    _aten.dropout.default,
+}
 # Ops to whose outputs XNNPACK's quantizer gives quantization parameters of their own.
-_OWN_OUTPUT_QPARAMS = {_aten.conv2d.default, _aten.linear.default, _aten.add.Tensor, _aten.mul.Tensor,
-                       _aten.cat.default, _aten.adaptive_avg_pool2d.default}
+_OWN_OUTPUT_QPARAMS = {
+    _aten.conv2d.default,
+    _aten.linear.default,
+    _aten.add.Tensor,
+    _aten.mul.Tensor,
+    _aten.cat.default,
+    _aten.adaptive_avg_pool2d.default,
+}
 
 
 def _cat_qparam_source(cat: Node) -> Node:
@@ -105,13 +124,16 @@ class FloatOps(Quantizer):
 def xnnpack_quantizer(qat: bool = False) -> Quantizer:
     """ExecuTorch's XNNPACK quantizer (symmetric per-channel int8 weights, per-tensor
     activations) behind `FloatOps`; `qat=True`: the same annotations with fake quantizers."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                         get_symmetric_quantization_config)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
     from torchao.quantization.pt2e.quantizer import ComposableQuantizer
 
     config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
-    return ComposableQuantizer([FloatOps(), XNNPACKQuantizer().set_global(config)
-                                .set_module_type(LayerNormAsXnnpackOps, None)])
+    return ComposableQuantizer(
+        [FloatOps(), XNNPACKQuantizer().set_global(config).set_module_type(LayerNormAsXnnpackOps, None)]
+    )
 
 
 def _non_pointwise_convs(bits: int):
@@ -119,8 +141,13 @@ def _non_pointwise_convs(bits: int):
         # XNNPACK has no 4-bit convolution (such a .pte fails to load); the lowering rejects
         # dynamically quantized convolutions with kernels over 1x1 ("required rank 4 tensor to
         # use channels_last format"); depthwise convolutions stay fp32 as in the int8 program.
-        return {n for n in graph.graph.nodes if n.target == torch.ops.aten.conv2d.default and (
-            bits == 4 or is_depthwise_conv(n) or n.args[1].meta["val"].shape[-2:] != (1, 1))}
+        return {
+            n
+            for n in graph.graph.nodes
+            if n.target == torch.ops.aten.conv2d.default
+            and (bits == 4 or is_depthwise_conv(n) or n.args[1].meta["val"].shape[-2:] != (1, 1))
+        }
+
     return select
 
 
@@ -129,8 +156,10 @@ def xnnpack_weight_quantize(model: nn.Module, example: Tensor, bits: int) -> Gra
     (`bits=8`) or 4-bit (`bits=4`) weights, whose inputs XNNPACK quantizes to int8 at every call
     with that call's range (its qd8-f32-qc8w / qc4w kernels). int8 covers the linear layers and
     the pointwise (1x1) convolutions; 4-bit the linear layers only."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                         get_symmetric_quantization_config)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import ComposableQuantizer
 
@@ -138,8 +167,12 @@ def xnnpack_weight_quantize(model: nn.Module, example: Tensor, bits: int) -> Gra
         raise ValueError(f"XNNPACK weight quantization has 8 or 4 bits, not {bits}")
     qmin, qmax = WEIGHT_BITS[bits]
     config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True, weight_qmin=qmin, weight_qmax=qmax)
-    quantizer = ComposableQuantizer([FloatOps(_non_pointwise_convs(bits)), XNNPACKQuantizer().set_global(config)
-                                     .set_module_type(LayerNormAsXnnpackOps, None)])
+    quantizer = ComposableQuantizer(
+        [
+            FloatOps(_non_pointwise_convs(bits)),
+            XNNPACKQuantizer().set_global(config).set_module_type(LayerNormAsXnnpackOps, None),
+        ]
+    )
     deployed = xnnpack_form(model, example.shape[2], per_channel_safe=True)
     prepared = prepare_pt2e(torch.export.export(deployed, (example[:1],)).module(), quantizer)
     with torch.no_grad():
@@ -158,8 +191,12 @@ def _calibrate_clipwise(prepared, batches) -> None:
         raise ValueError("the calibration set is empty")
 
 
-def xnnpack_quantize(model: nn.Module, example: Tensor, batches: Iterable[tuple[Tensor, Tensor]],
-                     finetuning: Optional[tuple[QATSchedule, Dataset]] = None) -> GraphModule:
+def xnnpack_quantize(
+    model: nn.Module,
+    example: Tensor,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    finetuning: Optional[tuple[QATSchedule, Dataset]] = None,
+) -> GraphModule:
     """int8 PT2E quantization of the XNNPACK form, calibrated clip by clip. With
     `finetuning=(schedule, train_set)` the weights are first fine-tuned with fake quantization
     (`_quantization_aware_weights`). Prepared on the batch-of-one export, whose frame slices the
@@ -174,8 +211,9 @@ def xnnpack_quantize(model: nn.Module, example: Tensor, batches: Iterable[tuple[
     return convert_pt2e(prepared)
 
 
-def _quantization_aware_weights(model: nn.Module, deployed: nn.Module, example: Tensor, batches,
-                                schedule: QATSchedule, train_set: Dataset) -> None:
+def _quantization_aware_weights(
+    model: nn.Module, deployed: nn.Module, example: Tensor, batches, schedule: QATSchedule, train_set: Dataset
+) -> None:
     """Fine-tune the weights of `deployed` (in place) under the same quantizer with fake
     quantizers, towards the float model (`uniformer_edge.quantize.qat.finetune`), the activation
     ranges fixed at calibrated ones (a moving min/max would widen them). It trains a
