@@ -143,3 +143,32 @@ def test_torchrun_train_and_evaluate(tmp_path):
     assert one["num_clips"] == two["num_clips"] == 25  # odd count: nothing padded or counted twice
     assert one["confusion"] == two["confusion"]
     assert one["top1"] == two["top1"] and one["top5"] == two["top5"]
+
+
+def test_steps_with_overflowing_gradients_are_skipped_and_a_run_of_them_stops_training():
+    """A finite loss whose gradient is not finite (the light models' pruning can produce one in
+    fp32) leaves the weights untouched; good steps still train; too many in a row stop."""
+    from uniformer_edge.engine import NonFiniteLoss, init_distributed, train_one_epoch
+    from uniformer_edge.engine.training import MAX_SKIPPED_STEPS
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+
+    def loss_fn(m, clips, labels):
+        if labels.item() == 1:  # sqrt at 0: a finite loss (0) with a NaN gradient
+            return torch.sqrt((m.weight - m.weight.detach()).abs()).sum()
+        return ((m.weight - 1.0) ** 2).sum()
+
+    def batches(labels):
+        return [(torch.zeros(1, 1, 1, 1, 1), torch.tensor([y])) for y in labels]
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctx = init_distributed()
+    with pytest.warns(UserWarning, match="skipped 1 of 2 steps"):
+        train_one_epoch(model, batches([1, 0]), opt, None, ctx, loss_fn=loss_fn, clip_grad=1.0, desc="e")
+    assert torch.isfinite(model.weight).all() and model.weight.item() == pytest.approx(0.1)  # the good step, clipped
+    with pytest.raises(NonFiniteLoss, match="overflowed in 21 steps in a row"):
+        train_one_epoch(
+            model, batches([1] * (MAX_SKIPPED_STEPS + 1)), opt, None, ctx, loss_fn=loss_fn, clip_grad=None, desc="e"
+        )
+    assert model.weight.item() == pytest.approx(0.1)

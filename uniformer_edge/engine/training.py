@@ -161,6 +161,10 @@ def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int, ctx: D
     return [perm[s * batch_size : (s + 1) * batch_size][ctx.rank :: ctx.world_size] for s in range(steps)]
 
 
+# Consecutive steps with overflowing gradients that training tolerates (each is skipped).
+MAX_SKIPPED_STEPS = 20
+
+
 def train_one_epoch(
     model: nn.Module,
     loader,
@@ -173,9 +177,13 @@ def train_one_epoch(
     desc: str,
 ) -> float:
     """One pass over `loader`; returns the mean loss over all ranks. A non-finite loss on any
-    rank stops training (`NonFiniteLoss`) before it reaches the weights."""
+    rank stops training (`NonFiniteLoss`) before it reaches the weights. A step whose gradients
+    overflow is skipped, as a loss scaler would: the light models' token pruning normalises the
+    pruned tokens' scores by their sum, and once attention is peaked that sum can fall below
+    1e-38, where the exact, finite gradient through the softmax overflows fp32 on the way. More
+    than `MAX_SKIPPED_STEPS` in a row stop training."""
     model.train()
-    total, count = torch.zeros(()), 0
+    total, count, skipped, in_a_row = torch.zeros(()), 0, 0, 0
     bar = tqdm(loader, desc=desc, disable=not ctx.is_main, leave=False, unit="step")
     for step, (clips, labels) in enumerate(bar):
         clips = clips.to(ctx.device).contiguous(memory_format=torch.channels_last_3d)
@@ -191,14 +199,26 @@ def train_one_epoch(
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if clip_grad:
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        optimizer.step()
+        # identical on every rank: DDP has all-reduced the gradients
+        if all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None):
+            in_a_row = 0
+            if clip_grad:
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            optimizer.step()
+        else:
+            skipped, in_a_row = skipped + 1, in_a_row + 1
+            if in_a_row > MAX_SKIPPED_STEPS:
+                raise NonFiniteLoss(
+                    f"{desc}, step {step + 1}: the gradients overflowed in {in_a_row} steps in a row; "
+                    f"training stopped (lower --lr)"
+                )
         if scheduler is not None:
             scheduler.step()
         total += loss.detach().cpu()
         count += 1
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    if skipped and ctx.is_main:
+        warnings.warn(f"{desc}: skipped {skipped} of {count} steps whose gradients overflowed", stacklevel=2)
     if ctx.distributed:
         dist.all_reduce(total)
         total /= ctx.world_size
