@@ -468,3 +468,20 @@ def test_official_config_quirks():
     assert from_official_config(fp32).patch_embed2.proj.weight.shape[2] == 3
     with pytest.raises(ValueError, match="SPLIT=True"):
         from_official_config({"MODEL": {"MODEL_NAME": "Uniformer_light_fp32"}, "UNIFORMER": dict(_XXS, SPLIT=True)})
+
+
+def test_pruning_with_every_dropped_score_zero_stays_finite():
+    """Peaked attention can underflow every pruned token's score to 0: the representative's
+    weights must not become 0 / 0 (NaN logits); scores with a normal sum are untouched (the
+    official fixtures above)."""
+    torch.manual_seed(0)
+    model = _tiny(UniFormerLight, **TINY_LIGHT).eval()
+    pruning = next(b for b in list(model.blocks3) + list(model.blocks4) if b.prune_ratio < 1)
+
+    def one_hot_scores(module, args):
+        cls, x, scores = args
+        return cls, x, torch.zeros_like(scores).index_fill_(1, torch.tensor([0]), 1.0)
+
+    pruning.register_forward_pre_hook(one_hot_scores)
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(2, 3, 8, 64, 64))).all()

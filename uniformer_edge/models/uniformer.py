@@ -245,6 +245,9 @@ class SABlock(nn.Module):
         return from_tokens(tokens, x.shape)
 
 
+_SMALLEST_NORMAL = torch.finfo(torch.float32).tiny
+
+
 class EvoSABlock(SABlock):
     """Global block of the light models: attends with a class token and, when
     `prune_ratio < 1`, attends only to the highest-scoring tokens plus one score-weighted
@@ -309,7 +312,10 @@ class EvoSABlock(SABlock):
 
         kept, dropped = sorted_tokens[:, :keep], sorted_tokens[:, keep:]
         dropped_scores = sorted_scores[:, keep:]
-        weights = dropped_scores / dropped_scores.sum(dim=1, keepdim=True)
+        # Once attention is peaked, every pruned token's score can underflow to 0, and the official
+        # 0 / 0 gives NaN logits. The bound changes the weights only where the sum is below fp32's
+        # smallest normal number (the sum's precision is gone there anyway).
+        weights = dropped_scores / dropped_scores.sum(dim=1, keepdim=True).clamp_min(_SMALLEST_NORMAL)
         representative = (weights.unsqueeze(-1) * dropped).sum(dim=1, keepdim=True)
 
         z = torch.cat([cls, kept, representative], dim=1)
