@@ -18,7 +18,7 @@ class InputError(UniformerEdgeError, ValueError):
 
 class ExportError(UniformerEdgeError):
     """An artifact missed its parity threshold or came out malformed; `manifest` is the manifest
-    written for the artifacts that passed, if any were."""
+    written for the artifacts that passed, or, when none did, `{"artifacts": [], "failed": [...]}`."""
 
     def __init__(self, message: str, manifest: Optional[dict] = None):
         super().__init__(message)

@@ -630,7 +630,11 @@ def run_export(job: ExportJob, progress: bool = True) -> dict:
                     }
                 )
         if not artifacts:
-            raise ExportError("; ".join(f["reason"] for f in failed) + " (nothing written)")
+            # no manifest is written; the error still lists what failed
+            raise ExportError(
+                "; ".join(f["reason"] for f in failed) + " (nothing written)",
+                manifest={"artifacts": [], "failed": failed},
+            )
         manifest = {
             "schema": MANIFEST_SCHEMA,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
