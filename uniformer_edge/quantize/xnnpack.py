@@ -121,19 +121,22 @@ class FloatOps(Quantizer):
         pass
 
 
+def _behind_float_ops(config, select=_float_ops) -> Quantizer:
+    """ExecuTorch's XNNPACK quantizer with `config`, LayerNorms left float, behind
+    `FloatOps(select)`."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+    from torchao.quantization.pt2e.quantizer import ComposableQuantizer
+
+    xnnpack = XNNPACKQuantizer().set_global(config).set_module_type(LayerNormAsXnnpackOps, None)
+    return ComposableQuantizer([FloatOps(select), xnnpack])
+
+
 def xnnpack_quantizer(qat: bool = False) -> Quantizer:
     """ExecuTorch's XNNPACK quantizer (symmetric per-channel int8 weights, per-tensor
     activations) behind `FloatOps`; `qat=True`: the same annotations with fake quantizers."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-    from torchao.quantization.pt2e.quantizer import ComposableQuantizer
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
 
-    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
-    return ComposableQuantizer(
-        [FloatOps(), XNNPACKQuantizer().set_global(config).set_module_type(LayerNormAsXnnpackOps, None)]
-    )
+    return _behind_float_ops(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
 
 
 def _non_pointwise_convs(bits: int):
@@ -156,23 +159,14 @@ def xnnpack_weight_quantize(model: nn.Module, example: Tensor, bits: int) -> Gra
     (`bits=8`) or 4-bit (`bits=4`) weights, whose inputs XNNPACK quantizes to int8 at every call
     with that call's range (its qd8-f32-qc8w / qc4w kernels). int8 covers the linear layers and
     the pointwise (1x1) convolutions; 4-bit the linear layers only."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer import ComposableQuantizer
 
     if bits not in WEIGHT_BITS:
         raise ValueError(f"XNNPACK weight quantization has 8 or 4 bits, not {bits}")
     qmin, qmax = WEIGHT_BITS[bits]
     config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True, weight_qmin=qmin, weight_qmax=qmax)
-    quantizer = ComposableQuantizer(
-        [
-            FloatOps(_non_pointwise_convs(bits)),
-            XNNPACKQuantizer().set_global(config).set_module_type(LayerNormAsXnnpackOps, None),
-        ]
-    )
+    quantizer = _behind_float_ops(config, _non_pointwise_convs(bits))
     deployed = xnnpack_form(model, example.shape[2], per_channel_safe=True)
     prepared = prepare_pt2e(torch.export.export(deployed, (example[:1],)).module(), quantizer)
     with torch.no_grad():
