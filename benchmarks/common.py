@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from uniformer_edge._cpu import cpu_name, instruction_sets
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -119,15 +118,18 @@ def x86_census_text(census: dict) -> str:
 
 
 def environment() -> dict:
-    import numpy
+    from uniformer_edge._environment import cpu_facts, library_versions
 
+    versions, cpu = library_versions(), cpu_facts()
     return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
+        "python": versions["python"],
+        "torch": versions["torch"],
+        "numpy": versions["numpy"],
+        "versions": versions,
         "machine": platform.machine(),
-        "processor": cpu_name(),
-        "instruction_sets": list(instruction_sets()),
+        "processor": cpu["name"],
+        "instruction_sets": cpu["instruction_sets"],
+        "int8_dot_product": cpu["int8_dot_product"],
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from common import EXPORTS, RESULTS, environment, write_results
-from uniformer_edge.export import SUPPORTED, ExportJob, run_export
+from uniformer_edge.export import FORMATS, ExportJob, run_export
 from uniformer_edge.models import get_variant
 
 QUANTIZED_OPS = (
@@ -59,7 +59,7 @@ def parity_figure(precision: str, parity: dict) -> str:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["s", "xxs"])
-    p.add_argument("--formats", nargs="+", default=["onnx", "coreml", "executorch"])
+    p.add_argument("--formats", nargs="+", default=list(FORMATS))
     p.add_argument("--coreml-forms", nargs="+", default=["ane", "3d"], help="Core ML program forms (default both)")
     p.add_argument("--out", type=Path, default=EXPORTS, help=f"where the artifacts go (default {EXPORTS})")
     args = p.parse_args()
@@ -75,7 +75,7 @@ def main():
                     ExportJob(
                         variant=variant,
                         formats=(fmt,),
-                        precisions=SUPPORTED[fmt],
+                        precisions=FORMATS[fmt].precisions,
                         target="ios18",
                         coreml_form=form or "ane",
                         out=str(args.out / key),

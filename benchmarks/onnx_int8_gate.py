@@ -26,7 +26,10 @@ from uniformer_edge._cpu import cpu_name, has_int8_dot_product, instruction_sets
 from uniformer_edge.engine import agreement
 from uniformer_edge.export import ExportJob
 from uniformer_edge.export.onnx import run_onnx
-from uniformer_edge.export.pipeline import QUANT_MIN_COSINE, _Exporter
+from uniformer_edge.export import FORMATS, Precision
+from uniformer_edge.export.pipeline import ExportContext
+
+ONNX_INT8 = FORMATS["onnx"].thresholds[Precision.INT8]
 
 # (name, variant, frames, size, seed, classes, training run or None)
 CASES = [
@@ -95,10 +98,11 @@ def measure(case, folder: Path) -> dict:
         seed=seed,
         out=str(folder / "unused"),
     )
-    exporter = _Exporter(job, progress=False)  # what run_export runs for each artifact
+    exporter = ExportContext(job, progress=False)  # what run_export builds each artifact with
     path = folder / f"{variant}-{frames}x{size}-{seed}-int8.onnx"
-    parity = exporter.onnx("int8", path)["parity"]
-    reference = exporter._quantized_reference("onnx", "int8")
+    parity = FORMATS["onnx"].build(exporter, Precision.INT8, path)["parity"]
+    with torch.no_grad():
+        reference = exporter.program(Precision.INT8).module()(exporter.clips)
     default_kernels = agreement(reference, plain_ort(path, exporter.clips))
     gated = parity["vs_pytorch_quantized"]
     return {
@@ -124,7 +128,7 @@ def render(rows: list[dict], env: dict) -> str:
         "# int8 ONNX parity gate at the CLI's defaults",
         "",
         f"CPU: {env['processor']}; instruction sets: {', '.join(env['instruction_sets']) or 'unknown'}; "
-        f"int8 dot product (VNNI/AMX): {env['int8_dot_product']}. Gate: cosine >= {QUANT_MIN_COSINE} against "
+        f"int8 dot product (VNNI/AMX): {env['int8_dot_product']}. Gate: cosine >= {ONNX_INT8.min_cosine} against "
         "the PT2E graph in PyTorch on 4 test clips.",
         "",
         "| case | session entries | cosine (gate) | SQNR dB | vs float dB | passed | ORT default kernels: "

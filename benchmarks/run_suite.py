@@ -43,15 +43,16 @@ from uniformer_edge._io import atomic_write_text
 from uniformer_edge.benchmark import BenchmarkJob, merge_reports, read_report, run_benchmark, write_report
 from uniformer_edge.benchmark.report import device_label, peak_memory, unavailable_settings
 from uniformer_edge.benchmark.run import latency_stats
-from uniformer_edge.export import ExportJob, run_export
+from uniformer_edge.export import FORMATS, RUNTIMES, ExportJob, run_export
 from uniformer_edge.models import create_model, get_variant
 from uniformer_edge.quantize import QuantConfig, QuantizeJob, run_job
 
 
+# Every format in every precision, except the Core ML packages that cannot be timed off a Mac
+# (the suite times them on macOS): one per compression kind there.
 SUITE_EXPORTS = {
-    "onnx": ("fp32", "fp16", "int8", "w8", "w4", "int8-ort", "int8-ort-entropy"),
-    "executorch": ("fp32", "fp16", "int8", "w8", "w4"),
-    "coreml": ("fp16", "w8", "palettize4"),
+    name: tuple(p for p in fmt.precisions if name != "coreml" or p in ("fp16", "w8", "palettize4"))
+    for name, fmt in FORMATS.items()
 }
 # PT2E programs timed in torch: (folder, recipe, method)
 SUITE_QUANTIZED = (("ptq", "w8a8", "ptq"), ("qat", "w8a8", "qat"), ("ptq-w8", "w8", "ptq"), ("ptq-w4", "w4", "ptq"))
@@ -251,15 +252,21 @@ def other_devices(suite_report: Path, devices: Path = DEVICES, merged: Path = RE
     return lines
 
 
-# The suite's matrix: precision -> {backend: (format, precision of the report row)}
-MATRIX = {
-    "fp32": {"torch": ("torch eager", "fp32"), "onnxruntime": ("onnx", "fp32"), "executorch": ("executorch", "fp32")},
-    "fp16": {"onnxruntime": ("onnx", "fp16"), "executorch": ("executorch", "fp16")},
-    "w8": {"torch": ("pt2", "w8"), "onnxruntime": ("onnx", "w8"), "executorch": ("executorch", "w8")},
-    "w8a8 PTQ": {"torch": ("pt2", "int8"), "onnxruntime": ("onnx", "int8"), "executorch": ("executorch", "int8")},
-    "w8a8 QAT": {"torch": ("pt2", "int8-qat")},
-    "w4": {"torch": ("pt2", "w4"), "onnxruntime": ("onnx", "w4"), "executorch": ("executorch", "w4")},
-}
+# The suite's matrix: rows (label -> precision of the report rows), columns the CPU runtimes.
+MATRIX_ROWS = {"fp32": "fp32", "fp16": "fp16", "w8": "w8", "w8a8 PTQ": "int8", "w8a8 QAT": "int8-qat", "w4": "w4"}
+MATRIX_BACKENDS = ("torch", "onnxruntime", "executorch")
+
+
+def matrix_cell(backend: str, precision: str):
+    """(format, precision) of the report row a matrix cell shows, from the registry; None when
+    the backend's format has no such precision. torch runs the float model eagerly and the
+    quantize outputs (`pt2`, QAT included)."""
+    if backend == "torch":
+        return ("torch eager", "fp32") if precision == "fp32" else (None if precision == "fp16" else ("pt2", precision))
+    fmt = RUNTIMES[backend].format
+    return (fmt, precision) if precision in FORMATS[fmt].thresholds else None
+
+
 NOT_IN_MATRIX = {
     ("fp16", "torch"): "not timed: PyTorch's CPU kernels run fp16 far slower than fp32 (UniFormer-S 8x224: 5.4 s "
     "against 0.35 s a clip); the float model in fp16 on a GPU: Other devices",
@@ -276,18 +283,18 @@ def matrix(rows: list[dict], variant: str) -> list[str]:
     for r in rows:  # the first of equal rows: the exports' baseline, not the quantize outputs'
         if r["variant"] == variant and "latency" in r and r["setting"] in ("cpu", "CPUExecutionProvider", "XNNPACK"):
             timed.setdefault((r["backend"], r["format"], r["precision"]), r)
-    backends = ("torch", "onnxruntime", "executorch")
-    lines = ["| precision | " + " | ".join(backends) + " |", "|---|---|---|---|"]
-    for precision, cells in MATRIX.items():
+    lines = ["| precision | " + " | ".join(MATRIX_BACKENDS) + " |", "|---|---|---|---|"]
+    for label, precision in MATRIX_ROWS.items():
         out = []
-        for backend in backends:
-            row = timed.get((backend, *cells[backend])) if backend in cells else None
+        for backend in MATRIX_BACKENDS:
+            cell = matrix_cell(backend, precision)
+            row = timed.get((backend, *cell)) if cell else None
             out.append(
                 f"{row['latency']['median_ms']:.1f} ms ({row['speedup_vs_torch_fp32']:.2f}x)"
                 if row
-                else NOT_IN_MATRIX.get((precision, backend), "not measured in this run")
+                else NOT_IN_MATRIX.get((label, backend), "not measured in this run")
             )
-        lines.append(f"| {precision} | " + " | ".join(out) + " |")
+        lines.append(f"| {label} | " + " | ".join(out) + " |")
     return lines + [""]
 
 

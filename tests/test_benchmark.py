@@ -20,7 +20,8 @@ from uniformer_edge.benchmark import (
     run_benchmark,
     write_report,
 )
-from uniformer_edge.benchmark.backends import ORT_PROVIDERS, Runner
+from uniformer_edge.export import Runner
+from uniformer_edge.export.onnx import ORT_PROVIDERS
 from uniformer_edge.benchmark.report import pareto_front
 from uniformer_edge.benchmark.run import _float_gpu_rows
 from uniformer_edge.engine import agreement

@@ -413,6 +413,85 @@ def test_export_from_quantize_output(tmp_path):
     assert told.num_calib == 9
 
 
+@pytest.mark.slow  # tens of seconds: run by .ci/run after the default set
+def test_xnnpack_target_is_lowered_as_quantized(tmp_path):
+    """`quantize --target xnnpack` writes the XNNPACK program; `export` lowers that program
+    itself (no second quantization) and checks the .pte against it."""
+    pytest.importorskip("executorch.runtime", reason="ExecuTorch is an optional extra")
+    from uniformer_edge.quantize import QuantizeJob, load_program, run_job
+    from uniformer_edge.quantize.config import QuantConfig
+
+    qdir = tmp_path / "q"
+    report = run_job(
+        QuantizeJob(
+            variant="xxs",
+            target="xnnpack",
+            model_overrides=LIGHT,
+            frames=8,
+            size=32,
+            num_calib=4,
+            num_eval=4,
+            out=str(qdir),
+        ),
+        progress=False,
+    )
+    assert report["target"] == "xnnpack" and report["agreement"]["sqnr_db"] > 15
+    assert report["layers"]["quantized"] and report["layers"]["float"]  # depthwise convolutions stay fp32
+    config = json.loads((qdir / "quant_config.json").read_text())
+    program = load_program(qdir / "quantized.pt2", config["program_sha256"])
+    assert any("quantize_per_tensor" in str(n.target) for n in program.graph.nodes)
+
+    import uniformer_edge.quantize.xnnpack as xnnpack
+
+    def no_second_quantization(*args, **kwargs):
+        raise AssertionError("export quantized the program again")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(xnnpack, "xnnpack_quantize", no_second_quantization)
+        manifest = run_export(
+            ExportJob(quantized=str(qdir), formats=("executorch",), out=str(tmp_path / "x"), check_clips=2),
+            progress=False,
+        )
+    art = manifest["artifacts"][0]
+    assert art["path"].endswith("int8.pte") and art["quantization"]["quantized"] == str(qdir)
+    assert art["parity"]["passed"] and art["parity"]["vs_pytorch_quantized"]["cosine"] >= 0.998
+    with pytest.raises(ValueError, match="only --format executorch lowers"):
+        ExportJob(quantized=str(qdir), formats=("onnx",), out=str(tmp_path / "y"))
+    with pytest.raises(ValueError, match="fine-tune it with"):
+        ExportJob(quantized=str(qdir), formats=("executorch",), qat_epochs=1, out=str(tmp_path / "y"))
+    with pytest.raises(ValueError, match="does not take --observer"):
+        QuantizeJob(variant="xxs", target="xnnpack", config=QuantConfig(observer="mse"), out=str(tmp_path / "z"))
+    with pytest.raises(ValueError, match="recipes w8a8, w8, w4, not dynamic"):
+        QuantizeJob(variant="xxs", target="xnnpack", config=QuantConfig(recipe="dynamic"), out=str(tmp_path / "z"))
+
+
+def test_token_scores_and_pooled_features_are_marked_not_found_by_rank():
+    """The XNNPACK int8 program keeps the ops the model marks (`TokenScoreOp`, `FeaturePool`)
+    float: the pruning order and merge weights, and the pooled features' own range."""
+    pytest.importorskip("executorch.runtime", reason="ExecuTorch is an optional extra")
+    from uniformer_edge.forms import is_feature_pool, is_token_score_op, xnnpack_form
+    from uniformer_edge.models import create_model
+    from uniformer_edge.quantize.xnnpack import _float_ops
+
+    torch.manual_seed(0)
+    model = create_model("xxs", **TINY_LIGHT).eval()
+    clips = torch.randn(1, 3, 8, 32, 32)
+    graph = torch.export.export(xnnpack_form(model, 8), (clips,)).module()
+    calls = [n for n in graph.graph.nodes if n.op == "call_function"]
+    scores = [n for n in calls if is_token_score_op(n)]
+    assert {str(n.target) for n in scores} >= {"aten.topk.default", "aten.scatter.src", "aten.div.Tensor"}
+    # every rank-2 float op outside the marks is the classifier's (the class token's features,
+    # which only training reads, have no user)
+    for n in calls:
+        value = n.meta.get("val")
+        if isinstance(value, torch.Tensor) and value.dim() == 2 and value.is_floating_point() and n.users:
+            assert is_token_score_op(n) or is_feature_pool(n) or n.target == torch.ops.aten.linear.default, n
+    pooled = [n for n in calls if is_feature_pool(n)]
+    assert [str(n.target) for n in pooled][-1] == "aten.mean.dim"
+    floats = _float_ops(graph)
+    assert set(scores) <= floats and set(pooled) <= floats
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [
@@ -554,10 +633,10 @@ def test_session_config_follows_the_cpu(monkeypatch):
 @pytest.mark.slow  # tens of seconds: run by .ci/run after the default set
 def test_a_failing_precision_keeps_the_others(tmp_path, monkeypatch):
     """One artifact that misses its gate is not written; the others are, listed with the miss."""
-    from uniformer_edge.export import ExportError
-    from uniformer_edge.export import pipeline
+    from uniformer_edge.export import FORMATS, ExportError, Precision, Threshold
 
-    monkeypatch.setattr(pipeline, "FP16_MIN_COSINE", 1.5)  # no fp16 model can reach it
+    thresholds = FORMATS["onnx"].thresholds
+    monkeypatch.setitem(thresholds, Precision.FP16, Threshold(min_cosine=1.5))  # no fp16 model can reach it
     out = tmp_path / "x"
     with pytest.raises(ExportError, match=r"1 of 2 artifacts not written: .*fp16\.onnx misses") as err:
         run_export(
@@ -574,7 +653,7 @@ def test_a_failing_precision_keeps_the_others(tmp_path, monkeypatch):
     manifest = verify_manifest(out)
     assert [a["precision"] for a in manifest["artifacts"]] == ["fp32"] and err.value.manifest == manifest
     assert manifest["failed"][0]["precision"] == "fp16" and not list(out.glob("*fp16*"))
-    monkeypatch.setattr(pipeline, "FP32_MAX_REL_ERR", -1.0)
+    monkeypatch.setitem(thresholds, Precision.FP32, Threshold(max_rel_err=-1.0))
     with pytest.raises(ExportError, match="nothing written"):
         run_export(
             ExportJob(
@@ -588,3 +667,49 @@ def test_a_failing_precision_keeps_the_others(tmp_path, monkeypatch):
             progress=False,
         )
     assert not (tmp_path / "y").exists()
+
+
+def test_registry_is_consistent_and_drives_the_command_line():
+    """One registry: every format names a runtime that runs it, every precision has a parity
+    threshold, Core ML's targets cover its precisions, and the CLI offers exactly these."""
+    from uniformer_edge.export import FORMATS, PRECISIONS, RUNTIMES, Precision, get_runtime
+    from uniformer_edge.export.__main__ import build_parser
+
+    for fmt in FORMATS.values():
+        assert RUNTIMES[fmt.runtime].format == fmt.name
+        assert fmt.precisions and all(isinstance(p, Precision) for p in fmt.precisions)
+        assert not fmt.min_target or set(fmt.min_target) == set(fmt.thresholds)
+    assert set(PRECISIONS) == {p for f in FORMATS.values() for p in f.precisions}
+    for runtime in RUNTIMES.values():
+        status = runtime.status()
+        assert set(status) == set(runtime.settings)
+        assert all(reason is None or (isinstance(reason, str) and reason) for reason in status.values())
+    assert get_runtime("onnxruntime").status()["CPUExecutionProvider"] is None
+    with pytest.raises(ValueError, match="unknown backend 'tflite'"):
+        get_runtime("tflite")
+    assert Precision.from_recipe("w8a8") is Precision.INT8 and Precision("int8-ort").pt2e_recipe is None
+    actions = {a.dest: a for a in build_parser()._actions}
+    assert set(actions["format"].choices) == set(FORMATS)
+    assert set(actions["precision"].choices) == {p.value for p in PRECISIONS}
+    with pytest.raises(ValueError, match="unknown precision 'int3'"):
+        ExportJob(variant="xxs", precisions=("int3",), out="unused")
+
+
+def test_openvino_runs_the_onnx_exports_as_onnxruntime_does(light_float):
+    """OpenVINO's CPU plugin, with the settings the benchmark names, reproduces ONNX Runtime on
+    the light model's fp32 and fp16 exports (token pruning included)."""
+    pytest.importorskip("openvino", reason="OpenVINO is an optional extra")
+    from uniformer_edge.export import RUNTIMES
+    from uniformer_edge.export.openvino import compile_openvino, run_openvino
+
+    out, manifest = light_float
+    assert RUNTIMES["openvino"].status()["CPU"] is None
+    clips = torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(0))
+    for precision in ("fp32", "fp16"):
+        path = out / _by(manifest, "onnx", precision)["path"]
+        compiled, settings = compile_openvino(path, "CPU", threads=2)
+        assert settings["INFERENCE_PRECISION_HINT"] == "f32" and settings["PERFORMANCE_HINT"] == "LATENCY"
+        got, expected = run_openvino(compiled, clips), run_onnx(ort_session(path), clips)
+        assert float((got - expected).abs().max() / expected.abs().max()) < 1e-3, precision
+        (runner,) = RUNTIMES["openvino"].runners(path, 2, {})
+        assert runner.extra["openvino_config"]["device"] == "CPU" and torch.equal(runner.fn(clips), got)

@@ -27,7 +27,15 @@ from uniformer_edge.export.mil_reference import (  # noqa: E402
     _dtype_name,
     _round,
 )
-from uniformer_edge.export.pipeline import COREML_REFERENCE_THRESHOLDS, coreml_reference_parity  # noqa: E402
+from uniformer_edge.export.base import Precision, Reference, judge  # noqa: E402
+from uniformer_edge.export.coreml import FORMAT as COREML  # noqa: E402
+
+
+def coreml_reference_parity(output, float_logits, precision, counterpart=None):
+    """The verdict the export gives a Core ML package's MIL-reference output."""
+    return judge("MIL reference (numpy)", output, float_logits, COREML.thresholds[Precision(precision)], counterpart)
+
+
 from uniformer_edge.forms import frame_batched  # noqa: E402
 from uniformer_edge.models import create_model, deploy  # noqa: E402
 
@@ -403,7 +411,7 @@ def test_fp16_overflow_is_named(tmp_path):
         def forward(self, video):
             return self.proj(video.mean(dim=(2, 3, 4)))
 
-    from uniformer_edge.export.pipeline import fp16_safety
+    from uniformer_edge.export.coreml import fp16_safety
 
     path, _ = _save(Loud(), tmp_path, "fp16", frames=2, size=8)
     ref = MilReference(path)
@@ -519,10 +527,14 @@ def test_census_counts_five_dimensional_convs(tmp_path):
     assert ane_census["ops_on_rank5_tensors"] < native_census["ops_on_rank5_tensors"]
 
 
-def test_thresholds_cover_every_core_ml_precision():
-    from uniformer_edge.export.coreml import COREML_PRECISIONS
-
-    assert set(COREML_REFERENCE_THRESHOLDS) | {"fp32"} == set(COREML_PRECISIONS)
+def test_core_ml_thresholds_name_the_right_counterpart():
+    """W8A8 packages answer to the PT2E graph, weight-compressed ones to their own decompressed
+    weights, and every precision has a deployment target."""
+    against = {p: t.against for p, t in COREML.thresholds.items()}
+    assert against[Precision.INT8] is Reference.PT2E_GRAPH
+    assert {against[p] for p in ("w8", "w4", "palettize4", "palettize6")} == {Reference.PACKAGE_WEIGHTS}
+    assert against[Precision.FP16] is Reference.FLOAT and COREML.thresholds[Precision.FP16].same_top1
+    assert set(COREML.min_target) == set(COREML.thresholds)
 
 
 @pytest.mark.skipif(

@@ -132,7 +132,13 @@ def test_quantize_job_outputs(tmp_path):
     out = tmp_path / "q"
     with pytest.warns(UserWarning, match="random weights"):
         report = run_job(QuantizeJob(**JOB, out=str(out)), progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["quant_config.json", "quantized.pt2", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "float_weights.pth",  # random weights: kept, so the float reference is the model itself
+        "quant_config.json",
+        "quantized.pt2",
+        "report.json",
+        "report.md",
+    ]
     assert json.loads((out / "report.json").read_text()) == report
     assert report["calibration_clips"] == 4 and report["evaluation_clips"] == 8
     assert report["agreement"]["sqnr_db"] > 15 and report["float"]["top1"] is None
@@ -260,25 +266,40 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "uniformer_edge.quantize", *args], capture_output=True, text=True)
 
 
-def test_cli_bad_input_writes_nothing(tmp_path):
+def _in_process(capsys, *args) -> tuple[int, str]:
+    """The quantize command run in this process (the subprocess start costs seconds per case)."""
+    from uniformer_edge._cli import run
+    from uniformer_edge.quantize.__main__ import main
+
+    try:
+        code = run(main, list(args), prog="uniformer_edge.quantize")
+    except SystemExit as exit_:  # argparse's own refusals
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+def test_cli_bad_input_writes_nothing(tmp_path, capsys):
+    out = _cli("--variant", "xl", "--out", str(tmp_path / "out"))  # the real command line, once
+    assert out.returncode == 2 and "unknown variant 'xl'" in out.stderr and "Traceback" not in out.stderr
     cases = [
-        (["--variant", "xl"], "unknown variant 'xl'"),
         (["--variant", "xxs", "--recipe", "w2"], "unknown recipe 'w2'"),
         (["--variant", "xxs", "--observer", "magic"], "unknown observer 'magic'"),
         (["--variant", "xxs", "--checkpoint", str(tmp_path / "none.pth")], "checkpoint not found"),
         (["--variant", "xxs", "--method", "qat"], "QAT needs training data"),
         (["--variant", "xxs", "--num-calib", "0"], "--num-calib: must be a positive integer, got 0"),
         (["--variant", "xxs", "--resume"], "--resume and --stop-after apply to --method qat"),
+        (["--variant", "xxs", "--target", "xnnpack", "--recipe", "w4a8"], "--target xnnpack has recipes"),
+        (["--variant", "xxs", "--target", "xnnpack", "--analyze"], "does not take --analyze"),
     ]
     for args, message in cases:
-        out = _cli(*args, "--out", str(tmp_path / "out"), "--frames", "8", "--size", "32")
-        assert out.returncode == 2, (args, out.stderr)
-        assert message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+        code, err = _in_process(capsys, *args, "--out", str(tmp_path / "out"), "--frames", "8", "--size", "32")
+        assert code == 2, (args, err)
+        assert message in err and "Traceback" not in err, (args, err)
         assert not (tmp_path / "out").exists()
     (tmp_path / "exists").mkdir()
     (tmp_path / "exists" / "keep.txt").write_text("x")
-    out = _cli("--variant", "xxs", "--out", str(tmp_path / "exists"))
-    assert out.returncode == 2 and "already exists; pass --force" in out.stderr
+    code, err = _in_process(capsys, "--variant", "xxs", "--out", str(tmp_path / "exists"))
+    assert code == 2 and "already exists; pass --force" in err
     assert (tmp_path / "exists" / "keep.txt").read_text() == "x"
 
 
@@ -312,6 +333,7 @@ def test_switchable_graph_matches_converted_program(tiny_model):
     assert "blocks1.0" in blocks and "blocks4.0" in blocks and all(v > 10 for v in blocks.values())
 
 
+@pytest.mark.slow  # a minute: run by .ci/run after the default set
 def test_mixed_precision_job(tmp_path):
     job = QuantizeJob(
         **JOB, config=QuantConfig(recipe="w4a8"), analyze=True, max_drop=0.0, analysis_clips=8, out=str(tmp_path / "mp")

@@ -19,3 +19,22 @@ def test_ruff(command):
         pytest.skip("ruff is not installed (pip install -e '.[test]' installs it)")
     result = subprocess.run([ruff, *command], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# The package's data flow: a subpackage imports only from those before it.
+LAYERS = ("models", "forms", "calibration", "engine", "quantize", "export", "benchmark")
+
+
+def test_no_subpackage_reaches_back_up_the_chain():
+    import ast
+
+    package = REPO / "uniformer_edge"
+    wrong = []
+    for rank, layer in enumerate(LAYERS):
+        for path in sorted((package / layer).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level >= 2 and node.module:
+                    target = node.module.split(".")[0]
+                    if target in LAYERS and LAYERS.index(target) > rank:
+                        wrong.append(f"{path.relative_to(REPO)}:{node.lineno} imports {target}")
+    assert not wrong, wrong

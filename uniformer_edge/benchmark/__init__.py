@@ -2,13 +2,13 @@
 
 from .backends import BACKENDS, Artifact, backend_status, discover
 from .report import merge_reports, read_report, render_markdown, write_report
-from .run import REPORT_SCHEMA, BenchmarkJob, latency_stats, run_benchmark
+from .run import BENCHMARK_REPORT_SCHEMA, BenchmarkJob, latency_stats, run_benchmark
 
 __all__ = [
     "BenchmarkJob",
     "run_benchmark",
     "latency_stats",
-    "REPORT_SCHEMA",
+    "BENCHMARK_REPORT_SCHEMA",
     "BACKENDS",
     "Artifact",
     "discover",

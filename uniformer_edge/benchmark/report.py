@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .._io import atomic_dir
-from .run import REPORT_SCHEMA
+from .run import BENCHMARK_REPORT_SCHEMA
 
 __all__ = [
     "render_markdown",
@@ -52,10 +52,13 @@ def render_markdown(report: dict) -> str:
         lines += [
             f"## {device_label(dev)}",
             "",
-            f"{dev.get('os')}; memory "
-            f"{(dev.get('memory_bytes') or 0) / 2**30:.0f} GiB; torch {dev['versions'].get('torch')}, "
-            f"onnxruntime {dev['versions'].get('onnxruntime')}, executorch {dev['versions'].get('executorch')}, "
-            f"coremltools {dev['versions'].get('coremltools')}.",
+            f"{dev.get('os')}; memory {(dev.get('memory_bytes') or 0) / 2**30:.0f} GiB; "
+            + ", ".join(
+                f"{name} {version}"
+                for name, version in dev["versions"].items()
+                if version and name in ("torch", "onnxruntime", "openvino", "executorch", "coremltools")
+            )
+            + ".",
             "",
         ]
         for g in entry["groups"]:
@@ -202,9 +205,9 @@ def read_report(path) -> dict:
     schema = report.get("schema") if isinstance(report, dict) else None
     if not isinstance(schema, int):
         raise InputError(f"{path} is not a benchmark report (no schema version)")
-    if schema > REPORT_SCHEMA:
+    if schema > BENCHMARK_REPORT_SCHEMA:
         raise InputError(
-            f"{path} has report schema {schema}, newer than this toolkit reads ({REPORT_SCHEMA}); "
+            f"{path} has report schema {schema}, newer than this toolkit reads ({BENCHMARK_REPORT_SCHEMA}); "
             f"upgrade uniformer-edge"
         )
     entries = report.get("devices") if "devices" in report else [report]
@@ -245,7 +248,12 @@ def merge_reports(paths) -> dict:
                 continue
             seen.add(key)
             devices.append(entry)
-    return {"schema": REPORT_SCHEMA, "merged_from": [str(p) for p in paths], "devices": devices, "complete": True}
+    return {
+        "schema": BENCHMARK_REPORT_SCHEMA,
+        "merged_from": [str(p) for p in paths],
+        "devices": devices,
+        "complete": True,
+    }
 
 
 def _bar_chart(plt, path: Path, names: list, values: list, xlabel: str, title: str) -> None:

@@ -23,13 +23,14 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..calibration import build_dataset
 from ..engine import agreement, topk_accuracy
-from ..models import create_model, deploy
-from .backends import BACKENDS, Artifact, Runner, backend_status, discover, runners_for, setting_status
+from ..models import deploy
+from ..export import Runner, get_runtime
+from .backends import BACKENDS, Artifact, backend_status, discover, runners_for, setting_status
 from .device import fingerprint
 
-__all__ = ["BenchmarkJob", "run_benchmark", "latency_stats", "REPORT_SCHEMA"]
+__all__ = ["BenchmarkJob", "run_benchmark", "latency_stats", "BENCHMARK_REPORT_SCHEMA"]
 
-REPORT_SCHEMA = 1
+BENCHMARK_REPORT_SCHEMA = 1
 
 
 @dataclass
@@ -114,14 +115,7 @@ def _logits(fn, clips: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def _float_reference(artifact: Artifact):
-    src = artifact.source
-    torch.manual_seed(src.get("seed") or 0)  # the seed the exporter built a random-weight model with
-    model = create_model(
-        artifact.variant,
-        num_classes=src["num_classes"],
-        checkpoint=src.get("checkpoint"),
-        **(src.get("model_overrides") or {}),
-    ).eval()
+    model = artifact.float_model()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device), device
 
@@ -202,7 +196,7 @@ def run_benchmark(job: BenchmarkJob, progress: bool = True) -> dict:
     settings = {b: setting_status(b) for b in job.backends}
     cuda = "torch" in settings and settings["torch"]["cuda"] is None
     report = {
-        "schema": REPORT_SCHEMA,
+        "schema": BENCHMARK_REPORT_SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "device": fingerprint(threads),
         "settings": {k: getattr(job, k) for k in ("batch", "runs", "warmup", "data", "num_clips")},
@@ -236,7 +230,7 @@ def run_benchmark(job: BenchmarkJob, progress: bool = True) -> dict:
             samples = [dataset[i] for i in range(n)]
             clips = torch.stack([c for c, _ in samples])
             labels = torch.tensor([y for _, y in samples])
-            has_labels = first.source.get("checkpoint") is not None  # random weights: labels mean nothing
+            has_labels = first.card.checkpoint is not None  # random weights: labels mean nothing
             model, device = _float_reference(first)
             with torch.no_grad(), _ieee_fp32():
                 reference = _logits(lambda x: model(x.to(device)), clips, job.batch)
@@ -246,7 +240,8 @@ def run_benchmark(job: BenchmarkJob, progress: bool = True) -> dict:
                 "variant": first.variant,
                 "frames": first.frames,
                 "size": first.size,
-                "checkpoint": first.source.get("checkpoint"),
+                "checkpoint": first.card.checkpoint,
+                "weights_sha256": first.card.weights_sha256,
                 "float_reference": f"float PyTorch model on {device}"
                 + (f" ({torch.cuda.get_device_name(0)}, full fp32: TF32 off)" if device == "cuda" else ""),
                 "evaluation_clips": n,
@@ -289,7 +284,7 @@ def run_benchmark(job: BenchmarkJob, progress: bool = True) -> dict:
                 for backend in job.backends:
                     bar.set_postfix_str(f"{artifact.name} on {backend}")
                     bar.update(1)
-                    if BACKENDS[backend][0] != artifact.format:
+                    if get_runtime(backend).format != artifact.format:
                         continue
                     common = {
                         "variant": artifact.variant,

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError
+from ..models.config import MEAN, STD
 
 __all__ = [
     "MEAN",
@@ -21,7 +22,6 @@ __all__ = [
     "frames_needed",
 ]
 
-MEAN, STD = 0.45, 0.225
 SAMPLING_MODES = ("uniform", "strided")
 
 

@@ -8,6 +8,7 @@ from .evaluation import (
     evaluate,
     iterate_batches,
     metrics_from_counts,
+    per_clip,
     top1_drop,
     topk_accuracy,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "topk_accuracy",
     "top1_drop",
     "agreement",
+    "per_clip",
     "TrainConfig",
     "epoch_batches",
     "train",

@@ -22,6 +22,7 @@ __all__ = [
     "collect_logits",
     "topk_accuracy",
     "agreement",
+    "per_clip",
 ]
 
 
@@ -157,3 +158,12 @@ def agreement(reference: torch.Tensor, other: torch.Tensor) -> dict:
         "top1_agreement": float((ref.argmax(1) == oth.argmax(1)).double().mean()),
         "cosine": float(cos),
     }
+
+
+def per_clip(fn):
+    """`fn`, a program with a static batch of one, applied to a batch of clips one clip at a time."""
+
+    def run(clips: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.as_tensor(fn(clip[None])) for clip in clips])
+
+    return run

@@ -6,13 +6,14 @@ import sys
 
 from .._cli import nonnegative_int, positive_float, positive_int, Parser, run
 from ..models import list_variants
-from .coreml import FORMS, MIN_TARGET, TARGETS
-from .pipeline import FORMATS, PRECISIONS, SUPPORTED, ExportError, ExportJob, run_export
+from .coreml import FORMS, TARGETS
+from .pipeline import ExportError, ExportJob, run_export
+from .registry import FORMATS, PRECISIONS
 
 
 def build_parser() -> Parser:
-    support = "; ".join(f"{f}: {' '.join(SUPPORTED[f])}" for f in FORMATS)
-    targets = ", ".join(f"{p} {t}" for p, t in MIN_TARGET.items() if t != "ios16")
+    support = "; ".join(f"{f.name}: {' '.join(f.precisions)}" for f in FORMATS.values())
+    targets = ", ".join(f"{p} {t}" for p, t in FORMATS["coreml"].min_target.items() if t != "ios16")
     p = Parser(
         prog="python -m uniformer_edge.export",
         description="Export a UniFormer model to ONNX, Core ML (.mlpackage) and ExecuTorch (.pte). Every artifact "
@@ -32,12 +33,12 @@ def build_parser() -> Parser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="float checkpoint (default: random weights)")
     src.add_argument("--quantized", metavar="DIR", help="output folder of `python -m uniformer_edge.quantize`")
-    p.add_argument("--format", nargs="+", default=["onnx"], choices=FORMATS, help="formats (default onnx)")
+    p.add_argument("--format", nargs="+", default=["onnx"], choices=list(FORMATS), help="formats (default onnx)")
     p.add_argument(
         "--precision",
         nargs="+",
         default=None,
-        choices=PRECISIONS,
+        choices=[p.value for p in PRECISIONS],
         help="precisions (default fp32, or the --quantized graph's)",
     )
     p.add_argument("--frames", type=positive_int, help="frames per clip (default: the variant's usual input)")

@@ -24,12 +24,19 @@ import torch
 from torch import Tensor, nn
 from torch.export import ExportedProgram
 
-from ..errors import InputError
+from ..errors import ExportError, InputError
+from ..engine import per_clip
+from ..forms import frame_batched
+from ..models import deploy
+from .base import FP16_PARITY, FP32_PARITY, Format, Precision, Reference, Runner, Runtime, Threshold, tally
 from .. import __version__
 
 __all__ = [
-    "COREML_PRECISIONS",
-    "MIN_TARGET",
+    "FORMAT",
+    "RUNTIME",
+    "COMPUTE_UNITS",
+    "fp16_safety",
+    "FP16_HEADROOM",
     "convert_coreml",
     "coreml_op_census",
     "coreml_io",
@@ -44,17 +51,6 @@ __all__ = [
 ]
 
 TARGETS = ("ios16", "ios17", "ios18")
-COREML_PRECISIONS = ("fp32", "fp16", "w8", "w4", "palettize4", "palettize6", "int8")
-# The oldest deployment target each precision needs (Core ML op availability).
-MIN_TARGET = {
-    "fp32": "ios16",
-    "fp16": "ios16",
-    "w8": "ios16",
-    "palettize4": "ios16",
-    "palettize6": "ios16",
-    "int8": "ios17",  # activation quantize/dequantize ops
-    "w4": "ios18",
-}  # per-block int4 weights
 
 
 # Core ML program forms: "ane" is built from the frame-batched 2-D deploy form (Conv2d over
@@ -152,11 +148,12 @@ def convert_coreml(
     import coremltools as ct
     import coremltools.optimize.coreml as cto
 
-    if precision not in COREML_PRECISIONS:
-        raise InputError(f"Core ML precision {precision!r} unknown; choose from {', '.join(COREML_PRECISIONS)}")
+    if precision not in FORMAT.thresholds:
+        raise InputError(f"Core ML precision {precision!r} unknown; choose from {', '.join(FORMAT.precisions)}")
+    precision = Precision(precision)
     if target not in TARGETS:
         raise InputError(f"unknown Core ML target {target!r}; choose from {', '.join(TARGETS)}")
-    needed = MIN_TARGET[precision]
+    needed = FORMAT.min_target[precision]
     if TARGETS.index(target) < TARGETS.index(needed):
         raise InputError(f"Core ML {precision} needs --target {needed} or later (got {target})")
     example = example[:1]
@@ -235,11 +232,8 @@ def _spec(path_or_model):
 
 def coreml_op_census(path_or_model) -> dict[str, int]:
     """MIL op counts of the main function (conv, linear, quantize/dequantize, constexpr_* decompression)."""
-    counts: dict[str, int] = {}
-    for block in _spec(path_or_model).mlProgram.functions["main"].block_specializations.values():
-        for op in block.operations:
-            counts[op.type] = counts.get(op.type, 0) + 1
-    return dict(sorted(counts.items()))
+    blocks = _spec(path_or_model).mlProgram.functions["main"].block_specializations.values()
+    return tally(op.type for block in blocks for op in block.operations)
 
 
 _DTYPES = {65552: "float16", 65568: "float32", 131104: "int32"}
@@ -376,5 +370,172 @@ def predict_coreml(path, clips: Tensor, compute_units: str = "ALL") -> Tensor:
     if reason:
         raise RuntimeError(reason)
     model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
-    outs = [model.predict({"video": clip[None].numpy().astype(np.float32)})["logits"] for clip in clips]
-    return torch.from_numpy(np.concatenate(outs, axis=0)).float()
+    return per_clip(lambda clip: _predict(model, clip))(clips)
+
+
+def _predict(model, clip: Tensor) -> Tensor:
+    return torch.from_numpy(np.asarray(model.predict({"video": clip.numpy().astype(np.float32)})["logits"])).float()
+
+
+# A float op output within this factor of fp16's largest value (65504) is reported by name.
+FP16_HEADROOM = 4.0
+
+
+def fp16_safety(reference, name: str) -> dict:
+    """Largest float magnitudes of a MIL program's ops over its tracked runs against fp16's range;
+    warns naming each op within FP16_HEADROOM of overflow."""
+    from .mil_reference import FP16_MAX
+
+    magnitudes = reference.magnitudes
+    peak_name = max(magnitudes, key=magnitudes.get)
+    near = reference.near_overflow(FP16_HEADROOM)
+    for op_name, op_type, peak in near:
+        warnings.warn(
+            f"{name}: {op_type} op {op_name} reaches {peak:.5g}, within {FP16_HEADROOM:g}x of "
+            f"fp16's largest value {FP16_MAX:g}",
+            stacklevel=2,
+        )
+    return {
+        "fp16_max": FP16_MAX,
+        "largest_magnitude": magnitudes[peak_name],
+        "largest_op": peak_name,
+        "largest_op_type": reference.op_types[peak_name],
+        "headroom": FP16_MAX / max(magnitudes[peak_name], 1e-30),
+        "near_overflow": [{"op": n, "type": t, "magnitude": m} for n, t, m in near],
+    }
+
+
+def _build(ctx, precision: Precision, path: Path) -> dict:
+    """The package of `precision` at `path`, executed from disk by the MIL reference (and by
+    Core ML itself on macOS) against its counterpart."""
+    from .mil_reference import RUNTIME_NAME, RUNTIME_NOTE, MilReference
+
+    job = ctx.job
+    form, form_note = job.coreml_form, None
+    if precision is Precision.INT8 and form == "ane" and job.quantized:
+        form = "3d"
+        form_note = (
+            f"--quantized {job.quantized} holds a graph of the 5-D (Conv3d) form; export without "
+            "--quantized (int8 is then quantized here) for the Neural Engine form"
+        )
+        warnings.warn(f"Core ML int8: {form_note}", stacklevel=2)
+    conv3d = "2d" if form == "ane" else "native"
+    if precision is Precision.INT8:
+        source = ctx.program(precision, conv3d).module()
+    else:
+        source = frame_batched(ctx.model, job.frames) if conv3d == "2d" else deploy(ctx.model)
+    mlmodel = convert_coreml(
+        source,
+        ctx.example,
+        precision,
+        job.target,
+        ctx.labels,
+        ctx.preprocessing(),
+        f"UniFormer-{job.variant.upper()} {job.frames}x{job.size}, {precision}, {form} form",
+    )
+    save_mlpackage(mlmodel, path)
+    census, io = coreml_op_census(path), coreml_io(path)
+    if io["inputs"].get("video", {}).get("shape") != [1, 3, *ctx.thw()] or "logits" not in io["outputs"]:
+        raise ExportError(f"{path.name}: unexpected inputs/outputs {io}")
+    if precision is Precision.INT8 and not census.get("quantize"):
+        raise ExportError(f"{path.name}: no activation quantize ops in the converted program")
+    reference = MilReference(path)  # read back from disk: what the package holds, not the in-memory model
+    threshold = FORMAT.thresholds[precision]
+
+    def counterpart() -> Tensor:
+        """The PyTorch module a quantized or weight-compressed package must match, on the check clips."""
+        if precision is Precision.INT8:
+            return ctx.program(precision, conv3d).module()(ctx.clips)
+        return with_package_weights(source, reference.decompressed_weights(), wrapped=bool(ctx.labels))(ctx.clips)
+
+    output = torch.from_numpy(reference.run_batch(ctx.clips.numpy(), "video", "logits", track=precision != "fp32"))
+    reference_parity = ctx.parity(RUNTIME_NAME, output, threshold, counterpart, what=RUNTIME_NOTE)
+    reason = can_predict()
+    if reason:
+        parity = {"runtime": "Core ML", "not run": reason}
+    else:
+        parity = ctx.parity(
+            "coremltools (macOS, compute units ALL)", predict_coreml(path, ctx.clips), threshold, counterpart
+        )
+    info = {
+        "census": census,
+        "io": io,
+        "form": form,
+        "parity": parity,
+        "reference_parity": reference_parity,
+        "neural_engine": neural_engine_census(reference.program),
+        "target": job.target,
+        "input": {"name": "video", "shape": [1, 3, *ctx.thw()], "dtype": "float32"},
+    }
+    if form_note:
+        info["form_note"] = form_note
+    if precision is not Precision.FP32:
+        info["fp16_safety"] = fp16_safety(reference, path.name)
+    return info
+
+
+# fp16 programs store fp16 between ops and keep the bound of every fp16 export. W8A8 compares with
+# the PT2E graph in PyTorch by cosine only (a rounding tie in one int8 value can cascade).
+# Weight-compressed packages compare, like the ONNX weight-only exports, with their PyTorch
+# counterpart: the converted model holding the weights the package decompresses.
+FORMAT = Format(
+    name="coreml",
+    suffix=".mlpackage",
+    runtime="coreml",
+    thresholds={
+        Precision.FP32: FP32_PARITY,
+        Precision.FP16: FP16_PARITY,
+        Precision.INT8: Threshold(Reference.PT2E_GRAPH, min_cosine=0.999),
+        **{
+            p: Threshold(Reference.PACKAGE_WEIGHTS, min_cosine=0.999)
+            for p in (Precision.W8, Precision.W4, Precision.PALETTIZE4, Precision.PALETTIZE6)
+        },
+    },
+    build=_build,
+    census=coreml_op_census,
+    # Core ML op availability: activation quantize/dequantize need iOS 17, per-block int4 weights iOS 18.
+    min_target={
+        **{
+            p: "ios16"
+            for p in (Precision.FP32, Precision.FP16, Precision.W8, Precision.PALETTIZE4, Precision.PALETTIZE6)
+        },
+        Precision.INT8: "ios17",
+        Precision.W4: "ios18",
+    },
+)
+
+COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
+
+
+def _coreml_available() -> Optional[str]:
+    try:
+        import coremltools  # noqa: F401
+    except ImportError as err:
+        return f"coremltools is not installed ({err}); pip install 'uniformer-edge[coreml]'"
+    return can_predict()
+
+
+def _plan_or_reason(path, units: str) -> dict:
+    """Core ML's compute plan (ops and estimated cost per compute device), or why there is none."""
+    try:
+        return compute_plan(path, units)
+    except Exception as err:  # MLComputePlan needs macOS 14.4+ and coremltools >= 8
+        return {"not available": f"{type(err).__name__}: {err}"}
+
+
+def _coreml_runner(path, units: str, threads: int, source: dict) -> Runner:
+    import coremltools as ct
+
+    model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, units))
+    return Runner(
+        "coreml",
+        units,
+        per_clip(lambda clip: _predict(model, clip)),
+        fixed_batch=1,
+        extra={"compute_plan": _plan_or_reason(path, units)},
+    )
+
+
+RUNTIME = Runtime(
+    name="coreml", format="coreml", settings=COMPUTE_UNITS, available=_coreml_available, load=_coreml_runner
+)

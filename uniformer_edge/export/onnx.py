@@ -19,7 +19,9 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim, ExportedProgram
 
-from ..errors import InputError
+from ..errors import ExportError, InputError
+from ..models import deploy
+from .base import FP16_PARITY, FP32_PARITY, Format, Precision, Reference, Runner, Runtime, Threshold, tally
 from .._cpu import has_int8_dot_product, is_x86
 from .._io import atomic_write
 
@@ -32,6 +34,9 @@ __all__ = [
     "run_onnx",
     "ort_quantize_static",
     "onnx_op_census",
+    "FORMAT",
+    "RUNTIME",
+    "ORT_PROVIDERS",
 ]
 
 OPSET = 18  # the dynamo exporter's native opset; QDQ with per-channel axes needs >= 13
@@ -192,10 +197,7 @@ def onnx_op_census(path) -> dict[str, int]:
     some exporter versions silently drop them)."""
     import onnx
 
-    counts: dict[str, int] = {}
-    for node in onnx.load(str(path), load_external_data=False).graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items()))
+    return tally(node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node)
 
 
 def _entropy_ranges(model: Path, clips: Iterable[Tensor], tmp: Path) -> Path:
@@ -360,3 +362,101 @@ def ort_quantize_static(
         proto = onnx.load(str(out))
         _unshare_quantization_parameters(proto)
         return atomic_write(path, lambda t: onnx.save_model(proto, t))
+
+
+def _build(ctx, precision: Precision, path: Path) -> dict:
+    """The ONNX artifact of `precision` at `path`, run by ONNX Runtime against its reference."""
+    if precision in (Precision.INT8_ORT, Precision.INT8_ORT_ENTROPY):
+        float_path = path.with_name(path.stem + ".float.tmp.onnx")
+        export_onnx(deploy(ctx.model, per_channel_safe=True), float_path, ctx.example)
+        try:
+            method = "entropy" if precision is Precision.INT8_ORT_ENTROPY else "minmax"
+            ort_quantize_static(float_path, path, ctx.calibration(), method)
+        finally:
+            float_path.unlink(missing_ok=True)
+    elif precision.pt2e_recipe:
+        export_onnx(ctx.program(precision), path)
+    else:
+        model = deploy(ctx.model)
+        export_onnx(half_precision(model) if precision is Precision.FP16 else model, path, ctx.example)
+    census = onnx_op_census(path)
+    if precision not in (Precision.FP32, Precision.FP16) and not census.get("DequantizeLinear"):
+        raise ExportError(f"{path.name}: the exporter dropped every QuantizeLinear/DequantizeLinear node")
+    import onnxruntime
+
+    session = ort_session(path)
+    parity = ctx.parity(
+        f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider",
+        run_onnx(session, ctx.clips),
+        FORMAT.thresholds[precision],
+        lambda: ctx.program(precision).module()(ctx.clips),
+    )
+    parity["session_config"] = session.uniformer_config
+    extra = {}
+    if census.get("QuantizeLinear"):
+        extra["onnxruntime_session_config"] = {
+            "session.x64quantprecision": "1",
+            "when": "x86 CPUs without VNNI or AMX: their u8 x s8 kernels saturate int16 pair sums",
+        }
+    return {
+        **extra,
+        "census": census,
+        "parity": parity,
+        "input": {"name": "video", "shape": ["batch", 3, *ctx.thw()], "dtype": "float32"},
+    }
+
+
+# Exports of a PT2E graph must reproduce that graph in PyTorch. No elementwise bound holds for
+# int8: a rounding tie in one int8 value can cascade. ONNX Runtime's own quantize_static has no
+# PyTorch counterpart.
+FORMAT = Format(
+    name="onnx",
+    suffix=".onnx",
+    runtime="onnxruntime",
+    thresholds={
+        Precision.FP32: FP32_PARITY,
+        Precision.FP16: FP16_PARITY,
+        **{p: Threshold(Reference.PT2E_GRAPH, min_cosine=0.999) for p in (Precision.INT8, Precision.W8, Precision.W4)},
+        Precision.INT8_ORT: Threshold(Reference.NONE),
+        Precision.INT8_ORT_ENTROPY: Threshold(Reference.NONE),
+    },
+    build=_build,
+    census=onnx_op_census,
+)
+
+ORT_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "CoreMLExecutionProvider")
+
+
+def _ort_available() -> Optional[str]:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as err:
+        return f"onnxruntime is not installed ({err}); pip install 'uniformer-edge[onnx]'"
+    return None
+
+
+def _provider_available(provider: str) -> Optional[str]:
+    import onnxruntime as ort
+
+    if provider in ort.get_available_providers():
+        return None
+    build = {
+        "CUDAExecutionProvider": "the onnxruntime-gpu build has it",
+        "CoreMLExecutionProvider": "onnxruntime's macOS builds have it",
+    }[provider]
+    return f"onnxruntime {ort.__version__} has no {provider} ({build})"
+
+
+def _ort_runner(path, provider: str, threads: int, source: dict) -> Runner:
+    session = ort_session(path, threads, [provider])
+    return Runner("onnxruntime", provider, lambda clips: run_onnx(session, clips))
+
+
+RUNTIME = Runtime(
+    name="onnxruntime",
+    format="onnx",
+    settings=ORT_PROVIDERS,
+    available=_ort_available,
+    setting_available=_provider_available,
+    load=_ort_runner,
+)

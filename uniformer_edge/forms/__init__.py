@@ -8,6 +8,7 @@ from .xnnpack import (
     LayerNormAsXnnpackOps,
     XnnpackHalf,
     is_depthwise_conv,
+    is_feature_pool,
     is_residual_add,
     is_token_score_op,
     xnnpack_form,
@@ -26,4 +27,5 @@ __all__ = [
     "is_depthwise_conv",
     "is_residual_add",
     "is_token_score_op",
+    "is_feature_pool",
 ]

@@ -350,7 +350,7 @@ class BatchedAttention(nn.Module):
                 layer.weight.copy_(attn.qkv.weight[i * C : (i + 1) * C] * scale)
                 if layer.bias is not None:
                     layer.bias.copy_(attn.qkv.bias[i * C : (i + 1) * C] * scale)
-        self.proj = attn.proj
+        self.proj, self.cls_scores = attn.proj, attn.cls_scores
 
     def forward(self, x: Tensor, want_cls_scores: bool = False) -> tuple[Tensor, Optional[Tensor]]:
         B, M, C = x.shape
@@ -359,7 +359,7 @@ class BatchedAttention(nn.Module):
         k_t = self.k(x).reshape(B, M, h, d).permute(0, 2, 3, 1).reshape(B * h, d, M)
         v = self.v(x).reshape(B, M, h, d).transpose(1, 2).reshape(B * h, M, d)
         attn = torch.bmm(q, k_t).softmax(dim=-1)
-        cls_scores = attn.reshape(B, h, M, M)[:, :, 0, 1:].mean(dim=1) if want_cls_scores else None
+        cls_scores = self.cls_scores(attn.reshape(B, h, M, M)) if want_cls_scores else None
         out = torch.bmm(attn, v)
         return self.proj(out.reshape(B, h, M, C // h).permute(0, 2, 1, 3).reshape(B, M, C)), cls_scores
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.uniformer import EvoSABlock, SABlock
+from ..models.uniformer import EvoSABlock, FeaturePool, SABlock, TokenScoreOp
 from .frames import FrameEmbed, ResidualAdd, frame_batched
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "XnnpackHalf",
     "is_depthwise_conv",
     "is_token_score_op",
+    "is_feature_pool",
     "is_residual_add",
 ]
 
@@ -85,11 +86,21 @@ def is_depthwise_conv(node) -> bool:
     )  # groups == output channels
 
 
+def _inside(node, cls) -> bool:
+    """Whether the model computes `node` inside a module of class `cls`: the export names each
+    op's enclosing modules in `nn_module_stack`."""
+    owner = f"{cls.__module__}.{cls.__qualname__}"
+    return any(kind == owner for _, kind in (node.meta.get("nn_module_stack") or {}).values())
+
+
 def is_token_score_op(node) -> bool:
-    """An op on the light models' token scores, (batch, tokens) tensors: the only 2-D tensors of
-    the form besides the classifier's linear layer and the pooled features before it."""
-    value = node.meta.get("val")
-    return node.target != torch.ops.aten.linear.default and isinstance(value, Tensor) and value.dim() == 2
+    """An op on the light models' token scores: one the model computes inside a `TokenScoreOp`."""
+    return _inside(node, TokenScoreOp)
+
+
+def is_feature_pool(node) -> bool:
+    """The average of the last stage's map that the classifier reads (`FeaturePool`)."""
+    return _inside(node, FeaturePool)
 
 
 # Modules whose own forward adds only residual connections: the form's marker, and the official

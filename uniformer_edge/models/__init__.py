@@ -10,6 +10,7 @@ from .checkpoint import (
     load_checkpoint,
     read_state_dict,
 )
+from .config import FLOAT_WEIGHTS_FILE, MEAN, STD, ModelCard, Preprocessing, weights_sha256
 from .deploy import deploy
 from .info import ModelInfo, model_info
 from .registry import (
@@ -38,6 +39,12 @@ __all__ = [
     "CheckpointError",
     "LoadReport",
     "deploy",
+    "ModelCard",
+    "Preprocessing",
+    "weights_sha256",
+    "FLOAT_WEIGHTS_FILE",
+    "MEAN",
+    "STD",
     "model_info",
     "ModelInfo",
 ]

@@ -106,6 +106,28 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
+class TokenScoreOp(nn.Module):
+    """One computation on the light models' token scores (the class token's attention, the score
+    updates, the pruning order, the merge weights) as a module of its own, without parameters:
+    exported graphs then name these ops in their `nn_module_stack`, and quantizers and lowering
+    forms find them by that mark (`forms.is_token_score_op`)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args):
+        return self.fn(*args)
+
+    def extra_repr(self) -> str:
+        return self.fn.__name__
+
+
+def cls_attention(attn: Tensor) -> Tensor:
+    """Head-averaged attention of the class token (the first) to every other token: (B, h, M, M) -> (B, M-1)."""
+    return attn[:, :, 0, 1:].mean(dim=1)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with explicit matrix products (no fused SDPA), so that both
     attention matmuls stay visible to quantizers and exporters."""
@@ -129,6 +151,7 @@ class Attention(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.cls_scores = TokenScoreOp(cls_attention)
 
     def forward(self, x: Tensor, want_cls_scores: bool = False) -> tuple[Tensor, Optional[Tensor]]:
         """Returns the attention output and, if asked, the head-averaged attention of the
@@ -137,7 +160,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, M, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
-        cls_scores = attn[:, :, 0, 1:].mean(dim=1) if want_cls_scores else None
+        cls_scores = self.cls_scores(attn) if want_cls_scores else None
         attn = self.attn_drop(attn)
         x = (attn @ v).transpose(1, 2).reshape(B, M, C)
         return self.proj_drop(self.proj(x)), cls_scores
@@ -248,6 +271,47 @@ class SABlock(nn.Module):
 _SMALLEST_NORMAL = torch.finfo(torch.float32).tiny
 
 
+def _updated_scores(scores: Optional[Tensor], cls_attn: Tensor, lam: float) -> Tensor:
+    if scores is None:
+        return cls_attn
+    if scores.shape[1] == cls_attn.shape[1]:
+        return (1 - lam) * scores + lam * cls_attn
+    # Pruned case: only the kept tokens' scores move; the representative's column is unused.
+    keep = cls_attn.shape[1] - 1
+    kept = (1 - lam) * scores[:, :keep] + lam * cls_attn[:, :keep]
+    return torch.cat([kept, scores[:, keep:]], dim=1)
+
+
+def _prune_order(scores: Tensor) -> tuple[Tensor, Tensor]:
+    # A full descending topk is argsort by another name, and one that mobile runtimes
+    # (ExecuTorch's portable kernels) implement.
+    return torch.topk(scores, scores.shape[1], dim=1)
+
+
+def _merge_weights(sorted_scores: Tensor, keep: int) -> Tensor:
+    """The weights of the pruned tokens (all but the first `keep`) in their representative."""
+    dropped_scores = sorted_scores[:, keep:]
+    # Once attention is peaked, every pruned token's score can underflow to 0, and the official
+    # 0 / 0 gives NaN logits. The bound changes the weights only where the sum is below fp32's
+    # smallest normal number (the sum's precision is gone there anyway).
+    return dropped_scores / dropped_scores.sum(dim=1, keepdim=True).clamp_min(_SMALLEST_NORMAL)
+
+
+def _restore_scores(scores: Tensor, order: Tensor, sorted_scores: Tensor) -> Tensor:
+    return torch.zeros_like(scores).scatter(1, order, sorted_scores)
+
+
+def _pool_scores(scores: Tensor, sorted_scores: Tensor, shape: Sequence[int]) -> Tensor:
+    """2x2 spatial average pooling (floor) of the scores onto the next stage's grid,
+    rescaled to keep the total mass. Written as reshape+mean rather than avg_pool3d so
+    that runtimes without 5-D pooling can run it, with tensors of rank <= 5 (Core ML)."""
+    B, _, T, H, W = shape
+    Ho, Wo = H // 2, W // 2
+    grid = scores.reshape(B, T, H, W)[:, :, : 2 * Ho, : 2 * Wo]
+    pooled = grid.reshape(B * T, Ho, 2, Wo, 2).mean(dim=(2, 4)).reshape(B, -1)
+    return pooled * sorted_scores.sum(dim=1, keepdim=True) / pooled.sum(dim=1, keepdim=True)
+
+
 class EvoSABlock(SABlock):
     """Global block of the light models: attends with a class token and, when
     `prune_ratio < 1`, attends only to the highest-scoring tokens plus one score-weighted
@@ -274,17 +338,11 @@ class EvoSABlock(SABlock):
         self.trade_off = float(trade_off)
         self.pool_scores = pool_scores
         self.track_scores = track_scores
-
-    def _updated_scores(self, scores: Optional[Tensor], cls_attn: Tensor) -> Tensor:
-        if scores is None:
-            return cls_attn
-        lam = self.trade_off
-        if scores.shape[1] == cls_attn.shape[1]:
-            return (1 - lam) * scores + lam * cls_attn
-        # Pruned case: only the kept tokens' scores move; the representative's column is unused.
-        keep = cls_attn.shape[1] - 1
-        kept = (1 - lam) * scores[:, :keep] + lam * cls_attn[:, :keep]
-        return torch.cat([kept, scores[:, keep:]], dim=1)
+        self.update_scores = TokenScoreOp(_updated_scores)
+        self.prune_order = TokenScoreOp(_prune_order)
+        self.merge_weights = TokenScoreOp(_merge_weights)
+        self.restore_scores = TokenScoreOp(_restore_scores)
+        self.score_pool = TokenScoreOp(_pool_scores)
 
     def forward(self, cls: Tensor, x: Tensor, scores: Optional[Tensor]):
         x = self._add_pos_embed(x)
@@ -297,25 +355,19 @@ class EvoSABlock(SABlock):
             a, cls_attn = self.attn(self.norm1(z), want_cls_scores=want_scores)
             z = z + self.drop_path(_scale(a, self.gamma_1))
             z = z + self.drop_path(_scale(self.mlp(self.norm2(z)), self.gamma_2))
-            scores = self._updated_scores(scores, cls_attn) if want_scores else None
+            scores = self.update_scores(scores, cls_attn, self.trade_off) if want_scores else None
             return z[:, :1], from_tokens(z[:, 1:], shape), scores
 
         if scores is None:
             raise RuntimeError("a pruning block needs token scores from an earlier block")
         N = tokens.shape[1]
         keep = int(N * self.prune_ratio)
-        # A full descending topk is argsort by another name, and one that mobile runtimes
-        # (ExecuTorch's portable kernels) implement.
-        sorted_scores, order = torch.topk(scores, N, dim=1)
+        sorted_scores, order = self.prune_order(scores)
         flat_order = _flat_order(order)
         sorted_tokens = _permute_tokens(tokens, flat_order)
 
         kept, dropped = sorted_tokens[:, :keep], sorted_tokens[:, keep:]
-        dropped_scores = sorted_scores[:, keep:]
-        # Once attention is peaked, every pruned token's score can underflow to 0, and the official
-        # 0 / 0 gives NaN logits. The bound changes the weights only where the sum is below fp32's
-        # smallest normal number (the sum's precision is gone there anyway).
-        weights = dropped_scores / dropped_scores.sum(dim=1, keepdim=True).clamp_min(_SMALLEST_NORMAL)
+        weights = self.merge_weights(sorted_scores, keep)
         representative = (weights.unsqueeze(-1) * dropped).sum(dim=1, keepdim=True)
 
         z = torch.cat([cls, kept, representative], dim=1)
@@ -330,24 +382,13 @@ class EvoSABlock(SABlock):
         tokens = _permute_tokens(sorted_tokens, _inverse_order(flat_order))
 
         if want_scores:
-            sorted_scores = self._updated_scores(sorted_scores, cls_attn)
-            scores = torch.zeros_like(scores).scatter(1, order, sorted_scores)
+            sorted_scores = self.update_scores(sorted_scores, cls_attn, self.trade_off)
+            scores = self.restore_scores(scores, order, sorted_scores)
             if self.pool_scores:
-                scores = self._pool(scores, sorted_scores.sum(dim=1, keepdim=True), shape)
+                scores = self.score_pool(scores, sorted_scores, shape)
         else:
             scores = None
         return z[:, :1], from_tokens(tokens, shape), scores
-
-    @staticmethod
-    def _pool(scores: Tensor, total: Tensor, shape: Sequence[int]) -> Tensor:
-        """2x2 spatial average pooling (floor) of the scores onto the next stage's grid,
-        rescaled to keep the total mass. Written as reshape+mean rather than avg_pool3d so
-        that runtimes without 5-D pooling can run it, with tensors of rank <= 5 (Core ML)."""
-        B, _, T, H, W = shape
-        Ho, Wo = H // 2, W // 2
-        grid = scores.reshape(B, T, H, W)[:, :, : 2 * Ho, : 2 * Wo]
-        pooled = grid.reshape(B * T, Ho, 2, Wo, 2).mean(dim=(2, 4)).reshape(B, -1)
-        return pooled * total / pooled.sum(dim=1, keepdim=True)
 
 
 def _stage_rates(drop_path_rate: float, depth: Sequence[int]) -> list[list[float]]:
@@ -366,6 +407,15 @@ def _check_four(name: str, value) -> list:
     return value
 
 
+class FeaturePool(nn.Module):
+    """The average over every position of the last stage's map, (B, C, T, H, W) -> (B, C): the
+    features the classifier reads, as a module of its own so that exported graphs name it
+    (`forms.is_feature_pool`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(2).mean(-1)
+
+
 class _Backbone(nn.Module):
     """Shared head and input handling of both model classes."""
 
@@ -374,6 +424,7 @@ class _Backbone(nn.Module):
     def _init_head(self, dim: int, num_classes: int, representation_size: Optional[int]):
         self.num_classes = num_classes
         self.norm = nn.BatchNorm3d(dim)
+        self.features = FeaturePool()
         if representation_size:
             self.pre_logits = nn.Sequential()
             self.pre_logits.add_module("fc", nn.Linear(dim, representation_size))
@@ -384,7 +435,7 @@ class _Backbone(nn.Module):
         return dim
 
     def _pool(self, x: Tensor) -> Tensor:
-        return self.pre_logits(self.norm(x).flatten(2).mean(-1))
+        return self.pre_logits(self.features(self.norm(x)))
 
     @staticmethod
     def _clip(x) -> Tensor:

@@ -8,7 +8,7 @@ import sys
 from .._cli import nonnegative_float, nonnegative_int, positive_float, positive_int, Parser, run
 from ..models import list_variants
 from .config import OBSERVERS, RECIPES, QuantConfig
-from .pipeline import QuantizeJob, run_job
+from .pipeline import TARGETS, QuantizeJob, run_job
 from .qat import QATStopped
 
 
@@ -24,6 +24,14 @@ def build_parser() -> Parser:
     p.add_argument("--variant", required=True, help=f"model variant: {', '.join(list_variants())}")
     p.add_argument("--checkpoint", help="checkpoint to quantize (default: random weights, with a warning)")
     p.add_argument("--method", default="ptq", choices=["ptq", "qat"], help="post-training or quantization-aware")
+    p.add_argument(
+        "--target",
+        default="native",
+        choices=TARGETS,
+        help="native (default): the model's own 5-D graph, which ONNX, Core ML and PyTorch run; xnnpack: the "
+        "XNNPACK form (frame-batched, a static batch of one) quantized with ExecuTorch's XNNPACK quantizer "
+        "(recipes w8a8, w8, w4), which `export --quantized OUT --format executorch` lowers as it is",
+    )
     p.add_argument("--recipe", default="w8a8", help=f"{', '.join(RECIPES)} (default w8a8)")
     p.add_argument("--observer", default="minmax", help=f"activation ranges: {', '.join(OBSERVERS)} (default minmax)")
     p.add_argument("--percentile", type=positive_float, default=99.99, help="for --observer percentile (default 99.99)")
@@ -88,7 +96,7 @@ def build_parser() -> Parser:
     p.add_argument("--size", type=positive_int, help="frame size (default: the variant's usual input)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="clips per batch (default 8)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed for data selection")
-    p.add_argument("--out", help="output folder (default artifacts/uniformer-<variant>-<recipe>)")
+    p.add_argument("--out", help="output folder (default artifacts/uniformer-<variant>-<recipe>[-qat][-xnnpack])")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     return p
 
@@ -106,6 +114,7 @@ def job_from_args(args) -> QuantizeJob:
         variant=args.variant,
         config=config,
         method=args.method,
+        target=args.target,
         checkpoint=args.checkpoint,
         calib_data=args.calib_data,
         calib_root=args.root,

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 PROGRAM_FILE, CONFIG_FILE = "quantized.pt2", "quant_config.json"
-_REQUIRED_KEYS = ("variant", "method", "quant_config", "job", "input_shape", "num_classes", "program_sha256")
+_REQUIRED_KEYS = ("variant", "method", "quant_config", "job", "input_shape", "num_classes", "program_sha256", "model")
 
 
 class ArtifactError(InputError):
@@ -66,7 +66,8 @@ def read_quantize_config(folder) -> dict:
         raise ArtifactError(f"{path} holds a {type(cfg).__name__}, not a quantize configuration")
     missing = [k for k in _REQUIRED_KEYS if k not in cfg]
     if missing:
-        hint = " (written by an older uniformer-edge: quantize again)" if missing == ["program_sha256"] else ""
+        older = {"program_sha256", "model"}
+        hint = " (written by an older uniformer-edge: quantize again)" if set(missing) <= older else ""
         raise ArtifactError(f"{path} lacks {', '.join(missing)}{hint}")
     shape = cfg["input_shape"]
     if not (isinstance(shape, list) and len(shape) == 5 and all(isinstance(d, int) and d > 0 for d in shape)):

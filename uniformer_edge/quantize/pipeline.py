@@ -16,17 +16,18 @@ import torch
 
 from ..errors import InputError
 from .. import __version__
+from .._environment import cpu_facts, library_versions
 from .._io import atomic_dir, check_output_dir, sha256_file
 from ..calibration import build_dataset, calibration_set
-from ..engine import agreement, collect_logits, dataset_num_classes, init_distributed, topk_accuracy
-from ..models import create_model, get_variant, read_state_dict
+from ..engine import agreement, collect_logits, dataset_num_classes, init_distributed, per_clip, topk_accuracy
+from ..models import ModelCard, Preprocessing, create_model, get_variant, read_state_dict
 from .config import QuantConfig
 from .ptq import PreparedModel, calibrate, convert, prepare, quantize_ptq
 from .report import render_markdown
 
-__all__ = ["QuantizeJob", "run_job", "default_out_dir", "REPORT_SCHEMA"]
+__all__ = ["QuantizeJob", "run_job", "default_out_dir", "QUANTIZE_REPORT_SCHEMA"]
 
-REPORT_SCHEMA = 1
+QUANTIZE_REPORT_SCHEMA = 1
 
 
 @dataclass
@@ -61,10 +62,17 @@ class QuantizeJob:
     model_overrides: dict = field(default_factory=dict)  # constructor arguments, e.g. for small test models
     resume: bool = False  # QAT: continue from <out>.qat-state.pth
     stop_after: Optional[int] = None  # QAT: end this invocation after that many epochs (state saved)
+    # "native": the 5-D graph that ONNX, Core ML and PyTorch run; "xnnpack": the XNNPACK form,
+    # a static batch of one, that `export --format executorch` lowers as it is
+    target: str = "native"
 
     def __post_init__(self):
         if self.method not in ("ptq", "qat"):
             raise InputError(f"unknown method {self.method!r}; choose ptq or qat")
+        if self.target not in TARGETS:
+            raise InputError(f"unknown target {self.target!r}; choose from {', '.join(TARGETS)}")
+        if self.target == "xnnpack":
+            self._check_xnnpack()
         spec = get_variant(self.variant)
         self.variant = spec.name
         for name in ("frames", "size"):
@@ -72,7 +80,7 @@ class QuantizeJob:
                 raise InputError(f"--{name} must be a positive integer, got {getattr(self, name)}")
         self.frames = spec.default_input[0] if self.frames is None else self.frames
         self.size = spec.default_input[1] if self.size is None else self.size
-        self.out = self.out or default_out_dir(self.variant, self.config.recipe, self.method)
+        self.out = self.out or default_out_dir(self.variant, self.config.recipe, self.method, self.target)
         if self.method == "qat" and not self.train_data:
             raise InputError("QAT needs training data: pass --train-data synthetic, or a video list with --train-root")
         if self.num_calib < 1:
@@ -84,9 +92,35 @@ class QuantizeJob:
         if self.max_drop is not None and self.max_drop < 0:
             raise InputError(f"--max-drop must be non-negative, got {self.max_drop}")
 
+    def _check_xnnpack(self):
+        """The XNNPACK target quantizes with ExecuTorch's XNNPACK quantizer as it is configured
+        (`quantize.xnnpack`): the native target's choices do not apply to it."""
+        from .xnnpack import XNNPACK_RECIPES
 
-def default_out_dir(variant: str, recipe: str, method: str = "ptq") -> str:
-    return f"artifacts/uniformer-{variant}-{recipe}" + ("-qat" if method == "qat" else "")
+        if self.config.recipe not in XNNPACK_RECIPES:
+            raise InputError(f"--target xnnpack has recipes {', '.join(XNNPACK_RECIPES)}, not {self.config.recipe}")
+        default = QuantConfig(recipe=self.config.recipe, qat=self.config.qat)
+        changed = [
+            f"--{name.replace('_', '-')}"
+            for name in ("observer", "ops", "keep_float", "percentile")
+            if getattr(self.config, name) != getattr(default, name)
+        ]
+        changed += [flag for flag, on in (("--analyze", self.analyze), ("--max-drop", self.max_drop is not None)) if on]
+        changed += [flag for flag, on in (("--resume", self.resume), ("--stop-after", self.stop_after)) if on]
+        if self.method == "qat" and self.config.recipe != "w8a8":
+            changed.append(f"--method qat with --recipe {self.config.recipe}")
+        if changed:
+            raise InputError(
+                f"--target xnnpack uses XNNPACK's own quantizer configuration; it does not take {', '.join(changed)}"
+            )
+
+
+TARGETS = ("native", "xnnpack")
+
+
+def default_out_dir(variant: str, recipe: str, method: str = "ptq", target: str = "native") -> str:
+    suffix = ("-qat" if method == "qat" else "") + ("-xnnpack" if target == "xnnpack" else "")
+    return f"artifacts/uniformer-{variant}-{recipe}" + suffix
 
 
 def _num_classes(job: QuantizeJob, eval_set) -> int:
@@ -167,9 +201,48 @@ def run_job(job: QuantizeJob, progress: bool = True) -> dict:
             stacklevel=2,
         )
     model.eval()
+    # described (and its weights kept) before quantization: PT2E passes may share the module's tensors
+    card = ModelCard.describe(
+        model,
+        job.variant,
+        num_classes,
+        Preprocessing.for_variant(job.variant, job.frames, job.size),
+        checkpoint=job.checkpoint,
+        seed=job.seed,
+        model_overrides=job.model_overrides,
+    )
+    float_weights = None if job.checkpoint else copy.deepcopy(model.state_dict())
     example = next(iter(calib))[0][:1]
 
-    if job.method == "ptq" and (job.analyze or job.max_drop is not None):
+    run_program = None  # how the quantized program runs on a batch of clips
+    if job.target == "xnnpack":
+        from .xnnpack import xnnpack_program
+
+        finetuning = None
+        if job.method == "qat":
+            from .qat import qat_training
+
+            finetuning = qat_training(job)
+        trained: dict = {}
+        program, layers = xnnpack_program(model, example, calib, job.config.recipe, finetuning, trained)
+        run_program = per_clip(program.module())  # a static batch of one, like the .pte
+        method_info = {}
+        if finetuning:
+            schedule, train_set = finetuning
+            method_info = {
+                "qat": {
+                    "epochs": schedule.epochs,
+                    "steps": trained["steps"],
+                    "lr": schedule.lr,
+                    "train_clips": len(train_set),
+                    "distill_weight": schedule.distill_weight,
+                    "temperature": schedule.temperature,
+                    "observers_frozen_after_step": trained["observers_frozen_after_step"],
+                    "epoch_losses": trained["epoch_losses"],
+                    "activation_ranges": "fixed at the calibrated ones (XNNPACK target)",
+                }
+            }
+    elif job.method == "ptq" and (job.analyze or job.max_drop is not None):
         program, prepared, method_info = _analyze_and_quantize(model, calib, eval_set, job, example, progress)
     elif job.method == "ptq":
         program, prepared = quantize_ptq(model, calib, job.config, example, progress=progress)
@@ -180,6 +253,8 @@ def run_job(job: QuantizeJob, progress: bool = True) -> dict:
         program, prepared, method_info = run_qat(
             model, calib, job, example, progress=progress, resume=job.resume, stop_after=job.stop_after
         )
+    if job.target == "native":
+        layers = {"quantized": prepared.quantized_layers, "float": prepared.float_layers}
     quant_seconds = time.time() - started
     ctx = init_distributed()
     if not ctx.is_main:  # under torchrun, rank 0 evaluates and writes the outputs
@@ -187,7 +262,7 @@ def run_job(job: QuantizeJob, progress: bool = True) -> dict:
 
     float_logits, labels = collect_logits(model, eval_set, job.batch_size, progress=progress, desc="float model")
     quant_logits, _ = collect_logits(
-        program.module(), eval_set, job.batch_size, progress=progress, desc="quantized model"
+        run_program or program.module(), eval_set, job.batch_size, progress=progress, desc="quantized model"
     )
     has_labels = job.checkpoint is not None
     float_params = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -195,10 +270,12 @@ def run_job(job: QuantizeJob, progress: bool = True) -> dict:
     with atomic_dir(job.out, force=job.force) as tmp:
         torch.export.save(program, tmp / "quantized.pt2")
         size = (tmp / "quantized.pt2").stat().st_size
+        card.save_weights(float_weights, tmp)
         config = {
             "toolkit_version": __version__,
             "variant": job.variant,
             "method": job.method,
+            "target": job.target,
             "quant_config": job.config.as_dict(),
             "job": {k: v for k, v in asdict(job).items() if k != "config"},
             "input_shape": [1, 3, job.frames, job.size, job.size],
@@ -206,13 +283,16 @@ def run_job(job: QuantizeJob, progress: bool = True) -> dict:
             "model_overrides": job.model_overrides,
             "checkpoint_sha256": sha256_file(job.checkpoint) if job.checkpoint else None,
             "program_sha256": sha256_file(tmp / "quantized.pt2"),
-            "torch": torch.__version__,
+            "model": card.to_dict(),
+            "versions": library_versions(),
+            "cpu": cpu_facts(),
         }
         (tmp / "quant_config.json").write_text(json.dumps(config, indent=2) + "\n")
         report = {
-            "schema": REPORT_SCHEMA,
+            "schema": QUANTIZE_REPORT_SCHEMA,
             "variant": job.variant,
             "method": job.method,
+            "target": job.target,
             "recipe": job.config.recipe,
             "observer": job.config.observer,
             "calibration_clips": calib.num_clips,
@@ -232,7 +312,7 @@ def run_job(job: QuantizeJob, progress: bool = True) -> dict:
                 "top5": topk_accuracy(quant_logits, labels, 5) if has_labels else None,
             },
             "agreement": agreement(float_logits, quant_logits),
-            "layers": {"quantized": prepared.quantized_layers, "float": prepared.float_layers},
+            "layers": layers,
             **method_info,
         }
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")

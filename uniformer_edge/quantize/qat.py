@@ -119,24 +119,7 @@ def run_qat(
     calibrate(prepared, calib, progress=progress and ctx.is_main)  # start from calibrated ranges
 
     teacher = deploy(model).to(ctx.device)
-    train_set = build_dataset(
-        job.train_data,
-        "train",
-        frames=job.frames,
-        size=job.size,
-        root=job.train_root,
-        num_clips=job.qat_clips if job.train_data == "synthetic" else None,
-        seed=job.seed,
-    )
-    schedule = QATSchedule(
-        epochs=job.qat_epochs,
-        lr=job.qat_lr,
-        batch_size=job.batch_size,
-        seed=job.seed,
-        freeze_observers_after=job.freeze_observers_after,
-        distill_weight=job.distill_weight,
-        temperature=job.temperature,
-    )
+    schedule, train_set = qat_training(job)
 
     def save_state(progress_state: dict, optimizer, scheduler):
         if ctx.is_main:
@@ -188,6 +171,29 @@ class QATSchedule:
     freeze_observers_after: Optional[int] = None  # in steps; None: half of them
     distill_weight: float = 0.5
     temperature: float = 2.0
+
+
+def qat_training(job) -> tuple["QATSchedule", object]:
+    """The schedule and the training clips of a quantize job's QAT."""
+    train_set = build_dataset(
+        job.train_data,
+        "train",
+        frames=job.frames,
+        size=job.size,
+        root=job.train_root,
+        num_clips=job.qat_clips if job.train_data == "synthetic" else None,
+        seed=job.seed,
+    )
+    schedule = QATSchedule(
+        epochs=job.qat_epochs,
+        lr=job.qat_lr,
+        batch_size=job.batch_size,
+        seed=job.seed,
+        freeze_observers_after=job.freeze_observers_after,
+        distill_weight=job.distill_weight,
+        temperature=job.temperature,
+    )
+    return schedule, train_set
 
 
 def finetune(

@@ -14,6 +14,9 @@ XNNPACK's annotators skip annotated ops. Which ops stay fp32, and why:
   block after block;
 - token scores (`forms.is_token_score_op`): one int8 scale cannot order scores that span orders
   of magnitude, and the pruning stays float everywhere in the toolkit;
+- the pooled features (`forms.is_feature_pool`): left to follow the last stage's range, the
+  average of its map would get that map's coarser scale; float, the classifier's input
+  observer gives the features a range of their own;
 - LayerNorms, spelled in ops XNNPACK runs (`LayerNormAsXnnpackOps`): their averaging products
   are not weight layers.
 """
@@ -30,12 +33,29 @@ from torch.utils.data import Dataset
 from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, Quantizer
 
 from ..engine import init_distributed
-from ..forms import LayerNormAsXnnpackOps, is_depthwise_conv, is_residual_add, is_token_score_op, xnnpack_form
+from ..errors import InputError
+from ..forms import (
+    LayerNormAsXnnpackOps,
+    is_depthwise_conv,
+    is_feature_pool,
+    is_residual_add,
+    is_token_score_op,
+    xnnpack_form,
+)
 from ..models import deploy
 from .ptq import export_batch_dynamic
 from .qat import QATSchedule, finetune
 
-__all__ = ["FloatOps", "xnnpack_quantizer", "xnnpack_quantize", "xnnpack_weight_quantize", "WEIGHT_BITS"]
+__all__ = [
+    "FloatOps",
+    "xnnpack_quantizer",
+    "xnnpack_quantize",
+    "xnnpack_weight_quantize",
+    "xnnpack_program",
+    "weight_layers",
+    "XNNPACK_RECIPES",
+    "WEIGHT_BITS",
+]
 
 # XNNPACK's qc8w and qc4w weight ranges.
 WEIGHT_BITS = {8: (-127, 127), 4: (-8, 7)}
@@ -91,7 +111,7 @@ def _float_ops(graph: GraphModule) -> set[Node]:
     for node in graph.graph.nodes:
         if node.op != "call_function":
             continue
-        if is_token_score_op(node) or is_residual_add(node) or is_depthwise_conv(node):
+        if is_token_score_op(node) or is_feature_pool(node) or is_residual_add(node) or is_depthwise_conv(node):
             floats.add(node)
         elif node.target == _aten.add.Tensor:
             if all(a in floats for a in node.args if isinstance(a, Node)):
@@ -190,16 +210,20 @@ def xnnpack_quantize(
     example: Tensor,
     batches: Iterable[tuple[Tensor, Tensor]],
     finetuning: Optional[tuple[QATSchedule, Dataset]] = None,
+    training: Optional[dict] = None,
 ) -> GraphModule:
     """int8 PT2E quantization of the XNNPACK form, calibrated clip by clip. With
     `finetuning=(schedule, train_set)` the weights are first fine-tuned with fake quantization
-    (`_quantization_aware_weights`). Prepared on the batch-of-one export, whose frame slices the
-    quantizer keeps int8 (on a batch-dynamic export it leaves them fp32, which is slower)."""
+    (`_quantization_aware_weights`), and `training` (a dict) receives the fine-tuning's figures.
+    Prepared on the batch-of-one export, whose frame slices the quantizer keeps int8 (on a
+    batch-dynamic export it leaves them fp32, which is slower)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     deployed = xnnpack_form(model, example.shape[2], per_channel_safe=True)
     if finetuning is not None:
-        _quantization_aware_weights(model, deployed, example, batches, *finetuning)
+        trained = _quantization_aware_weights(model, deployed, example, batches, *finetuning)
+        if training is not None:
+            training.update(trained)
     prepared = prepare_pt2e(torch.export.export(deployed, (example[:1],)).module(), xnnpack_quantizer())
     _calibrate_clipwise(prepared, batches)
     return convert_pt2e(prepared)
@@ -227,11 +251,12 @@ def _quantization_aware_weights(
     allow_exported_model_train_eval(student)
     for p in student.parameters():
         p.requires_grad_(True)
-    finetune(student, deploy(model), train_set, schedule, init_distributed())
+    figures = finetune(student, deploy(model), train_set, schedule, init_distributed())
     trained = dict(student.named_parameters())  # the export keeps the module's parameter names
     with torch.no_grad():
         for name, param in deployed.named_parameters():
             param.copy_(trained[name])
+    return figures
 
 
 def _observers_by_input(graph: GraphModule) -> dict:
@@ -257,3 +282,42 @@ def _fix_activation_ranges(student: GraphModule, observed: GraphModule) -> None:
         fake_quant.activation_post_process.min_val.fill_((fake_quant.quant_min - zero_point) * scale)
         fake_quant.activation_post_process.max_val.fill_((fake_quant.quant_max - zero_point) * scale)
         fake_quant.disable_observer()
+
+
+# The quantize recipes the XNNPACK target has: static int8 (calibrated, or fine-tuned with QAT)
+# and weight-only int8/int4 (XNNPACK quantizes activations at every call).
+XNNPACK_RECIPES = ("w8a8", "w8", "w4")
+
+
+def weight_layers(graph: GraphModule) -> dict[str, list[str]]:
+    """The convolutions and linear layers of a converted graph, by whether their weights are
+    integers (read through a dequantize op) or float."""
+    layers: dict[str, list[str]] = {"quantized": [], "float": []}
+    for node in graph.graph.nodes:
+        if node.op == "call_function" and node.target in (_aten.conv2d.default, _aten.linear.default):
+            weight = node.args[1]
+            quantized = isinstance(weight, Node) and "dequantize" in str(weight.target)
+            layers["quantized" if quantized else "float"].append(node.name)
+    return layers
+
+
+def xnnpack_program(
+    model: nn.Module,
+    example: Tensor,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    recipe: str,
+    finetuning: Optional[tuple[QATSchedule, Dataset]] = None,
+    training: Optional[dict] = None,
+):
+    """The program of the XNNPACK target for `recipe` (`XNNPACK_RECIPES`), as a `torch.export`
+    program with a static batch of one, which `export --format executorch` lowers as it is;
+    and its layers by weight precision. `training` receives the QAT figures."""
+    if recipe not in XNNPACK_RECIPES:
+        raise InputError(f"the xnnpack target has recipes {', '.join(XNNPACK_RECIPES)}, not {recipe}")
+    if recipe == "w8a8":
+        graph = xnnpack_quantize(model, example, batches, finetuning, training)
+    elif finetuning is not None:
+        raise InputError(f"QAT fine-tunes int8 activations: the xnnpack target's {recipe} quantizes weights only")
+    else:
+        graph = xnnpack_weight_quantize(model, example, bits=int(recipe[1:]))
+    return torch.export.export(graph, (example[:1],)), weight_layers(graph)
