@@ -212,6 +212,25 @@ def reference_accuracy(data: Optional[dict]) -> list[str]:
     return lines + [""]
 
 
+def openvino_peers() -> list[str]:
+    """RESULTS.md's section from `openvino_peers.py`: our programs and OpenVINO's in the same rounds."""
+    path = RESULTS / "openvino_peers.md"
+    if not path.is_file():
+        return []
+    body = path.read_text().splitlines()[1:]  # its own title
+    lines = ["## Against OpenVINO", *body, "([openvino_peers.md](results/openvino_peers.md))", ""]
+    diagnosis = RESULTS / "nncf_diagnosis.md"
+    if diagnosis.is_file():
+        lines += [
+            "Why NNCF's models lose accuracy ([nncf_diagnosis.md](results/nncf_diagnosis.md)): NNCF's default "
+            "preset quantizes the elementwise adds and multiplies, the residual stream among them, which our "
+            "recipes keep float; its transformer preset's SmoothQuant on the MatMuls breaks the model.",
+            *diagnosis.read_text().splitlines()[1:],
+            "",
+        ]
+    return lines
+
+
 def other_devices(suite_report: Path, devices: Path = DEVICES, merged: Path = RESULTS / "merged") -> list[str]:
     """RESULTS.md's section on the device reports under `devices` (`device_report.py`), each
     device's rows against its own CPU's torch eager fp32; with any, the suite's report and theirs
@@ -358,6 +377,7 @@ def write_results_md(report: dict, models, threads: int, suite_report: Path) -> 
         )
         lines.append("")
     lines += performance_targets(report["rows"], reference) + reference_accuracy(reference)
+    lines += openvino_peers()
     lines += other_devices(suite_report)
     lines += ["Full per-device report: [results/suite/report.md](results/suite/report.md).", ""]
     atomic_write_text(REPO / "benchmarks" / "RESULTS.md", "\n".join(lines))

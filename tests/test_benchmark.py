@@ -217,3 +217,42 @@ def test_device_report_merged_into_results(report, tmp_path, monkeypatch):
     assert run_suite.other_devices(tmp_path / "suite" / "report.json", tmp_path / "none", merged)[2].startswith(
         "None measured yet"
     )
+
+
+def test_plots_use_an_accuracy_that_means_something(tmp_path):
+    """Top-1 with its interval only with labels and enough clips; otherwise the logit SQNR (float-
+    exact rows at the cap); one latency-vs-accuracy panel per model."""
+    pytest.importorskip("matplotlib", reason="plots are an optional extra")
+    from PIL import Image  # matplotlib's own dependency
+
+    from uniformer_edge.benchmark.report import _accuracy_axis, _plots
+
+    def row(variant, precision, median, sqnr, top1=None):
+        accuracy = {"vs_float": {"sqnr_db": sqnr, "top1_agreement": 1.0}}
+        if top1 is not None:
+            accuracy["top1"] = top1
+        latency = {"median_ms": median, "p10_ms": median * 0.9, "p90_ms": median * 1.2, "min_ms": median * 0.8}
+        return dict(
+            variant=variant, input="8x32", backend="torch", setting="cpu", format="pt2", precision=precision,
+            latency=latency, accuracy=accuracy, size_bytes=1e6,
+        )  # fmt: skip
+
+    labelled = [row("s", "fp32", 10, float("inf"), 0.60), row("s", "int8", 5, 30.0, 0.58)]
+    values, half, label = _accuracy_axis(labelled, 6000)
+    assert (
+        values == pytest.approx([60.0, 58.0])
+        and "95% interval" in label
+        and abs(half[0] - 1.96 * (60 * 40 / 6000) ** 0.5) < 1e-9
+    )
+    values, half, label = _accuracy_axis(labelled, 8)  # 8 clips: an interval of +-34 points says nothing
+    assert half is None and values == [80.0, 30.0] and "SQNR" in label
+    report = {
+        "device": {"hostname": "h", "cpu": "c", "threads": 2},
+        "backends": {"torch": "available"},
+        "groups": [{"variant": v, "frames": 8, "size": 32, "evaluation_clips": 8} for v in ("s", "xxs")],
+        "rows": labelled + [row("xxs", "fp32", 4, float("inf")), row("xxs", "w8", 3, 40.0)],
+    }
+    written = _plots(report, tmp_path)
+    assert written == ["latency_vs_accuracy.png", "latency.png", "size.png"]
+    width, height = Image.open(tmp_path / "latency_vs_accuracy.png").size
+    assert width > 1.8 * height  # two panels side by side

@@ -4,7 +4,9 @@ from several devices into one."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Optional
 
 from ..errors import InputError
 from .._io import atomic_dir
@@ -134,11 +136,35 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+# Accuracy on the plots: top-1 with its 95% interval where the model has labels and enough clips
+# for the interval to mean something; otherwise the logit SQNR against the float model, which
+# is continuous on any number of clips (float-exact rows are drawn at the cap).
+_MIN_CLIPS_FOR_TOP1 = 200
+_SQNR_CAP_DB = 80.0
+_MARKERS = "osD^v<>PXph*"
+
+
+def _model_key(row: dict) -> str:
+    return f"UniFormer-{row['variant'].upper()} {row['input']}"
+
+
+def _accuracy_axis(rows: list[dict], clips: int) -> tuple[list[float], Optional[list[float]], str]:
+    """(values, 95% half-intervals or None, axis label) for one model's rows."""
+    if clips >= _MIN_CLIPS_FOR_TOP1 and all("top1" in r["accuracy"] for r in rows):
+        top1 = [100 * r["accuracy"]["top1"] for r in rows]
+        half = [1.96 * math.sqrt(max(p * (100 - p), 0.0) / clips) for p in top1]
+        return top1, half, f"top-1 (%) on {clips} clips, 95% interval"
+    sqnr = [min(float(r["accuracy"]["vs_float"]["sqnr_db"]), _SQNR_CAP_DB) for r in rows]
+    return sqnr, None, f"logit SQNR vs float (dB, {clips} clips; exact at {_SQNR_CAP_DB:g})"
+
+
 def _plots(report: dict, folder: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     devices = report.get("devices") or [_device_entry(report)]
     written = []
@@ -148,41 +174,98 @@ def _plots(report: dict, folder: Path) -> list[str]:
             continue
         suffix = f"-{k}" if len(devices) > 1 else ""
         label = device_label(entry["device"])
-        names = [f"{r['variant']} {r['precision']} {r['backend']}/{r['setting']}" for r in rows]
-        lat = [r["latency"]["median_ms"] for r in rows]
-        acc = [100 * r["accuracy"].get("top1", r["accuracy"]["vs_float"]["top1_agreement"]) for r in rows]
-        fig, ax = plt.subplots(figsize=(8, 5))
-        ax.scatter(lat, acc)
-        for x, y, n in zip(lat, acc, names):
-            ax.annotate(n, (x, y), fontsize=6)
-        front = sorted(pareto_front(list(zip(lat, acc))), key=lambda i: lat[i])
-        ax.plot([lat[i] for i in front], [acc[i] for i in front], "r--", label="Pareto front")
-        ax.set_xlabel("median latency (ms)")
-        ax.set_ylabel("top-1 (%) or top-1 agreement with float (%)")
-        ax.set_title(f"Latency vs accuracy: {label}", fontsize=8)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(folder / f"latency_vs_accuracy{suffix}.png", dpi=120)
+        models = list(dict.fromkeys(_model_key(r) for r in rows))
+        clips = {
+            f"UniFormer-{g['variant'].upper()} {g['frames']}x{g['size']}": g["evaluation_clips"]
+            for g in entry["groups"]
+        }
+        backends = sorted({r["backend"] for r in rows})
+        precisions = list(dict.fromkeys(r["precision"] for r in rows))
+        colours = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(backends)}
+        markers = {p: _MARKERS[i % len(_MARKERS)] for i, p in enumerate(precisions)}
+
+        fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models) + 1.7, 4.8), squeeze=False)
+        for ax, model in zip(axes[0], models):
+            mine = [r for r in rows if _model_key(r) == model]
+            lat = [r["latency"]["median_ms"] for r in mine]
+            acc, half, ylabel = _accuracy_axis(mine, clips.get(model, 0))
+            for i, r in enumerate(mine):
+                ax.errorbar(
+                    lat[i],
+                    acc[i],
+                    yerr=None if half is None else half[i],
+                    fmt=markers[r["precision"]],
+                    color=colours[r["backend"]],
+                    markersize=7,
+                    capsize=3,
+                    zorder=3,
+                )
+            front = sorted(pareto_front(list(zip(lat, acc))), key=lambda i: lat[i])
+            ax.plot([lat[i] for i in front], [acc[i] for i in front], "-", color="0.3", lw=1.5, zorder=2)
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel("median latency (ms, log scale)")
+            ax.set_ylabel(ylabel)
+            ax.set_title(model, fontsize=10)
+            ax.grid(True, which="both", alpha=0.3)
+        handles = [Line2D([], [], color=colours[b], marker="o", ls="", label=b) for b in backends]
+        handles += [Line2D([], [], color="0.4", marker=markers[p], ls="", label=p) for p in precisions]
+        handles.append(Line2D([], [], color="0.3", lw=1.5, label="Pareto front"))
+        fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+        fig.suptitle(f"Latency vs accuracy: {label}", fontsize=10)
+        fig.tight_layout(rect=(0, 0, 1 - 1.5 / (5.5 * len(models) + 1.7), 1))
+        fig.savefig(folder / f"latency_vs_accuracy{suffix}.png", dpi=110)
         plt.close(fig)
-        _bar_chart(
-            plt,
-            folder / f"latency{suffix}.png",
-            names,
-            lat,
-            "median latency (ms)",
-            f"Latency per backend and precision: {label}",
-        )
-        sizes = {f"{r['variant']} {r['format']} {r['precision']}": r["size_bytes"] / 1e6 for r in entry["rows"]}
-        _bar_chart(
-            plt,
-            folder / f"size{suffix}.png",
-            list(sizes),
-            list(sizes.values()),
-            "size (MB)",
-            f"Size per precision: {label}",
-        )
+
+        _latency_bars(plt, folder / f"latency{suffix}.png", rows, models, colours, f"Latency: {label}")
+        sized = {}
+        for r in entry["rows"]:
+            if "size_bytes" in r:
+                sized.setdefault(_model_key(r), {})[f"{r['format']} {r['precision']}"] = r["size_bytes"] / 1e6
+        _size_bars(plt, folder / f"size{suffix}.png", sized, f"File size: {label}")
         written += [f"latency_vs_accuracy{suffix}.png", f"latency{suffix}.png", f"size{suffix}.png"]
     return written
+
+
+def _latency_bars(plt, path: Path, rows: list[dict], models: list[str], colours: dict, title: str) -> None:
+    """Median latency per model, fastest first, whiskers from p10 to p90, coloured by backend."""
+    fig, axes = plt.subplots(len(models), 1, figsize=(8, 0.5 + 0.26 * len(rows) + 0.6 * len(models)), squeeze=False)
+    for ax, model in zip(axes[:, 0], models):
+        mine = sorted((r for r in rows if _model_key(r) == model), key=lambda r: r["latency"]["median_ms"])
+        med = [r["latency"]["median_ms"] for r in mine]
+        low = [m - r["latency"].get("p10_ms", r["latency"]["min_ms"]) for m, r in zip(med, mine)]
+        high = [r["latency"]["p90_ms"] - m for m, r in zip(med, mine)]
+        names = [f"{r['precision']} {r['backend']}/{r['setting']}" for r in mine]
+        ax.barh(range(len(mine)), med, xerr=[low, high], color=[colours[r["backend"]] for r in mine], capsize=2)
+        ax.set_yticks(range(len(mine)), names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(model, fontsize=9)
+        ax.set_xlabel("median latency (ms); whiskers p10-p90")
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _size_bars(plt, path: Path, sized: dict, title: str) -> None:
+    fig, axes = plt.subplots(
+        len(sized), 1, figsize=(8, 0.5 + sum(0.26 * len(v) + 0.6 for v in sized.values())), squeeze=False
+    )
+    for ax, (model, sizes) in zip(axes[:, 0], sized.items()):
+        ordered = sorted(sizes.items(), key=lambda kv: kv[1])
+        ax.barh(range(len(ordered)), [v for _, v in ordered], color="tab:blue")
+        ax.set_yticks(range(len(ordered)), [n for n, _ in ordered], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(model, fontsize=9)
+        ax.set_xlabel("size (MB)")
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def write_report(report: dict, out, force: bool = False) -> list[str]:
@@ -254,14 +337,3 @@ def merge_reports(paths) -> dict:
         "devices": devices,
         "complete": True,
     }
-
-
-def _bar_chart(plt, path: Path, names: list, values: list, xlabel: str, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(8, 5))
-    ax.barh(names, values)
-    ax.set_xlabel(xlabel)
-    ax.set_title(title, fontsize=8)
-    ax.tick_params(axis="y", labelsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -88,6 +88,7 @@ def latency_stats(seconds: list[float], batch: int) -> dict:
     median = statistics.median(ms)
     return {
         "median_ms": median,
+        "p10_ms": pct(0.1),
         "p90_ms": pct(0.9),
         "p99_ms": pct(0.99),
         "min_ms": ms[0],

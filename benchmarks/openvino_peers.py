@@ -1,0 +1,237 @@
+"""Our fastest UniFormer-S 8x224 programs against OpenVINO, the CPU engine x86 edge users pick,
+timed side by side in interleaved rounds, with each program's accuracy against the float model.
+
+    python benchmarks/openvino_peers.py [--rounds 24] [--processes 3] [--runs-per-round 2] [--clips 16]
+
+Programs: torch eager fp32 (the deploy form), our ExecuTorch int8 `.pte`, our PT2E int8 QDQ
+ONNX on ONNX Runtime, OpenVINO (CPU plugin, latency hint, fp32 inference precision) running our
+fp32 ONNX and our PT2E int8 ONNX, and NNCF's int8 models made as NNCF's documentation tells a
+user to (`nncf.quantize` on the OpenVINO model read from our fp32 ONNX, 32 calibration clips of
+the synthetic training split; the default preset, and `model_type=TRANSFORMER`), saved as
+OpenVINO IR. Every round runs each program once untimed, then `--runs-per-round` timed runs;
+rounds are split over fresh processes (one process is one draw of machine speed). Accuracy:
+logit SQNR and top-1 agreement against the float model on `--clips` synthetic test clips (random
+weights: only agreement with float means something). The float model is rebuilt from the
+exports' model card. Reuses the exports of `export_models.py` (S: onnx fp32 and int8,
+executorch int8); writes benchmarks/results/openvino_peers.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import torch
+from tqdm import tqdm
+
+from common import EXPORTS, environment, require_exports, synthetic_test_clip, write_results
+
+ONNX_FP32 = "s-onnx/uniformer-s-8x224-fp32.onnx"
+ONNX_INT8 = "s-onnx/uniformer-s-8x224-int8.onnx"
+PTE_INT8 = "s-executorch/uniformer-s-8x224-int8.pte"
+NNCF = {"default": "s-openvino/nncf-default.xml", "transformer": "s-openvino/nncf-transformer.xml"}
+# program -> (runtime, file under EXPORTS or None for the float model)
+PROGRAMS = {
+    "torch eager fp32": ("torch", None),
+    "ExecuTorch int8 (ours)": ("executorch", PTE_INT8),
+    "ONNX Runtime, our PT2E int8": ("onnxruntime", ONNX_INT8),
+    "OpenVINO fp32 (our ONNX)": ("openvino", ONNX_FP32),
+    "OpenVINO, our PT2E int8": ("openvino", ONNX_INT8),
+    "OpenVINO, NNCF int8 default preset": ("openvino", NNCF["default"]),
+    "OpenVINO, NNCF int8 transformer preset": ("openvino", NNCF["transformer"]),
+}
+OURS = "ExecuTorch int8 (ours)"
+GOAL = 1.3  # issue: our fastest program at least 1.3x the fastest OpenVINO configuration at equal or better accuracy
+
+
+def make_nncf_models(calib_clips: int = 32) -> dict:
+    """NNCF's int8 models of our fp32 ONNX (both presets), as OpenVINO IR; the seconds each took."""
+    import nncf
+    import openvino as ov
+
+    from uniformer_edge.calibration import build_dataset, calibration_set
+
+    source = build_dataset("synthetic", "train", frames=8, size=224, seed=0)
+    clips = [
+        clip[None].numpy() for batch, _ in calibration_set(source, calib_clips, seed=0, batch_size=8) for clip in batch
+    ]
+    seconds = {}
+    for preset, rel in NNCF.items():
+        out = EXPORTS / rel
+        if out.is_file():
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model = ov.Core().read_model(str(EXPORTS / ONNX_FP32))
+        extra = {"model_type": nncf.ModelType.TRANSFORMER} if preset == "transformer" else {}
+        started = time.perf_counter()
+        quantized = nncf.quantize(model, nncf.Dataset(clips), subset_size=len(clips), **extra)
+        seconds[preset] = time.perf_counter() - started
+        ov.save_model(quantized, str(out))
+    return seconds
+
+
+def _runners(threads: int) -> dict:
+    from uniformer_edge.benchmark import discover
+    from uniformer_edge.export.executorch import load_executorch
+    from uniformer_edge.export.onnx import ort_session, run_onnx
+    from uniformer_edge.export.openvino import compile_openvino, run_openvino
+    from uniformer_edge.models import deploy
+
+    torch.set_num_threads(threads)
+    float_model = discover(EXPORTS / "s-onnx")[0].float_model()  # from the exports' model card
+    runners = {}
+    for name, (runtime, rel) in PROGRAMS.items():
+        if runtime == "torch":
+            runners[name] = deploy(float_model)
+        elif runtime == "executorch":
+            method = load_executorch(EXPORTS / rel)
+            runners[name] = lambda x, m=method: m.execute((x.contiguous(),))[0]
+        elif runtime == "onnxruntime":
+            session = ort_session(EXPORTS / rel, threads)
+            runners[name] = lambda x, s=session: run_onnx(s, x)
+        else:
+            compiled, _ = compile_openvino(EXPORTS / rel, "CPU", threads)
+            runners[name] = lambda x, c=compiled: run_openvino(c, x)
+    return float_model, runners
+
+
+def _accuracy(threads: int, clips: int) -> tuple[dict, dict]:
+    """Each program's logit SQNR and top-1 agreement against the float model, and OpenVINO's settings."""
+    from uniformer_edge.calibration import build_dataset
+    from uniformer_edge.engine import agreement
+    from uniformer_edge.export.openvino import compile_openvino
+
+    float_model, runners = _runners(threads)
+    data = build_dataset("synthetic", "test", frames=8, size=224, num_clips=clips)
+    x = torch.stack([data[i][0] for i in range(clips)])
+    with torch.no_grad():
+        reference = torch.cat([float_model(c[None]) for c in x])
+        out = {}
+        for name, fn in runners.items():
+            logits = torch.cat([torch.as_tensor(fn(c[None].contiguous())).float() for c in x])
+            out[name] = {
+                k: v for k, v in agreement(reference, logits).items() if k in ("sqnr_db", "top1_agreement", "cosine")
+            }
+    _, settings = compile_openvino(EXPORTS / ONNX_FP32, "CPU", threads)
+    return out, settings
+
+
+def _measure_rounds(rounds: int, threads: int, runs_per_round: int, desc: str) -> dict[str, list[float]]:
+    _, runners = _runners(threads)
+    clip = synthetic_test_clip()
+    times = {name: [] for name in runners}
+    with torch.no_grad():
+        for _ in tqdm(range(rounds), desc=desc, unit="round"):
+            for name, fn in runners.items():
+                fn(clip)  # untimed: warms the program up and lets the previous one's worker threads settle
+                runs = []
+                for _ in range(runs_per_round):
+                    started = time.perf_counter()
+                    fn(clip)
+                    runs.append(1000 * (time.perf_counter() - started))
+                times[name].append(statistics.median(runs))
+    return times
+
+
+def _fresh(fn, *args):
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=24)
+    p.add_argument("--processes", type=int, default=3)
+    p.add_argument("--runs-per-round", type=int, default=2)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--clips", type=int, default=16, help="test clips for the accuracy against float")
+    args = p.parse_args()
+    if not 1 <= args.processes <= args.rounds:
+        raise SystemExit(f"--processes must lie in [1, --rounds={args.rounds}], got {args.processes}")
+    require_exports([ONNX_FP32, ONNX_INT8, PTE_INT8])
+    nncf_seconds = make_nncf_models()
+    accuracy, settings = _fresh(_accuracy, args.threads, args.clips)
+    parts = []
+    for i in range(args.processes):
+        rounds = args.rounds // args.processes + (i < args.rounds % args.processes)
+        parts.append(_fresh(_measure_rounds, rounds, args.threads, args.runs_per_round, f"process {i + 1}"))
+    times = {name: [ms for part in parts for ms in part[name]] for name in parts[0]}
+    ratios = {}
+    for name, ms in times.items():
+        per_round = sorted(a / b for a, b in zip(ms, times[OURS]))
+        ratios[name] = {
+            "median": statistics.median(per_round),
+            "p10": per_round[len(per_round) // 10],
+            "p90": per_round[(9 * len(per_round)) // 10],
+        }
+    openvino = [n for n in PROGRAMS if PROGRAMS[n][0] == "openvino"]
+    fastest = min(openvino, key=lambda n: statistics.median(times[n]))
+    as_accurate = [n for n in openvino if accuracy[n]["sqnr_db"] >= accuracy[OURS]["sqnr_db"]]
+    fastest_as_accurate = min(as_accurate, key=lambda n: statistics.median(times[n])) if as_accurate else None
+    result = {
+        "rounds": args.rounds,
+        "processes": len(parts),
+        "runs_per_round": args.runs_per_round,
+        "threads": args.threads,
+        "accuracy_clips": args.clips,
+        "median_ms": {n: statistics.median(t) for n, t in times.items()},
+        "ratio_to_ours": ratios,
+        "accuracy": accuracy,
+        "openvino_settings": settings,
+        "nncf_seconds": nncf_seconds,
+        "fastest_openvino": fastest,
+        "fastest_openvino_as_accurate": fastest_as_accurate,
+        "goal_met": fastest_as_accurate is None or ratios[fastest_as_accurate]["median"] >= GOAL,
+        "environment": environment(),
+    }
+    write_results("openvino_peers", result, markdown(result))
+
+
+def markdown(result: dict) -> str:
+    env = result["environment"]
+    settings = ", ".join(f"{k}={v}" for k, v in result["openvino_settings"].items())
+    lines = [
+        "# UniFormer-S 8x224 against OpenVINO, interleaved rounds",
+        "",
+        f"{env['processor']}; instruction sets: {', '.join(env['instruction_sets'])}; "
+        f"{result['threads']} threads. {result['rounds']} rounds over {result['processes']} fresh processes; "
+        f"in each, every program runs once untimed, then {result['runs_per_round']} timed runs on the same clip "
+        f"(their median is the round's figure). OpenVINO: {settings}. Accuracy against the float model on "
+        f"{result['accuracy_clips']} synthetic test clips (random weights: agreement with float only).",
+        "",
+        "| program | median ms | time / ours (median per round) | p10 | p90 | logit SQNR dB | top-1 agreement |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, ms in sorted(result["median_ms"].items(), key=lambda kv: kv[1]):
+        r, a = result["ratio_to_ours"][name], result["accuracy"][name]
+        lines.append(
+            f"| {name} | {ms:.1f} | {r['median']:.2f}x | {r['p10']:.2f}x | {r['p90']:.2f}x | "
+            f"{a['sqnr_db']:.1f} | {100 * a['top1_agreement']:.1f}% |"
+        )
+    fastest, accurate = result["fastest_openvino"], result["fastest_openvino_as_accurate"]
+    lines += [
+        "",
+        f"Fastest OpenVINO configuration: {fastest} ({result['ratio_to_ours'][fastest]['median']:.2f}x our time). "
+        + (
+            f"Fastest at our accuracy or better: {accurate}, {result['ratio_to_ours'][accurate]['median']:.2f}x our "
+            f"time against the goal of {GOAL}x: {'met' if result['goal_met'] else 'NOT met'}."
+            if accurate
+            else "No OpenVINO configuration reaches our accuracy."
+        ),
+    ]
+    if result["nncf_seconds"]:
+        made = ", ".join(f"{k} {v:.0f} s" for k, v in result["nncf_seconds"].items())
+        lines += ["", f"NNCF quantization time (32 calibration clips): {made}."]
+    lines += [
+        "",
+        f"Command: `python benchmarks/openvino_peers.py --rounds {result['rounds']} --processes {result['processes']} "
+        f"--runs-per-round {result['runs_per_round']} --clips {result['accuracy_clips']}`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
