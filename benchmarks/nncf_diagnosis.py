@@ -2,6 +2,7 @@
 (UniFormer-S 8x224) redone with one change at a time (SmoothQuant off, op types left float),
 each model's logit SQNR against the float model on the same clips.
 
+    pip install 'uniformer-edge[openvino]' nncf
     python benchmarks/nncf_diagnosis.py [--clips 16]
 
 The float reference is OpenVINO running the fp32 export (it matches PyTorch to > 120 dB, see

@@ -1,6 +1,7 @@
 """Our fastest UniFormer-S 8x224 programs against OpenVINO, the CPU engine x86 edge users pick,
 timed side by side in interleaved rounds, with each program's accuracy against the float model.
 
+    pip install 'uniformer-edge[openvino]' nncf   # NNCF is needed only here and in nncf_diagnosis.py
     python benchmarks/openvino_peers.py [--rounds 24] [--processes 3] [--runs-per-round 2] [--clips 16]
 
 Programs: torch eager fp32 (the deploy form), our ExecuTorch int8 `.pte`, our PT2E int8 QDQ
