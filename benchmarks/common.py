@@ -8,6 +8,7 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -24,7 +25,7 @@ REFERENCE_RECIPE = dict(
     size=64,
     epochs=3,
     batch_size=8,
-    lr=8e-4,
+    lr=4e-4,
     min_lr=1e-5,
     weight_decay=0.05,
     warmup_epochs=0.2,
@@ -134,6 +135,13 @@ def environment() -> dict:
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
     }
+
+
+def machine_line(env: Optional[dict] = None) -> str:
+    """The processor, its instruction sets, threads and torch, for a result's command line."""
+    env = env or environment()
+    isa = ", ".join(env["instruction_sets"]) or "no listed SIMD"
+    return f"{env['processor']}, {isa}, {env['threads']} threads, torch {env['torch']}"
 
 
 def write_results(name: str, data: dict, markdown: str) -> None:

@@ -229,13 +229,13 @@ def main():
         "fp32 and rounds its result), which checks the converted program, not Core ML's kernels or their "
         "fp16 accumulation on the GPU / Neural Engine.",
         "",
-        "An int8 package that is not written missed its gate against the PT2E graph; on a trained light "
-        "model no runtime meets that gate (benchmarks/results/int8_stability.md).",
+        "An int8 package of a light model that misses its bound against the PT2E graph is judged by the "
+        "token-pruning accuracy rule (benchmarks/results/int8_stability.md); one that misses both is not written.",
         "",
         f"Command: `python benchmarks/coreml_reference.py --num-eval {args.num_eval}"
         f"{' --reuse-cost' if args.reuse_cost else ''}"
         f"{' --checkpoint ' + args.checkpoint if args.checkpoint else ''}` ({env['processor']}, "
-        f"{', '.join(env['instruction_sets']) or 'no listed SIMD'}, {env['threads']} threads).",
+        f"{', '.join(env['instruction_sets']) or 'no listed SIMD'}, {env['threads']} threads, torch {env['torch']}).",
     ]
     write_results(
         "coreml_reference",

@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from common import EXPORTS, RESULTS, environment, write_results
+from common import EXPORTS, RESULTS, environment, machine_line, write_results
 from uniformer_edge.export import FORMATS, ExportJob, run_export
 from uniformer_edge.models import get_variant
 
@@ -147,8 +147,7 @@ def main():
         "package's decompressed weights; their loss against float shows in the SQNR. ExecuTorch programs "
         "and the Core ML ane form are built from the 2-D form (no 5-D convolution).",
         "",
-        f"Command: `python benchmarks/export_models.py` ({environment()['processor']}, "
-        f"{environment()['threads']} threads).",
+        f"Command: `python benchmarks/export_models.py` ({machine_line()}).",
     ]
     write_results("export_models", {"artifacts": results, "environment": environment()}, "\n".join(lines) + "\n")
 

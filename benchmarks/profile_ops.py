@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from common import EXPORTS, environment, require_exports, synthetic_test_clip, write_results
+from common import EXPORTS, environment, machine_line, require_exports, synthetic_test_clip, write_results
 from uniformer_edge.export.onnx import ort_session
 
 PROGRAMS = {
@@ -142,10 +142,7 @@ def markdown(result: dict, top: int) -> str:
                 '"Invalid Unary Op" (one instance per MLP).',
                 "",
             ]
-    lines.append(
-        f"Command: `python benchmarks/profile_ops.py --runs {result['runs']}` ({env['processor']}, "
-        f"{result['threads']} threads, torch {env['torch']})."
-    )
+    lines.append(f"Command: `python benchmarks/profile_ops.py --runs {result['runs']}` ({machine_line(env)}).")
     return "\n".join(lines) + "\n"
 
 

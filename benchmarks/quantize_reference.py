@@ -33,6 +33,7 @@ from common import (
     REFERENCE_RECIPE,
     RESULTS,
     environment,
+    machine_line,
     reference_checkpoint,
     torchao_x86_prepare,
     write_results,
@@ -404,8 +405,7 @@ def main():
         "them, but no Conv3d: it ran this model with "
         f"{rows['torchao X86InductorQuantizer (default)']['note']}, not a full W8A8 model.",
         "",
-        f"Command: `python benchmarks/quantize_reference.py` ({environment()['processor']}, "
-        f"{environment()['threads']} threads, torch {torch.__version__}).",
+        f"Command: `python benchmarks/quantize_reference.py` ({machine_line()}).",
     ]
     if args.executorch_only:
         lines[-1] += (

@@ -16,7 +16,14 @@ import time
 
 import torch
 
-from common import REFERENCE_RECIPE, environment, reference_checkpoint, reference_run_dir, write_results
+from common import (
+    REFERENCE_RECIPE,
+    environment,
+    machine_line,
+    reference_checkpoint,
+    reference_run_dir,
+    write_results,
+)
 from uniformer_edge.calibration import SyntheticMotion
 from uniformer_edge.engine import evaluate
 from uniformer_edge.models import create_model
@@ -85,8 +92,7 @@ def main():
         "round differently, and three epochs amplify that. Compare accuracy across machines, not "
         "checkpoints.",
         "",
-        f"Command: `python benchmarks/train_reference.py` ({environment()['processor']}, "
-        f"{environment()['threads']} threads, torch {torch.__version__}).",
+        f"Command: `python benchmarks/train_reference.py` ({machine_line()}).",
     ]
     write_results("train_reference", data, "\n".join(lines) + "\n")
 

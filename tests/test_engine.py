@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from conftest import REPO
 from uniformer_edge.engine import TrainConfig, top1_drop, topk_accuracy, train, warmup_cosine
 
 TINY_RUN = dict(
@@ -172,3 +173,53 @@ def test_steps_with_overflowing_gradients_are_skipped_and_a_run_of_them_stops_tr
             model, batches([1] * (MAX_SKIPPED_STEPS + 1)), opt, None, ctx, loss_fn=loss_fn, clip_grad=None, desc="e"
         )
     assert model.weight.item() == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_reference_recipe_leaves_chance_on_this_cpu():
+    """The synthetic reference model's recipe (benchmarks/common.py) must start learning on every
+    CPU type: its first 700 steps, on the recipe's own schedule, bring the training loss clearly
+    below chance. A recipe on the edge stays at chance for whole epochs on some CPUs, whose
+    rounding alone decides when (or whether) the model escapes the plateau."""
+    import math
+
+    from torch.utils.data import DataLoader
+
+    from uniformer_edge.calibration import build_dataset
+    from uniformer_edge.engine import init_distributed, train_one_epoch
+    from uniformer_edge.engine.training import classification_loss, epoch_batches, make_optimizer
+    from uniformer_edge.models import create_model
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from common import REFERENCE_RECIPE
+
+    cfg = TrainConfig(**REFERENCE_RECIPE)
+    train_set = build_dataset(
+        "synthetic", "train", frames=cfg.frames, size=cfg.size, seed=cfg.seed, num_clips=cfg.num_train_clips
+    )
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.variant, num_classes=12, layer_scale=cfg.layer_scale)
+    model.to(memory_format=torch.channels_last_3d)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    per_epoch = len(train_set) // cfg.batch_size
+    schedule = warmup_cosine(cfg.epochs * per_epoch, round(cfg.warmup_epochs * per_epoch), cfg.min_lr / cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    ctx = init_distributed()
+    batches = epoch_batches(len(train_set), cfg.batch_size, cfg.seed, 0, ctx)
+
+    def mean_loss_of_steps(first, end):
+        return train_one_epoch(
+            model,
+            DataLoader(train_set, batch_sampler=batches[first:end]),
+            optimizer,
+            scheduler,
+            ctx,
+            loss_fn=lambda m, x, y: classification_loss(m(x), y, cfg.label_smoothing),
+            clip_grad=cfg.clip_grad,
+            desc="reference recipe",
+        )
+
+    mean_loss_of_steps(0, 600)
+    chance = math.log(12)  # label smoothing included: a uniform prediction scores exactly ln 12
+    last = mean_loss_of_steps(600, 700)
+    assert last < chance - 0.15, f"mean training loss of steps 601-700 is {last:.3f}; chance is {chance:.3f}"

@@ -615,6 +615,34 @@ def test_int8_onnx_gate_holds_on_fresh_cases(variant, overrides, seed, num_class
     assert art["onnxruntime_session_config"]["session.x64quantprecision"] == "1"
 
 
+def test_token_pruning_models_fall_back_to_the_accuracy_rule():
+    """A light model's artifact that misses its bound against its counterpart (a token crossed the
+    top-k cut) passes when it is about as close to float as the counterpart; a plain model's does
+    not, and an artifact much further from float than its counterpart fails either way."""
+    from uniformer_edge.export.base import PRUNING_SQNR_MARGIN_DB, Precision, judge
+    from uniformer_edge.export.onnx import FORMAT as ONNX_FORMAT
+
+    threshold = ONNX_FORMAT.thresholds[Precision.INT8]
+    g = torch.Generator().manual_seed(0)
+    float_logits = torch.randn(4, 12, generator=g)
+    counterpart = float_logits + 0.05 * torch.randn(4, 12, generator=g)  # about 26 dB from float
+    other_route = float_logits + 0.05 * torch.randn(4, 12, generator=g)  # as far from float, elsewhere
+    broken = float_logits + 0.5 * torch.randn(4, 12, generator=g)  # 20 dB worse
+
+    def verdict(output, pruning):
+        return judge("test", output, float_logits, threshold, lambda: counterpart, prunes_tokens=pruning)
+
+    plain, light = verdict(other_route, False), verdict(other_route, True)
+    assert plain["vs_pytorch_quantized"]["cosine"] < 0.999
+    assert not plain["passed"] and "token_pruning_rule" not in plain
+    assert light["passed"] and light["token_pruning_rule"]["margin_db"] == PRUNING_SQNR_MARGIN_DB
+    assert "prunes tokens" in light["threshold"] and "prunes tokens" not in plain["threshold"]
+    worse = verdict(broken, True)
+    assert not worse["passed"] and not worse["token_pruning_rule"]["passed"]
+    exact = verdict(counterpart, True)
+    assert exact["passed"] and "token_pruning_rule" not in exact  # the bound itself was met
+
+
 def test_session_config_follows_the_cpu(monkeypatch):
     from uniformer_edge.export import onnx as onnx_module
 

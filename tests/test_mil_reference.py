@@ -31,9 +31,10 @@ from uniformer_edge.export.base import Precision, Reference, judge  # noqa: E402
 from uniformer_edge.export.coreml import FORMAT as COREML  # noqa: E402
 
 
-def coreml_reference_parity(output, float_logits, precision, counterpart=None):
+def coreml_reference_parity(output, float_logits, precision, counterpart=None, prunes_tokens=False):
     """The verdict the export gives a Core ML package's MIL-reference output."""
-    return judge("MIL reference (numpy)", output, float_logits, COREML.thresholds[Precision(precision)], counterpart)
+    threshold = COREML.thresholds[Precision(precision)]
+    return judge("MIL reference (numpy)", output, float_logits, threshold, counterpart, prunes_tokens)
 
 
 from uniformer_edge.forms import frame_batched  # noqa: E402
@@ -371,11 +372,14 @@ def test_planted_layer_norm_epsilon_is_caught(tiny_s_package):
     assert not verdict["passed"], verdict
 
 
-def test_planted_quantization_scale_is_caught(tmp_path):
+@pytest.mark.parametrize("variant,overrides", [("s", TINY), ("xxs", TINY_LIGHT)])
+def test_planted_quantization_scale_is_caught(variant, overrides, tmp_path):
+    """On both families: the light model's verdict (with its token-pruning accuracy rule) too."""
+    from uniformer_edge.models import prunes_tokens
     from uniformer_edge.quantize import QuantConfig, quantize_ptq
 
     torch.manual_seed(1)
-    model = randomize_batchnorm(create_model("s", **TINY).eval())
+    model = randomize_batchnorm(create_model(variant, **overrides).eval())
     clips = torch.randn(2, 3, 8, 32, 32)
     program, _ = quantize_ptq(
         model,
@@ -390,14 +394,22 @@ def test_planted_quantization_scale_is_caught(tmp_path):
     with torch.no_grad():
         float_logits, quantized_logits = model(clips), graph(clips)
     ref = MilReference(path)
-    good = coreml_reference_parity(_reference_logits(ref, clips), float_logits, "int8", lambda: quantized_logits)
+    pruning = prunes_tokens(model)
+    assert pruning == (variant == "xxs")
+    good = coreml_reference_parity(
+        _reference_logits(ref, clips), float_logits, "int8", lambda: quantized_logits, pruning
+    )
     assert good["passed"], good
     # the input's quantization scale 4x too small (the clip saturates int8); a cosine bound cannot
     # see small scale errors (one op's scale 1.3x off passes on most ops)
     quantize = next(op for op in ref.ops if op.op_type == "quantize")
     ref.constants[quantize.inputs["scale"].name] = np.asarray(quantize.inputs["scale"].val) * 0.25
-    bad = coreml_reference_parity(_reference_logits(ref, clips), float_logits, "int8", lambda: quantized_logits)
+    bad = coreml_reference_parity(
+        _reference_logits(ref, clips), float_logits, "int8", lambda: quantized_logits, pruning
+    )
     assert not bad["passed"], bad
+    if pruning:  # judged by the accuracy rule too, and missed it
+        assert not bad["token_pruning_rule"]["passed"], bad
 
 
 def test_fp16_overflow_is_named(tmp_path):

@@ -24,6 +24,7 @@ __all__ = [
     "Threshold",
     "FP32_PARITY",
     "FP16_PARITY",
+    "PRUNING_SQNR_MARGIN_DB",
     "Format",
     "Runtime",
     "Runner",
@@ -118,6 +119,17 @@ FP32_PARITY = Threshold(max_rel_err=1e-4)
 FP16_PARITY = Threshold(min_cosine=0.999, same_top1=True)
 
 
+# Token pruning (the light models) makes a model's output discontinuous: one int8 step or one fp16
+# rounding anywhere upstream can move a token across the top-k cut, after which two correct
+# programs differ beyond any cosine bound, on clips that depend on the CPU's kernels (the PT2E graph
+# run on a batch instead of clip by clip misses its own bound: results/int8_stability.md). An
+# artifact of such a model that misses its bound against its quantized or compressed counterpart is
+# judged by what a conversion fault costs instead, accuracy: it passes when its logit SQNR against
+# float is at most this far below the counterpart's: two correct programs' SQNRs on a few clips
+# differ by a few dB, a fault that costs accuracy by far more (benchmarks/results/int8_stability.md).
+PRUNING_SQNR_MARGIN_DB = 10.0
+
+
 def compare(reference: torch.Tensor, output: torch.Tensor) -> dict:
     rel = float((output - reference).abs().max() / reference.abs().max().clamp_min(1e-12))
     return {"max_rel_err": rel, **agreement(reference, output)}
@@ -129,17 +141,35 @@ def judge(
     float_logits: torch.Tensor,
     threshold: Threshold,
     counterpart: Optional[Callable[[], torch.Tensor]] = None,
+    prunes_tokens: bool = False,
     **about,
 ) -> dict:
     """A parity entry: `output`'s figures against float and, where the threshold names one,
-    against `counterpart()` (the PyTorch program the artifact must reproduce), and the verdict."""
+    against `counterpart()` (the PyTorch program the artifact must reproduce), and the verdict.
+    With `prunes_tokens`, a miss against the counterpart falls back to the accuracy rule above."""
     vs_float = compare(float_logits, output)
     entry = {"runtime": runtime, **about, "clips": len(output), "vs_float": vs_float}
-    figures = vs_float
+    figures, described = vs_float, threshold.describe()
     if threshold.against in (Reference.PT2E_GRAPH, Reference.PACKAGE_WEIGHTS):
         with torch.no_grad():
-            figures = entry[f"vs_{threshold.against.value}"] = compare(counterpart(), output)
-    return {**entry, "threshold": threshold.describe(), "passed": threshold.passed(figures)}
+            expected = counterpart()
+        figures = entry[f"vs_{threshold.against.value}"] = compare(expected, output)
+        if prunes_tokens:
+            described += (
+                f"; as the model prunes tokens, else a logit SQNR vs float at most {PRUNING_SQNR_MARGIN_DB:g} dB "
+                "below that counterpart's"
+            )
+    passed = threshold.passed(figures)
+    if not passed and prunes_tokens and threshold.against in (Reference.PT2E_GRAPH, Reference.PACKAGE_WEIGHTS):
+        own = agreement(float_logits, expected)["sqnr_db"]
+        passed = vs_float["sqnr_db"] >= own - PRUNING_SQNR_MARGIN_DB
+        entry["token_pruning_rule"] = {
+            "counterpart_sqnr_vs_float_db": own,
+            "sqnr_vs_float_db": vs_float["sqnr_db"],
+            "margin_db": PRUNING_SQNR_MARGIN_DB,
+            "passed": passed,
+        }
+    return {**entry, "threshold": described, "passed": passed}
 
 
 def tally(names: Iterable[str]) -> dict[str, int]:

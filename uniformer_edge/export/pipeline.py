@@ -25,7 +25,7 @@ from .._environment import cpu_facts, library_versions
 from .._io import atomic_dir, check_output_dir, sha256_file, sha256_tree
 from ..calibration import build_dataset, calibration_set, read_class_names
 from ..errors import ExportError, InputError
-from ..models import ModelCard, Preprocessing, create_model, get_variant, read_state_dict
+from ..models import ModelCard, Preprocessing, create_model, get_variant, prunes_tokens, read_state_dict
 from ..quantize import QuantConfig, load_program, quantize_ptq, read_quantize_config, verify_program
 from ..quantize.qat import QATSchedule
 from .base import Precision, Threshold, judge
@@ -249,7 +249,7 @@ class ExportContext:
         self, runtime: str, output: torch.Tensor, threshold: Threshold, counterpart: Optional[Callable] = None, **about
     ) -> dict:
         """`output` on the check clips judged by `threshold` (see `base.judge`)."""
-        return judge(runtime, output, self.float_logits, threshold, counterpart, **about)
+        return judge(runtime, output, self.float_logits, threshold, counterpart, prunes_tokens(self.model), **about)
 
     def finetuning(self):
         """(schedule, training clips) of the ExecuTorch int8 QAT, or None without --qat-epochs."""

@@ -21,11 +21,12 @@ from .registry import (
     list_variants,
     official_config_kwargs,
 )
-from .uniformer import UniFormer, UniFormerLight
+from .uniformer import UniFormer, UniFormerLight, prunes_tokens
 
 __all__ = [
     "UniFormer",
     "UniFormerLight",
+    "prunes_tokens",
     "create_model",
     "list_variants",
     "get_variant",

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 
-__all__ = ["UniFormer", "UniFormerLight"]
+__all__ = ["UniFormer", "UniFormerLight", "prunes_tokens"]
 
 # Official defaults for the light models' pruning schedule (UNIFORMER.PRUNE_RATIO / TRADE_OFF).
 DEFAULT_PRUNE_RATIO = ([], [], [1.0] + [0.5] * 7, [0.5] * 3)
@@ -389,6 +389,11 @@ class EvoSABlock(SABlock):
         else:
             scores = None
         return z[:, :1], from_tokens(tokens, shape), scores
+
+
+def prunes_tokens(model: nn.Module) -> bool:
+    """Whether a block of `model` keeps only its highest-scoring tokens (the light models' top-k)."""
+    return any(isinstance(m, EvoSABlock) and m.prune_ratio < 1 for m in model.modules())
 
 
 def _stage_rates(drop_path_rate: float, depth: Sequence[int]) -> list[list[float]]:
