@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import REFERENCE_RECIPE, RESULTS, environment, reference_checkpoint, write_results
+from common import REFERENCE_RECIPE, RESULTS, environment, machine_line, reference_checkpoint, write_results
 from uniformer_edge.calibration import build_dataset
 from uniformer_edge.engine import agreement
 from uniformer_edge.export import ExportError, ExportJob, run_export
@@ -234,8 +234,7 @@ def main():
         "",
         f"Command: `python benchmarks/coreml_reference.py --num-eval {args.num_eval}"
         f"{' --reuse-cost' if args.reuse_cost else ''}"
-        f"{' --checkpoint ' + args.checkpoint if args.checkpoint else ''}` ({env['processor']}, "
-        f"{', '.join(env['instruction_sets']) or 'no listed SIMD'}, {env['threads']} threads, torch {env['torch']}).",
+        f"{' --checkpoint ' + args.checkpoint if args.checkpoint else ''}` ({machine_line(env)}).",
     ]
     write_results(
         "coreml_reference",

@@ -208,6 +208,7 @@ class ExportContext:
         if self.labels and len(self.labels) != num_classes:
             raise InputError(f"labels file {job.labels} has {len(self.labels)} classes, the model {num_classes}")
         self.card = dataclasses.replace(card, class_names=self.labels or card.class_names)
+        self.prunes_tokens = prunes_tokens(self.model)  # decides the parity rule of every artifact
         self.num_classes = num_classes
         data = dict(frames=job.frames, size=job.size, seed=job.seed)
         check = build_dataset("synthetic", "test", num_clips=job.check_clips, **data)
@@ -249,7 +250,7 @@ class ExportContext:
         self, runtime: str, output: torch.Tensor, threshold: Threshold, counterpart: Optional[Callable] = None, **about
     ) -> dict:
         """`output` on the check clips judged by `threshold` (see `base.judge`)."""
-        return judge(runtime, output, self.float_logits, threshold, counterpart, prunes_tokens(self.model), **about)
+        return judge(runtime, output, self.float_logits, threshold, counterpart, self.prunes_tokens, **about)
 
     def finetuning(self):
         """(schedule, training clips) of the ExecuTorch int8 QAT, or None without --qat-epochs."""
