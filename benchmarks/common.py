@@ -118,6 +118,26 @@ def x86_census_text(census: dict) -> str:
     return f"{ops} ops in int8, its {census['float_conv3d']} Conv3d in fp32"
 
 
+def roofline(threads: int) -> dict:
+    """fp32 and int8 matrix-product ceilings of this CPU (2048^3, best of 5)."""
+    import time
+
+    torch.set_num_threads(threads)
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    qa, qb = torch.randint(-128, 127, (n, n), dtype=torch.int8), torch.randint(-128, 127, (n, n), dtype=torch.int8)
+    out = {}
+    for name, fn in (("fp32_gflops", lambda: a @ b), ("int8_gops", lambda: torch._int_mm(qa, qb))):
+        fn()
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - started)
+        out[name] = 2 * n**3 / best / 1e9
+    return out
+
+
 def environment() -> dict:
     from uniformer_edge._environment import cpu_facts, library_versions
 

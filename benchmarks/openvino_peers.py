@@ -3,14 +3,18 @@ timed side by side in interleaved rounds, with each program's accuracy against t
 
     pip install 'uniformer-edge[openvino]' nncf   # NNCF is needed only here and in nncf_diagnosis.py
     python benchmarks/openvino_peers.py [--rounds 24] [--processes 3] [--runs-per-round 2] [--clips 16]
+                                        [--alone-processes 2] [--alone-runs 15]
 
 Programs: torch eager fp32 (the deploy form), our ExecuTorch int8 `.pte`, our PT2E int8 QDQ
 ONNX on ONNX Runtime, OpenVINO (CPU plugin, latency hint, fp32 inference precision) running our
 fp32 ONNX and our PT2E int8 ONNX, and NNCF's int8 models made as NNCF's documentation tells a
 user to (`nncf.quantize` on the OpenVINO model read from our fp32 ONNX, 32 calibration clips of
 the synthetic training split; the default preset, and `model_type=TRANSFORMER`), saved as
-OpenVINO IR. Every round runs each program once untimed, then `--runs-per-round` timed runs;
-rounds are split over fresh processes (one process is one draw of machine speed). Accuracy:
+OpenVINO IR; and the fastest of these again with the plugin's default inference precision,
+which a user gets when they set none (bf16 for the float ops on CPUs with AVX-512 BF16 or AMX,
+f32 elsewhere). Every round runs each program once untimed, then `--runs-per-round` timed runs;
+rounds are split over fresh processes (one process is one draw of machine speed). Each program
+is also timed alone, the only program in fresh processes of its own, as a deployment runs it. Accuracy:
 logit SQNR and top-1 agreement against the float model on `--clips` synthetic test clips (random
 weights: only agreement with float means something). The float model is rebuilt from the
 exports' model card. Reuses the exports of `export_models.py` (S: onnx fp32 and int8,
@@ -34,15 +38,20 @@ ONNX_FP32 = "s-onnx/uniformer-s-8x224-fp32.onnx"
 ONNX_INT8 = "s-onnx/uniformer-s-8x224-int8.onnx"
 PTE_INT8 = "s-executorch/uniformer-s-8x224-int8.pte"
 NNCF = {"default": "s-openvino/nncf-default.xml", "transformer": "s-openvino/nncf-transformer.xml"}
-# program -> (runtime, file under EXPORTS or None for the float model)
+DEFAULT_PRECISION = ", plugin's default precision"
+# program -> (runtime, file under EXPORTS or None for the float model, OpenVINO inference
+# precision: "f32", or None for the plugin's default)
 PROGRAMS = {
-    "torch eager fp32": ("torch", None),
-    "ExecuTorch int8 (ours)": ("executorch", PTE_INT8),
-    "ONNX Runtime, our PT2E int8": ("onnxruntime", ONNX_INT8),
-    "OpenVINO fp32 (our ONNX)": ("openvino", ONNX_FP32),
-    "OpenVINO, our PT2E int8": ("openvino", ONNX_INT8),
-    "OpenVINO, NNCF int8 default preset": ("openvino", NNCF["default"]),
-    "OpenVINO, NNCF int8 transformer preset": ("openvino", NNCF["transformer"]),
+    "torch eager fp32": ("torch", None, None),
+    "ExecuTorch int8 (ours)": ("executorch", PTE_INT8, None),
+    "ONNX Runtime, our PT2E int8": ("onnxruntime", ONNX_INT8, None),
+    "OpenVINO fp32 (our ONNX)": ("openvino", ONNX_FP32, "f32"),
+    "OpenVINO, our PT2E int8": ("openvino", ONNX_INT8, "f32"),
+    "OpenVINO, NNCF int8 default preset": ("openvino", NNCF["default"], "f32"),
+    "OpenVINO, NNCF int8 transformer preset": ("openvino", NNCF["transformer"], "f32"),
+    "OpenVINO fp32 (our ONNX)" + DEFAULT_PRECISION: ("openvino", ONNX_FP32, None),
+    "OpenVINO, our PT2E int8" + DEFAULT_PRECISION: ("openvino", ONNX_INT8, None),
+    "OpenVINO, NNCF int8 default preset" + DEFAULT_PRECISION: ("openvino", NNCF["default"], None),
 }
 OURS = "ExecuTorch int8 (ours)"
 GOAL = 1.3  # issue: our fastest program at least 1.3x the fastest OpenVINO configuration at equal or better accuracy
@@ -74,38 +83,67 @@ def make_nncf_models(calib_clips: int = 32) -> dict:
     return seconds
 
 
-def _runners(threads: int) -> dict:
-    from uniformer_edge.benchmark import discover
+def _load(name: str, threads: int, float_model):
+    """A callable that runs program `name` on a clip (raises what its runtime raises)."""
     from uniformer_edge.export.executorch import load_executorch
     from uniformer_edge.export.onnx import ort_session, run_onnx
     from uniformer_edge.export.openvino import compile_openvino, run_openvino
     from uniformer_edge.models import deploy
 
+    runtime, rel, precision = PROGRAMS[name]
+    if runtime == "torch":
+        return deploy(float_model)
+    if runtime == "executorch":
+        method = load_executorch(EXPORTS / rel)
+        return lambda x: method.execute((x.contiguous(),))[0]
+    if runtime == "onnxruntime":
+        session = ort_session(EXPORTS / rel, threads)
+        return lambda x: run_onnx(session, x)
+    compiled, _ = compile_openvino(EXPORTS / rel, "CPU", threads, precision)
+    return lambda x: run_openvino(compiled, x)
+
+
+def _runners(threads: int) -> tuple:
+    """The float model, {program: callable}, and {program: why it cannot run here}."""
+    from uniformer_edge.benchmark import discover
+
     torch.set_num_threads(threads)
     float_model = discover(EXPORTS / "s-onnx")[0].float_model()  # from the exports' model card
-    runners = {}
-    for name, (runtime, rel) in PROGRAMS.items():
-        if runtime == "torch":
-            runners[name] = deploy(float_model)
-        elif runtime == "executorch":
-            method = load_executorch(EXPORTS / rel)
-            runners[name] = lambda x, m=method: m.execute((x.contiguous(),))[0]
-        elif runtime == "onnxruntime":
-            session = ort_session(EXPORTS / rel, threads)
-            runners[name] = lambda x, s=session: run_onnx(s, x)
-        else:
-            compiled, _ = compile_openvino(EXPORTS / rel, "CPU", threads)
-            runners[name] = lambda x, c=compiled: run_openvino(c, x)
-    return float_model, runners
+    runners, failed = {}, {}
+    for name in PROGRAMS:
+        try:
+            runners[name] = _load(name, threads, float_model)
+        except RuntimeError as err:  # OpenVINO refuses some graphs at some precisions
+            failed[name] = " ".join(str(err).split())
+    return float_model, runners, failed
+
+
+def _alone(name: str, threads: int, runs: int) -> float:
+    """Median ms of `runs` runs of program `name`, the only program in this process."""
+    from uniformer_edge.benchmark import discover
+
+    torch.set_num_threads(threads)
+    fn = _load(name, threads, discover(EXPORTS / "s-onnx")[0].float_model())
+    clip = synthetic_test_clip()
+    times = []
+    with torch.no_grad():
+        for _ in range(3):
+            fn(clip)
+        for _ in range(runs):
+            started = time.perf_counter()
+            fn(clip)
+            times.append(1000 * (time.perf_counter() - started))
+    return statistics.median(times)
 
 
 def _accuracy(threads: int, clips: int) -> tuple[dict, dict]:
-    """Each program's logit SQNR and top-1 agreement against the float model, and OpenVINO's settings."""
+    """Each program's logit SQNR and top-1 agreement against the float model, OpenVINO's settings,
+    and the programs that cannot run here, with the reason."""
     from uniformer_edge.calibration import build_dataset
     from uniformer_edge.engine import agreement
     from uniformer_edge.export.openvino import compile_openvino
 
-    float_model, runners = _runners(threads)
+    float_model, runners, failed = _runners(threads)
     data = build_dataset("synthetic", "test", frames=8, size=224, num_clips=clips)
     x = torch.stack([data[i][0] for i in range(clips)])
     with torch.no_grad():
@@ -117,11 +155,13 @@ def _accuracy(threads: int, clips: int) -> tuple[dict, dict]:
                 k: v for k, v in agreement(reference, logits).items() if k in ("sqnr_db", "top1_agreement", "cosine")
             }
     _, settings = compile_openvino(EXPORTS / ONNX_FP32, "CPU", threads)
-    return out, settings
+    _, default = compile_openvino(EXPORTS / ONNX_FP32, "CPU", threads, None)
+    settings["default_inference_precision"] = default["INFERENCE_PRECISION_HINT"].split()[0]
+    return out, settings, failed
 
 
 def _measure_rounds(rounds: int, threads: int, runs_per_round: int, desc: str) -> dict[str, list[float]]:
-    _, runners = _runners(threads)
+    _, runners, _ = _runners(threads)
     clip = synthetic_test_clip()
     times = {name: [] for name in runners}
     with torch.no_grad():
@@ -149,12 +189,23 @@ def main():
     p.add_argument("--runs-per-round", type=int, default=2)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--clips", type=int, default=16, help="test clips for the accuracy against float")
+    p.add_argument(
+        "--alone-processes",
+        type=int,
+        default=2,
+        help="also time each program alone in this many fresh processes of its own (0: skip)",
+    )
+    p.add_argument("--alone-runs", type=int, default=15, help="timed runs per alone process")
     args = p.parse_args()
     if not 1 <= args.processes <= args.rounds:
         raise SystemExit(f"--processes must lie in [1, --rounds={args.rounds}], got {args.processes}")
     require_exports([ONNX_FP32, ONNX_INT8, PTE_INT8])
     nncf_seconds = make_nncf_models()
-    accuracy, settings = _fresh(_accuracy, args.threads, args.clips)
+    accuracy, settings, failed = _fresh(_accuracy, args.threads, args.clips)
+    alone: dict[str, list[float]] = {name: [] for name in accuracy}
+    for _ in range(args.alone_processes):
+        for name in alone:
+            alone[name].append(_fresh(_alone, name, args.threads, args.alone_runs))
     parts = []
     for i in range(args.processes):
         rounds = args.rounds // args.processes + (i < args.rounds % args.processes)
@@ -168,7 +219,7 @@ def main():
             "p10": per_round[len(per_round) // 10],
             "p90": per_round[(9 * len(per_round)) // 10],
         }
-    openvino = [n for n in PROGRAMS if PROGRAMS[n][0] == "openvino"]
+    openvino = [n for n in times if PROGRAMS[n][0] == "openvino"]
     fastest = min(openvino, key=lambda n: statistics.median(times[n]))
     as_accurate = [n for n in openvino if accuracy[n]["sqnr_db"] >= accuracy[OURS]["sqnr_db"]]
     fastest_as_accurate = min(as_accurate, key=lambda n: statistics.median(times[n])) if as_accurate else None
@@ -179,6 +230,10 @@ def main():
         "threads": args.threads,
         "accuracy_clips": args.clips,
         "median_ms": {n: statistics.median(t) for n, t in times.items()},
+        "alone_processes": args.alone_processes,
+        "alone_runs": args.alone_runs,
+        "alone_ms": {n: statistics.median(t) for n, t in alone.items() if t},
+        "cannot_run": failed,
         "ratio_to_ours": ratios,
         "accuracy": accuracy,
         "openvino_settings": settings,
@@ -193,7 +248,9 @@ def main():
 
 def markdown(result: dict) -> str:
     env = result["environment"]
-    settings = ", ".join(f"{k}={v}" for k, v in result["openvino_settings"].items())
+    settings = dict(result["openvino_settings"])
+    default = settings.pop("default_inference_precision", "unknown")
+    settings = ", ".join(f"{k}={v}" for k, v in settings.items())
     lines = [
         "# UniFormer-S 8x224 against OpenVINO, interleaved rounds",
         "",
@@ -201,24 +258,40 @@ def markdown(result: dict) -> str:
         f"{result['threads']} threads. {result['rounds']} rounds over {result['processes']} fresh processes; "
         f"in each, every program runs once untimed, then {result['runs_per_round']} timed runs on the same clip "
         f"(their median is the round's figure). OpenVINO: {settings}. Accuracy against the float model on "
-        f"{result['accuracy_clips']} synthetic test clips (random weights: agreement with float only).",
+        f"{result['accuracy_clips']} synthetic test clips (random weights: agreement with float only). "
+        f'Rows ending in "{DEFAULT_PRECISION[2:]}" leave INFERENCE_PRECISION_HINT unset, as a user who sets '
+        f"none does: the plugin chose {default} on this machine.",
         "",
-        "| program | median ms | time / ours (median per round) | p10 | p90 | logit SQNR dB | top-1 agreement |",
-        "|---|---|---|---|---|---|---|",
+        "| program | median ms | time / ours (median per round) | p10 | p90 | alone ms | alone / ours | "
+        "logit SQNR dB | top-1 agreement |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    alone = result.get("alone_ms", {})
     for name, ms in sorted(result["median_ms"].items(), key=lambda kv: kv[1]):
         r, a = result["ratio_to_ours"][name], result["accuracy"][name]
+        solo = f"{alone[name]:.1f} | {alone[name] / alone[OURS]:.2f}x" if name in alone and OURS in alone else "- | -"
         lines.append(
-            f"| {name} | {ms:.1f} | {r['median']:.2f}x | {r['p10']:.2f}x | {r['p90']:.2f}x | "
+            f"| {name} | {ms:.1f} | {r['median']:.2f}x | {r['p10']:.2f}x | {r['p90']:.2f}x | {solo} | "
             f"{a['sqnr_db']:.1f} | {100 * a['top1_agreement']:.1f}% |"
         )
+    if alone:
+        lines += [
+            "",
+            f"Alone: each program the only one in its process, {result['alone_runs']} timed runs after 3 untimed, "
+            f"in {result['alone_processes']} fresh processes per program taken in turn; the median of the "
+            "processes' medians. Sharing a process with the other engines' worker threads slows some programs "
+            "more than others, so both columns are given.",
+        ]
+    for name, why in result.get("cannot_run", {}).items():
+        lines += ["", f"{name}: cannot run here: {why}"]
     fastest, accurate = result["fastest_openvino"], result["fastest_openvino_as_accurate"]
     lines += [
         "",
         f"Fastest OpenVINO configuration: {fastest} ({result['ratio_to_ours'][fastest]['median']:.2f}x our time). "
         + (
             f"Fastest at our accuracy or better: {accurate}, {result['ratio_to_ours'][accurate]['median']:.2f}x our "
-            f"time against the goal of {GOAL}x: {'met' if result['goal_met'] else 'NOT met'}."
+            f"time against the goal of {GOAL}x: {'met' if result['goal_met'] else 'NOT met'}"
+            + (f" (alone: {alone[accurate] / alone[OURS]:.2f}x)." if accurate in alone and OURS in alone else ".")
             if accurate
             else "No OpenVINO configuration reaches our accuracy."
         ),
@@ -229,7 +302,8 @@ def markdown(result: dict) -> str:
     lines += [
         "",
         f"Command: `python benchmarks/openvino_peers.py --rounds {result['rounds']} --processes {result['processes']} "
-        f"--runs-per-round {result['runs_per_round']} --clips {result['accuracy_clips']}`.",
+        f"--runs-per-round {result['runs_per_round']} --clips {result['accuracy_clips']} "
+        f"--alone-processes {result.get('alone_processes', 0)} --alone-runs {result.get('alone_runs', 0)}`.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from common import EXPORTS, environment, machine_line, require_exports, synthetic_test_clip, write_results
+from common import EXPORTS, environment, machine_line, require_exports, roofline, synthetic_test_clip, write_results
 from uniformer_edge.export.onnx import ort_session
 
 PROGRAMS = {
@@ -29,6 +29,62 @@ PROGRAMS = {
     "ORT int8 (ours, PT2E QDQ)": ("onnxruntime", "s-onnx/uniformer-s-8x224-int8.onnx"),
     "ORT quantize_static MinMax": ("onnxruntime", "s-onnx/uniformer-s-8x224-int8-ort.onnx"),
 }
+
+
+# The work of the int8 `.pte`, by class, and the XNNPACK operator kinds that do it. ExecuTorch's
+# XNNPACK partitioner delegates `bmm` in fp32 only, so attention products stay fp32 in any int8
+# program; the depthwise convolutions and the LayerNorm means are fp32 by the int8 recipe
+# (`uniformer_edge.quantize.xnnpack`).
+WORK = {
+    "weight GEMMs (int8)": ("Fully Connected (NC, QS8, QC8W) GEMM", "Convolution (NHWC, QC8) IGEMM"),
+    "attention products (fp32)": ("Batch Matrix Multiply (NC, F32) GEMM",),
+    "depthwise convolutions (fp32)": ("Convolution (NHWC, F32) DWConv",),
+    "LayerNorm means (fp32)": ("Fully Connected (NC, F32) GEMM", "Convolution (NHWC, F32) GEMM"),
+}
+
+
+def program_work(float_model: torch.nn.Module, clip: torch.Tensor) -> tuple[dict[str, int], int]:
+    """Multiply-adds of the XNNPACK form of `float_model` by `WORK` class, counted on its export
+    (the int8 program has the same ops), and the number of ops in that graph."""
+    from uniformer_edge.forms import is_depthwise_conv, xnnpack_form
+
+    graph = torch.export.export(xnnpack_form(float_model, clip.shape[2]), (clip,)).graph
+    work = dict.fromkeys(WORK, 0)
+    ops = 0
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        ops += 1
+        out = node.meta["val"]
+        if node.target == torch.ops.aten.bmm.default:
+            work["attention products (fp32)"] += out.numel() * node.args[0].meta["val"].shape[-1]
+        elif node.target in (torch.ops.aten.linear.default, torch.ops.aten.conv2d.default):
+            weight = node.args[1].meta["val"]
+            per_output = weight[0].numel()  # in_features, or in_channels / groups * kh * kw
+            if weight.shape[0] == 1:  # a mean over channels (`LayerNormAsXnnpackOps`)
+                kind = "LayerNorm means (fp32)"
+            elif node.target == torch.ops.aten.conv2d.default and is_depthwise_conv(node):
+                kind = "depthwise convolutions (fp32)"
+            else:
+                kind = "weight GEMMs (int8)"
+            work[kind] += out.numel() * per_output
+    return work, ops
+
+
+def work_floor(work: dict[str, int], per_kind: dict[str, float], ceilings: dict) -> dict[str, dict]:
+    """Per work class: GMAC, the profile's ms, the rate it ran at, and its ms at the fp32 and
+    int8 matrix-product ceilings of this CPU."""
+    rows = {}
+    for name, macs in work.items():
+        ms = sum(per_kind.get(kind, 0.0) for kind in WORK[name])
+        rows[name] = {
+            "gmac": macs / 1e9,
+            "ms": ms,
+            "gops": 2 * macs / ms / 1e6 if ms else None,
+            "ms_at_fp32_roofline": 2 * macs / ceilings["fp32_gflops"] / 1e6,
+            "ms_at_int8_roofline": 2 * macs / ceilings["int8_gops"] / 1e6,
+        }
+    return rows
 
 
 def profile_executorch(path: Path, clip: torch.Tensor, runs: int, tmp: Path) -> tuple[float, dict[str, float]]:
@@ -101,7 +157,20 @@ def main():
             "outside_any_op_ms": total - sum(ops.values()),
         }
         print(f"{name}: {total:.1f} ms per run, {len(ops)} op kinds", flush=True)
-    result = {"runs": args.runs, "threads": args.threads, "profiles": profiles, "environment": environment()}
+    from uniformer_edge.benchmark import discover
+
+    ceilings = roofline(args.threads)
+    work, graph_ops = program_work(discover(EXPORTS / "s-executorch")[0].float_model(), clip)
+    ours = profiles["ExecuTorch int8 (XNNPACK)"]
+    ours["work"] = work_floor(work, ours["ops_ms_per_run"], ceilings)
+    ours["form_graph_ops"] = graph_ops
+    result = {
+        "runs": args.runs,
+        "threads": args.threads,
+        "roofline": ceilings,
+        "profiles": profiles,
+        "environment": environment(),
+    }
     write_results("profile_ops", result, markdown(result, args.top))
 
 
@@ -136,6 +205,8 @@ def markdown(result: dict, top: int) -> str:
         )
         lines += [f"| {kind} | {ms:.2f} | {100 * ms / total:.1f}% |" for kind, ms in rows]
         lines.append("")
+        if "work" in prof:
+            lines += work_markdown(prof, result["roofline"])
         if "Invalid Unary Op" in prof["ops_ms_per_run"]:
             lines += [
                 "XNNPACK's profiler labels GELU, the program's one elementwise unary op, "
@@ -144,6 +215,32 @@ def markdown(result: dict, top: int) -> str:
             ]
     lines.append(f"Command: `python benchmarks/profile_ops.py --runs {result['runs']}` ({machine_line(env)}).")
     return "\n".join(lines) + "\n"
+
+
+def work_markdown(prof: dict, ceilings: dict) -> list[str]:
+    lines = [
+        f"Its work, counted on the XNNPACK form's export ({prof['form_graph_ops']} ops), against this CPU's "
+        f"matrix-product ceilings (fp32 {ceilings['fp32_gflops']:.0f} GFLOP/s, int8 {ceilings['int8_gops']:.0f} "
+        "GOP/s, as the suite measures them):",
+        "",
+        "| work | GMAC | ms per run | rate (GOP/s) | ms at the fp32 ceiling | ms at the int8 ceiling |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in prof["work"].items():
+        rate = f"{row['gops']:.0f}" if row["gops"] else "-"
+        lines.append(
+            f"| {name} | {row['gmac']:.2f} | {row['ms']:.2f} | {rate} | {row['ms_at_fp32_roofline']:.1f} | "
+            f"{row['ms_at_int8_roofline']:.1f} |"
+        )
+    counted = sum(row["ms"] for row in prof["work"].values())
+    lines += [
+        "",
+        f"Everything else (elementwise ops, softmax, layout changes, conversions, time outside any op): "
+        f"{prof['ms_per_run'] - counted:.1f} ms of {prof['ms_per_run']:.1f}. ExecuTorch's XNNPACK partitioner "
+        "delegates `bmm` in fp32 only, so the attention products cannot run in int8 in a `.pte`.",
+        "",
+    ]
+    return lines
 
 
 if __name__ == "__main__":

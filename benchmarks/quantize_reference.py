@@ -105,7 +105,12 @@ def weight_noise_sqnr(model, clips, rel: float) -> float:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num-calib", type=int, default=32)
-    p.add_argument("--num-eval", type=int, default=1200, help="test clips (the whole split is 1200)")
+    p.add_argument(
+        "--num-eval",
+        type=int,
+        default=1200,
+        help="test clips: the test split renders any number; its first 1200 are the standard split",
+    )
     p.add_argument("--qat-epochs", type=int, default=2)
     p.add_argument("--qat-clips", type=int, default=1024)
     p.add_argument("--qat-lr", type=float, default=1e-4)

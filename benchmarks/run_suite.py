@@ -10,7 +10,8 @@ macOS), quantizes PT2E w8a8 by PTQ and by QAT (for speed; QAT accuracy comes fro
 model) and w8, w4 by PTQ, and measures torchao's stock X86 PT2E flow in PyTorch; then runs
 `uniformer_edge.benchmark` over everything. Writes benchmarks/results/suite/ (report.json,
 plots) and benchmarks/RESULTS.md, which opens with the issue's matrix (precision x backend,
-each cell a measured row or the reason there is none) and merges in the device reports of
+each cell a measured row or the reason there is none), keeps a section per CPU type the suite
+has run on (benchmarks/results/cpu_types.json) and merges in the device reports of
 `device_report.py`.
 Run it on an otherwise idle machine: latencies of concurrent jobs mean nothing.
 """
@@ -34,6 +35,7 @@ from common import (
     REPO,
     RESULTS,
     environment,
+    roofline,
     torchao_x86_prepare,
     x86_census_text,
 )
@@ -56,20 +58,6 @@ SUITE_EXPORTS = {
 }
 # PT2E programs timed in torch: (folder, recipe, method)
 SUITE_QUANTIZED = (("ptq", "w8a8", "ptq"), ("qat", "w8a8", "qat"), ("ptq-w8", "w8", "ptq"), ("ptq-w4", "w4", "ptq"))
-
-
-def roofline(threads: int) -> dict:
-    """fp32 and int8 matrix-product ceilings of this CPU (2048^3, best of 5)."""
-    torch.set_num_threads(threads)
-    n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    qa, qb = torch.randint(-128, 127, (n, n), dtype=torch.int8), torch.randint(-128, 127, (n, n), dtype=torch.int8)
-    out = {}
-    for name, fn in (("fp32_gflops", lambda: a @ b), ("int8_gops", lambda: torch._int_mm(qa, qb))):
-        fn()
-        best = min(_time(fn) for _ in range(5))
-        out[name] = 2 * n**3 / best / 1e9
-    return out
 
 
 def _time(fn) -> float:
@@ -276,6 +264,84 @@ MATRIX_ROWS = {"fp32": "fp32", "fp16": "fp16", "w8": "w8", "w8a8 PTQ": "int8", "
 MATRIX_BACKENDS = ("torch", "onnxruntime", "executorch")
 
 
+CPU_TYPES = RESULTS / "cpu_types.json"  # one entry per CPU type the suite has measured
+# Instruction sets that set a CPU type's int8 speed, best first (`uniformer_edge._cpu.INT8_ISAS` names).
+_CPU_CLASSES = (("amx_int8", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"))
+
+
+def cpu_type(device: dict) -> str:
+    """A suite report's CPU type: the processor's name and the best of its int8 instruction sets."""
+    isas = device.get("instruction_sets")
+    if not isas:
+        return f"{device['cpu']} (instruction sets not recorded)"
+    found = next((label for isa, label in _CPU_CLASSES if isa in isas), None)
+    if found is None:
+        found = "AVX-512, no VNNI" if "avx512f" in isas else "AVX2, no VNNI" if "avx2" in isas else "no AVX2"
+    return f"{device['cpu']}, {found}"
+
+
+def cpu_type_summary(report: dict, variant: str = "s") -> dict:
+    """What RESULTS.md keeps of a suite run on its CPU type: the roofline and UniFormer-S's rows."""
+    rows = [
+        {
+            "artifact": r["artifact"],
+            "precision": r["precision"],
+            "runtime": f"{r['backend']} {r['setting']}",
+            "median_ms": r["latency"]["median_ms"],
+            "speedup_vs_torch_fp32": r["speedup_vs_torch_fp32"],
+        }
+        for r in report["rows"]
+        if r["variant"] == variant and "latency" in r
+    ]
+    return {
+        "cpu": report["device"]["cpu"],
+        "instruction_sets": report["device"].get("instruction_sets"),
+        "threads": report["device"]["threads"],
+        "versions": report["device"].get("versions", {}),
+        "roofline": report["roofline"],
+        "rows": sorted(rows, key=lambda r: r["median_ms"]),
+    }
+
+
+def record_cpu_type(report: dict, path: Path = CPU_TYPES) -> dict:
+    """Enter `report`'s summary under its CPU type in `path`, keeping the other CPU types; returns all."""
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    known[cpu_type(report["device"])] = cpu_type_summary(report)
+    atomic_write_text(path, json.dumps(known, indent=1, sort_keys=True) + "\n")
+    return known
+
+
+def cpu_type_sections(known: dict) -> list[str]:
+    """RESULTS.md's section per CPU type: its roofline and the fastest UniFormer-S programs there."""
+    lines = [
+        "## Per CPU type",
+        "",
+        "Every CPU type the suite has run on keeps its figures here (`benchmarks/results/cpu_types.json`); "
+        "a run replaces only its own CPU type's. UniFormer-S 8x224, 2-thread medians of the suite's blocks.",
+        "",
+    ]
+    for name, entry in sorted(known.items()):
+        isas = ", ".join(entry["instruction_sets"]) if entry["instruction_sets"] else "not recorded"
+        ceilings = entry["roofline"]
+        lines += [
+            f"### {name}",
+            "",
+            f"Instruction sets: {isas}. Roofline: fp32 {ceilings['fp32_gflops']:.0f} GFLOP/s, int8 "
+            f"{ceilings['int8_gops']:.0f} GOP/s. {entry['threads']} threads; torch "
+            f"{entry['versions'].get('torch', '?')}, executorch {entry['versions'].get('executorch', '?')}.",
+            "",
+            "| program | precision | runtime | median ms | x torch eager fp32 |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['artifact']} | {r['precision']} | {r['runtime']} | {r['median_ms']:.1f} | "
+            f"{r['speedup_vs_torch_fp32']:.2f} |"
+            for r in entry["rows"][:5]
+        ]
+        lines.append("")
+    return lines
+
+
 def matrix_cell(backend: str, precision: str):
     """(format, precision) of the report row a matrix cell shows, from the registry; None when
     the backend's format has no such precision. torch runs the float model eagerly and the
@@ -325,7 +391,8 @@ def write_results_md(report: dict, models, threads: int, suite_report: Path) -> 
     lines = [
         "# Benchmark results",
         "",
-        f"Measured by `python benchmarks/run_suite.py` on {report['device']['cpu']} ({threads} threads). Speed "
+        f"Measured by `python benchmarks/run_suite.py` on {cpu_type(report['device'])} ({threads} threads; "
+        f"instruction sets: {', '.join(report['device'].get('instruction_sets') or ['not recorded'])}). Speed "
         "rows use random weights (speed does not depend on them); QAT rows are speed-only (16 clips of "
         "fine-tuning on random weights), the accuracy of every method on the trained reference model is "
         "in the last table. Each artifact's ratio is to torch eager fp32 of its own source model, timed again "
@@ -378,6 +445,7 @@ def write_results_md(report: dict, models, threads: int, suite_report: Path) -> 
         lines.append("")
     lines += performance_targets(report["rows"], reference) + reference_accuracy(reference)
     lines += openvino_peers()
+    lines += cpu_type_sections(record_cpu_type(report))
     lines += other_devices(suite_report)
     lines += ["Full per-device report: [results/suite/report.md](results/suite/report.md).", ""]
     atomic_write_text(REPO / "benchmarks" / "RESULTS.md", "\n".join(lines))

@@ -219,6 +219,37 @@ def test_device_report_merged_into_results(report, tmp_path, monkeypatch):
     )
 
 
+def test_results_keep_a_section_per_cpu_type(tmp_path, monkeypatch):
+    """A suite run enters its CPU type (name and best int8 instruction set) and keeps the others';
+    a second run on the same type replaces that type's figures only."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import run_suite
+
+    def report(cpu, isas, ms):
+        row = dict(variant="s", artifact="s.pte", precision="int8", backend="executorch", setting="XNNPACK")
+        return {
+            "device": {"cpu": cpu, "instruction_sets": isas, "threads": 2, "versions": {"torch": "2.13.0+cpu"}},
+            "roofline": {"fp32_gflops": 100.0, "int8_gops": 400.0},
+            "rows": [
+                {**row, "latency": {"median_ms": ms}, "speedup_vs_torch_fp32": 3.0},
+                {**row, "variant": "xxs", "latency": {"median_ms": 1.0}, "speedup_vs_torch_fp32": 3.0},
+            ],
+        }
+
+    path = tmp_path / "cpu_types.json"
+    vnni = report("AMD EPYC", ["avx2", "avx512f", "avx512_vnni"], 108.0)
+    run_suite.record_cpu_type(vnni, path)
+    run_suite.record_cpu_type(report("AMD EPYC", ["avx2", "fma"], 660.0), path)
+    known = run_suite.record_cpu_type({**vnni, "rows": [{**vnni["rows"][0], "latency": {"median_ms": 99.0}}]}, path)
+    assert known == json.loads(path.read_text())
+    assert set(known) == {"AMD EPYC, AVX-512 VNNI", "AMD EPYC, AVX2, no VNNI"}
+    assert [r["median_ms"] for r in known["AMD EPYC, AVX-512 VNNI"]["rows"]] == [99.0]  # replaced, S rows only
+    assert run_suite.cpu_type({"cpu": "Intel Xeon", "instruction_sets": ["avx512_vnni", "amx_int8"]}).endswith("AMX")
+    assert run_suite.cpu_type({"cpu": "old", "instruction_sets": []}) == "old (instruction sets not recorded)"
+    text = "\n".join(run_suite.cpu_type_sections(known))
+    assert "### AMD EPYC, AVX2, no VNNI" in text and "| s.pte | int8 | executorch XNNPACK | 660.0 | 3.00 |" in text
+
+
 def test_plots_use_an_accuracy_that_means_something(tmp_path):
     """Top-1 with its interval only with labels and enough clips; otherwise the logit SQNR (float-
     exact rows at the cap); one latency-vs-accuracy panel per model."""

@@ -741,3 +741,7 @@ def test_openvino_runs_the_onnx_exports_as_onnxruntime_does(light_float):
         assert float((got - expected).abs().max() / expected.abs().max()) < 1e-3, precision
         (runner,) = RUNTIMES["openvino"].runners(path, 2, {})
         assert runner.extra["openvino_config"]["device"] == "CPU" and torch.equal(runner.fn(clips), got)
+    # Left unset, the precision is the plugin's choice for this CPU, and the settings say which.
+    _, default = compile_openvino(path, "CPU", threads=2, precision=None)
+    chosen, note = default["INFERENCE_PRECISION_HINT"].split(" ", 1)
+    assert chosen in ("f32", "bf16", "f16") and note == "(the plugin's default)"
