@@ -40,6 +40,24 @@ REFERENCE_RECIPE = dict(
 EXECUTORCH_ROW = "ExecuTorch XNNPACK int8 (.pte, depthwise fp32)"
 # The same program after QAT (`python -m uniformer_edge.export --qat-epochs N`): same graph, same speed.
 EXECUTORCH_QAT_ROW = "ExecuTorch XNNPACK int8 QAT (.pte, depthwise fp32)"
+# Bounds on the top-1 drop (points against float) of the suite's fastest int8 program: (target
+# name, how it was made, its row, bound); the drop must be resolved within them by the clips scored.
+INT8_DROP_BOUNDS = (
+    ("executorch_int8_drop_at_most_0.3", "calibrated", EXECUTORCH_ROW, 0.3),
+    ("executorch_int8_qat_drop_at_most_0.1", "after QAT (`--qat-epochs`)", EXECUTORCH_QAT_ROW, 0.1),
+)
+
+
+def drop_verdict(row: dict, bound: float) -> str:
+    """A row's top-1 drop against `bound`, as far as its clips tell: met when the drop plus two paired
+    standard errors is within the bound, NOT met when the drop minus two is beyond it; otherwise the
+    clips do not resolve it, and the verdict says so."""
+    drop, se = row["drop_points"], row["drop_se_points"]
+    if drop + 2 * se <= bound:
+        return "met"
+    if drop - 2 * se > bound:
+        return "NOT met"
+    return f"not resolved by these clips ({drop:.2f} ± {se:.2f})"
 
 
 def require_exports(relative_paths) -> list[Path]:

@@ -55,6 +55,8 @@ PROGRAMS = {
 }
 OURS = "ExecuTorch int8 (ours)"
 GOAL = 1.3  # issue: our fastest program at least 1.3x the fastest OpenVINO configuration at equal or better accuracy
+# issue: on a CPU with int8 dot products (VNNI), the int8 .pte at half the speed of the int8 roofline or better
+INT8_GOAL_MS = 85.0
 
 
 def make_nncf_models(calib_clips: int = 32) -> dict:
@@ -243,6 +245,10 @@ def main():
         "goal_met": fastest_as_accurate is None or ratios[fastest_as_accurate]["median"] >= GOAL,
         "environment": environment(),
     }
+    # None: the CPU has no int8 dot-product instructions, where the goal does not apply.
+    result["int8_goal_met"] = (
+        statistics.median(times[OURS]) <= INT8_GOAL_MS if result["environment"]["int8_dot_product"] else None
+    )
     write_results("openvino_peers", result, markdown(result))
 
 
@@ -296,6 +302,14 @@ def markdown(result: dict) -> str:
             else "No OpenVINO configuration reaches our accuracy."
         ),
     ]
+    if "int8_goal_met" in result:
+        verdict = {True: "met", False: "NOT met", None: "not applicable (no int8 dot-product instructions)"}
+        lines[-1] += (
+            f" Our int8 `.pte`: {result['median_ms'][OURS]:.1f} ms in the rounds"
+            + (f" ({alone[OURS]:.1f} ms alone)" if OURS in alone else "")
+            + f" against the goal of {INT8_GOAL_MS:g} ms on a CPU with int8 dot products: "
+            + f"{verdict[result['int8_goal_met']]}."
+        )
     if result["nncf_seconds"]:
         made = ", ".join(f"{k} {v:.0f} s" for k, v in result["nncf_seconds"].items())
         lines += ["", f"NNCF quantization time (32 calibration clips): {made}."]

@@ -250,6 +250,40 @@ def test_results_keep_a_section_per_cpu_type(tmp_path, monkeypatch):
     assert "### AMD EPYC, AVX2, no VNNI" in text and "| s.pte | int8 | executorch XNNPACK | 660.0 | 3.00 |" in text
 
 
+def test_accuracy_bounds_judged_only_where_the_clips_resolve_them(monkeypatch):
+    """A drop meets a bound when drop + 2 s.e. is within it, fails when drop - 2 s.e. is beyond it,
+    and is reported unresolved in between; a peer ahead of ours counts only beyond two s.e."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import quantize_reference
+    from common import EXECUTORCH_QAT_ROW, EXECUTORCH_ROW, drop_verdict
+
+    def row(top1, drop, se, group="ours"):
+        return {"group": group, "top1": top1, "drop_points": drop, "drop_se_points": se, "sqnr_db": 25.0}
+
+    assert drop_verdict(row(0.96, 0.10, 0.09), 0.3) == "met"
+    assert drop_verdict(row(0.96, 0.25, 0.10), 0.3).startswith("not resolved")
+    assert drop_verdict(row(0.96, 0.55, 0.10), 0.3) == "NOT met"
+    result = {
+        "qat": None,
+        "rows": {
+            "float (fp32)": row(0.960, 0.0, 0.0, "float"),
+            "ours PTQ w8a8 (minmax)": row(0.9598, 0.02, 0.10),
+            "peer A": row(0.9603, -0.03, 0.05, "peer"),
+            EXECUTORCH_ROW: row(0.9602, 0.2, 0.09),
+            EXECUTORCH_QAT_ROW: row(0.9620, -0.20, 0.12),
+        },
+    }
+    targets = quantize_reference.targets_of(result)
+    assert targets["w8a8_not_resolvably_less_accurate_than_any_peer"].startswith("met within noise (peer A")
+    assert targets["executorch_int8_drop_at_most_0.3"].startswith("not resolved")
+    assert targets["executorch_int8_qat_drop_at_most_0.1"] == "met"
+    result["rows"]["peer A"]["top1"] = 0.9700  # a full point ahead, s.e. 0.11: resolved
+    assert quantize_reference.targets_of(result)["w8a8_not_resolvably_less_accurate_than_any_peer"].startswith(
+        "NOT met"
+    )
+    assert quantize_reference._command({"evaluation_clips": 1200, "calibration_clips": 32}).endswith("--num-eval 1200")
+
+
 def test_plots_use_an_accuracy_that_means_something(tmp_path):
     """Top-1 with its interval only with labels and enough clips; otherwise the logit SQNR (float-
     exact rows at the cap); one latency-vs-accuracy panel per model."""
