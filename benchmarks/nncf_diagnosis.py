@@ -18,7 +18,7 @@ import time
 import torch
 
 from common import EXPORTS, environment, require_exports, write_results
-from openvino_peers import ONNX_FP32
+from openvino_peers import ONNX_FP32, nncf_quantize
 
 # variant -> (preset, keyword arguments of nncf.quantize beyond the preset, what changes)
 VARIANTS = {
@@ -30,22 +30,6 @@ VARIANTS = {
     "default, Add/Multiply float": ("default", {"ignored_types": ["Add", "Multiply"]}, "elementwise ops float"),
     "default, GroupConvolution float": ("default", {"ignored_types": ["GroupConvolution"]}, "depthwise convs float"),
 }
-
-
-def quantize(model, dataset, preset: str, options: dict):
-    import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
-
-    kwargs = {"subset_size": 32}
-    if preset == "transformer":
-        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
-    if options.get("smooth_quant") is False:
-        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(
-            smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1)
-        )
-    if options.get("ignored_types"):
-        kwargs["ignored_scope"] = nncf.IgnoredScope(types=options["ignored_types"])
-    return nncf.quantize(model, dataset, **kwargs)
 
 
 def main():
@@ -75,7 +59,7 @@ def main():
     rows = {}
     for name, (preset, options, what) in VARIANTS.items():
         started = time.perf_counter()
-        model = quantize(core.read_model(str(EXPORTS / ONNX_FP32)), nncf.Dataset(calib), preset, options)
+        model = nncf_quantize(core.read_model(str(EXPORTS / ONNX_FP32)), nncf.Dataset(calib), preset, options)
         seconds = time.perf_counter() - started
         figures = agreement(reference, logits(model))
         rows[name] = {"what": what, "seconds": seconds, **{k: figures[k] for k in ("sqnr_db", "top1_agreement")}}

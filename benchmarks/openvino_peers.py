@@ -9,10 +9,11 @@ Programs: torch eager fp32 (the deploy form), our ExecuTorch int8 `.pte`, our PT
 ONNX on ONNX Runtime, OpenVINO (CPU plugin, latency hint, fp32 inference precision) running our
 fp32 ONNX and our PT2E int8 ONNX, and NNCF's int8 models made as NNCF's documentation tells a
 user to (`nncf.quantize` on the OpenVINO model read from our fp32 ONNX, 32 calibration clips of
-the synthetic training split; the default preset, and `model_type=TRANSFORMER`), saved as
-OpenVINO IR; and the fastest of these again with the plugin's default inference precision,
-which a user gets when they set none (bf16 for the float ops on CPUs with AVX-512 BF16 or AMX,
-f32 elsewhere). Every round runs each program once untimed, then `--runs-per-round` timed runs;
+the synthetic training split; the default preset, and `model_type=TRANSFORMER`) and the default
+preset with the fix `nncf_diagnosis.py` finds (Add and Multiply left float), saved as OpenVINO
+IR; and the fastest of these again with the plugin's default inference precision, which a user
+gets when they set none (bf16 for the float ops on CPUs with AVX-512 BF16 or AMX, f32
+elsewhere). Every round runs each program once untimed, then `--runs-per-round` timed runs;
 rounds are split over fresh processes (one process is one draw of machine speed). Each program
 is also timed alone, the only program in fresh processes of its own, as a deployment runs it. Accuracy:
 logit SQNR and top-1 agreement against the float model on `--clips` synthetic test clips (random
@@ -37,7 +38,14 @@ from common import EXPORTS, environment, require_exports, synthetic_test_clip, w
 ONNX_FP32 = "s-onnx/uniformer-s-8x224-fp32.onnx"
 ONNX_INT8 = "s-onnx/uniformer-s-8x224-int8.onnx"
 PTE_INT8 = "s-executorch/uniformer-s-8x224-int8.pte"
-NNCF = {"default": "s-openvino/nncf-default.xml", "transformer": "s-openvino/nncf-transformer.xml"}
+# NNCF's int8 models: file -> (preset, options of `nncf_quantize`). The first two as NNCF's
+# documentation makes them; the third with the fix nncf_diagnosis.py finds for the default preset.
+NNCF = {
+    "s-openvino/nncf-default.xml": ("default", {}),
+    "s-openvino/nncf-transformer.xml": ("transformer", {}),
+    "s-openvino/nncf-default-elementwise-float.xml": ("default", {"ignored_types": ["Add", "Multiply"]}),
+}
+NNCF_DEFAULT, NNCF_TRANSFORMER, NNCF_ELEMENTWISE_FLOAT = NNCF
 DEFAULT_PRECISION = ", plugin's default precision"
 # program -> (runtime, file under EXPORTS or None for the float model, OpenVINO inference
 # precision: "f32", or None for the plugin's default)
@@ -47,20 +55,40 @@ PROGRAMS = {
     "ONNX Runtime, our PT2E int8": ("onnxruntime", ONNX_INT8, None),
     "OpenVINO fp32 (our ONNX)": ("openvino", ONNX_FP32, "f32"),
     "OpenVINO, our PT2E int8": ("openvino", ONNX_INT8, "f32"),
-    "OpenVINO, NNCF int8 default preset": ("openvino", NNCF["default"], "f32"),
-    "OpenVINO, NNCF int8 transformer preset": ("openvino", NNCF["transformer"], "f32"),
+    "OpenVINO, NNCF int8 default preset": ("openvino", NNCF_DEFAULT, "f32"),
+    "OpenVINO, NNCF int8 transformer preset": ("openvino", NNCF_TRANSFORMER, "f32"),
+    "OpenVINO, NNCF int8 default preset, Add/Multiply float": ("openvino", NNCF_ELEMENTWISE_FLOAT, "f32"),
     "OpenVINO fp32 (our ONNX)" + DEFAULT_PRECISION: ("openvino", ONNX_FP32, None),
     "OpenVINO, our PT2E int8" + DEFAULT_PRECISION: ("openvino", ONNX_INT8, None),
-    "OpenVINO, NNCF int8 default preset" + DEFAULT_PRECISION: ("openvino", NNCF["default"], None),
+    "OpenVINO, NNCF int8 default preset" + DEFAULT_PRECISION: ("openvino", NNCF_DEFAULT, None),
 }
 OURS = "ExecuTorch int8 (ours)"
 GOAL = 1.3  # issue: our fastest program at least 1.3x the fastest OpenVINO configuration at equal or better accuracy
 # issue: on a CPU with int8 dot products (VNNI), the int8 .pte at half the speed of the int8 roofline or better
 INT8_GOAL_MS = 85.0
+NEAR_DB = 3.0  # the report also names the fastest OpenVINO configuration this close below our accuracy
+
+
+def nncf_quantize(model, dataset, preset: str, options: dict, subset_size: int = 32):
+    """`nncf.quantize` of an OpenVINO model with NNCF's `preset` ("default" or "transformer")
+    and `options`: `smooth_quant=False`, `ignored_types=[OpenVINO op types left float]`."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    kwargs = {"subset_size": subset_size}
+    if preset == "transformer":
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+    if options.get("smooth_quant") is False:
+        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(
+            smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1)
+        )
+    if options.get("ignored_types"):
+        kwargs["ignored_scope"] = nncf.IgnoredScope(types=options["ignored_types"])
+    return nncf.quantize(model, dataset, **kwargs)
 
 
 def make_nncf_models(calib_clips: int = 32) -> dict:
-    """NNCF's int8 models of our fp32 ONNX (both presets), as OpenVINO IR; the seconds each took."""
+    """NNCF's int8 models of our fp32 ONNX (`NNCF`), as OpenVINO IR; the seconds each took."""
     import nncf
     import openvino as ov
 
@@ -71,16 +99,15 @@ def make_nncf_models(calib_clips: int = 32) -> dict:
         clip[None].numpy() for batch, _ in calibration_set(source, calib_clips, seed=0, batch_size=8) for clip in batch
     ]
     seconds = {}
-    for preset, rel in NNCF.items():
+    for rel, (preset, options) in NNCF.items():
         out = EXPORTS / rel
         if out.is_file():
             continue
         out.parent.mkdir(parents=True, exist_ok=True)
         model = ov.Core().read_model(str(EXPORTS / ONNX_FP32))
-        extra = {"model_type": nncf.ModelType.TRANSFORMER} if preset == "transformer" else {}
         started = time.perf_counter()
-        quantized = nncf.quantize(model, nncf.Dataset(clips), subset_size=len(clips), **extra)
-        seconds[preset] = time.perf_counter() - started
+        quantized = nncf_quantize(model, nncf.Dataset(clips), preset, options, len(clips))
+        seconds[out.stem] = time.perf_counter() - started
         ov.save_model(quantized, str(out))
     return seconds
 
@@ -302,6 +329,18 @@ def markdown(result: dict) -> str:
             else "No OpenVINO configuration reaches our accuracy."
         ),
     ]
+    ours_db = result["accuracy"][OURS]["sqnr_db"]
+    near = [
+        n
+        for n in result["median_ms"]
+        if PROGRAMS[n][0] == "openvino" and ours_db - NEAR_DB <= result["accuracy"][n]["sqnr_db"] < ours_db
+    ]
+    if near:  # what the goal's accuracy condition leaves out by a little
+        n = min(near, key=lambda n: result["median_ms"][n])
+        lines[-1] += (
+            f" Fastest within {NEAR_DB:g} dB below our accuracy: {n}, {result['accuracy'][n]['sqnr_db']:.1f} dB "
+            f"against our {ours_db:.1f} dB, {result['ratio_to_ours'][n]['median']:.2f}x our time."
+        )
     if "int8_goal_met" in result:
         verdict = {True: "met", False: "NOT met", None: "not applicable (no int8 dot-product instructions)"}
         lines[-1] += (
