@@ -2,13 +2,15 @@
 
     python benchmarks/quantize_reference.py [--num-calib 32] [--num-eval 6000] [--skip-qat]
     python benchmarks/quantize_reference.py --executorch-only   # rescore the .pte row alone
+    python benchmarks/quantize_reference.py --openvino-only     # score NNCF's rows alone
     python benchmarks/quantize_reference.py --rewrite           # judge the targets again, no scoring
 
 Every method sees the same calibration clips (class-stratified from the training split) and
 is scored on the same evaluation clips (the test split): our PT2E recipes (w8a8 with each
 observer, weight-only w8/w4, w4a8) and QAT, ONNX Runtime's `quantize_static` (QDQ,
 per-channel, MinMax and Entropy, after `quant_pre_process`), torchao's stock X86 PT2E
-quantizer applied directly to the same deploy-form graph, and the int8 ExecuTorch program
+quantizer applied directly to the same deploy-form graph, NNCF's int8 models of our fp32 ONNX
+run by OpenVINO (the presets and the fix of `openvino_peers.NNCF`), and the int8 ExecuTorch program
 (XNNPACK quantizer) run by the ExecuTorch runtime. Reports top-1/top-5, the drop against
 the float model with its paired standard error, logit SQNR, KL and top-1 agreement with it,
 and the time taken, and judges the targets: the suite's fastest int8 program within 0.3 top-1
@@ -27,6 +29,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -44,11 +47,13 @@ from common import (
     write_results,
     x86_census_text,
 )
+from openvino_peers import NNCF, nncf_quantize
 from uniformer_edge.calibration import build_dataset, calibration_set
 from uniformer_edge.engine import agreement, collect_logits, top1_drop, topk_accuracy
 from uniformer_edge.export.executorch import executorch_available, load_executorch, lower_executorch, run_executorch
 from uniformer_edge.quantize.xnnpack import xnnpack_quantize
 from uniformer_edge.export.onnx import export_onnx, ort_quantize_static, ort_session, run_onnx
+from uniformer_edge.export.openvino import compile_openvino, openvino_available, run_openvino
 from uniformer_edge.models import create_model, deploy
 from uniformer_edge.models.uniformer import EvoSABlock
 from uniformer_edge.quantize import QuantConfig, QuantizeJob, quantize_ptq
@@ -83,6 +88,48 @@ def executorch_int8_logits(model, example, calib, eval_set, desc="ExecuTorch", f
         method = load_executorch(pte)
         seconds = time.time() - started
         return collect_logits(lambda x: run_executorch(method, x), eval_set, batch_size=32, desc=desc)[0], seconds
+
+
+def nncf_available() -> Optional[str]:
+    """Why NNCF's rows cannot be scored here, or None."""
+    missing = openvino_available()
+    if missing:
+        return missing
+    try:
+        import nncf  # noqa: F401
+    except ImportError as err:
+        return f"nncf is not installed ({err}); pip install nncf"
+    return None
+
+
+def nncf_note() -> str:
+    import nncf
+
+    return f"NNCF {nncf.__version__} on our fp32 ONNX, run by OpenVINO's CPU plugin at f32"
+
+
+def nncf_row(model, example, calib, eval_set, preset: str, options: dict):
+    """(row name, logits, seconds) of NNCF's int8 model of our fp32 ONNX export, made with
+    `preset` and `options` as `openvino_peers.NNCF` makes UniFormer-S's, calibrated on the same
+    clips as every other method and run clip by clip by OpenVINO."""
+    import nncf
+    import openvino as ov
+
+    ignored = options.get("ignored_types")
+    name = f"OpenVINO NNCF int8 ({preset} preset" + (f", {'/'.join(ignored)} float" if ignored else "") + ")"
+    clips = [clip[None].numpy() for batch, _ in calib for clip in batch]
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.time()
+        onnx = export_onnx(deploy(model), Path(tmp) / "float.onnx", example)
+        quantized = nncf_quantize(ov.Core().read_model(str(onnx)), nncf.Dataset(clips), preset, options, len(clips))
+        ov.save_model(quantized, str(Path(tmp) / "int8.xml"))
+        compiled, _ = compile_openvino(Path(tmp) / "int8.xml", "CPU", torch.get_num_threads(), "f32")
+        seconds = time.time() - started
+
+        def run(x):  # one clip at a time: the export's batch dimension is the example's
+            return torch.cat([run_openvino(compiled, x[i : i + 1]) for i in range(len(x))])
+
+        return name, collect_logits(run, eval_set, batch_size=32, desc=name)[0], seconds
 
 
 def without_pruning(model):
@@ -130,6 +177,11 @@ def parser() -> argparse.ArgumentParser:
         "results/quantize_reference.json",
     )
     p.add_argument(
+        "--openvino-only",
+        action="store_true",
+        help="score only the OpenVINO rows (NNCF's int8 models); keep the rest of results/quantize_reference.json",
+    )
+    p.add_argument(
         "--rewrite",
         action="store_true",
         help="score nothing: judge the targets and write the Markdown again from results/quantize_reference.json",
@@ -146,6 +198,10 @@ def main():
         return
     if args.executorch_only and executorch_available():  # else the committed row would be kept as if rescored
         raise SystemExit(f"--executorch-only: {executorch_available()}")
+    if args.executorch_only and args.openvino_only:
+        raise SystemExit("--executorch-only and --openvino-only each keep the other's rows: give one")
+    if args.openvino_only and nncf_available():
+        raise SystemExit(f"--openvino-only: {nncf_available()}")
     torch.manual_seed(0)
     ckpt = reference_checkpoint()
     model = create_model(R["variant"], num_classes=12, checkpoint=ckpt).eval()
@@ -180,11 +236,12 @@ def main():
         )
 
     record("float (fp32)", float_logits, 0.0, "float")
-    if args.executorch_only:
+    if args.executorch_only or args.openvino_only:
         previous = json.loads((RESULTS / "quantize_reference.json").read_text())
         if previous["evaluation_clips"] != len(labels) or previous["calibration_clips"] != calib.num_clips:
             raise SystemExit(
-                "--executorch-only needs the clip counts of the committed result "
+                f"--{'executorch' if args.executorch_only else 'openvino'}-only needs the clip counts of the "
+                "committed result "
                 f"({previous['calibration_clips']} calibration, {previous['evaluation_clips']} evaluation)"
             )
         rows.update({name: row for name, row in previous["rows"].items() if name not in rows})
@@ -246,10 +303,17 @@ def main():
         q = executorch_int8_logits(unpruned, example, calib, eval_set, desc="no pruning, ExecuTorch")[0]
         return no_pruning_entry(unpruned_logits, q)
 
+    if not args.executorch_only:
+        missing = nncf_available()
+        if missing:
+            print(f"OpenVINO rows skipped: {missing}", flush=True)
+        for preset, options in () if missing else NNCF.values():
+            record(*nncf_row(model, example, calib, eval_set, preset, options), "peer", nncf_note())
+
     unavailable = executorch_available()
     if unavailable:
         print(f"ExecuTorch row skipped: {unavailable}", flush=True)
-    else:
+    elif not args.openvino_only:
         record(
             EXECUTORCH_ROW,
             *executorch_int8_logits(model, example, calib, eval_set),
@@ -270,6 +334,8 @@ def main():
         qat_info, sensitivity = previous["qat"], previous["pruning_sensitivity"]
         unpruned = without_pruning(model)
         sensitivity["no_pruning_executorch_int8"] = no_pruning_executorch(unpruned, unpruned_float_logits(unpruned))
+    elif args.openvino_only:
+        qat_info, sensitivity = previous["qat"], previous["pruning_sensitivity"]
     else:
         qat_info = None
         if not args.skip_qat:
@@ -344,6 +410,13 @@ def main():
         "pruning_sensitivity": sensitivity,
         "environment": environment(),
     }
+    if args.openvino_only:  # the rest of the table is the earlier run's, on its machine
+        result.update(
+            command=previous.get("command") or _command(previous),
+            environment=previous["environment"],
+            executorch_row_rescored_alone=previous["executorch_row_rescored_alone"],
+            openvino_rows_scored_alone={"command": _command(vars(args)), "environment": environment()},
+        )
     write_report(result)
 
 
@@ -477,6 +550,11 @@ def write_report(result: dict) -> None:
         lines[-1] += (
             " The ExecuTorch rows (and the no-pruning ExecuTorch figure) were rescored alone afterwards, "
             "with `--executorch-only`, after a change to the XNNPACK int8 program."
+        )
+    alone = result.get("openvino_rows_scored_alone")
+    if alone:
+        lines[-1] += (
+            f" The OpenVINO rows were scored afterwards: `{alone['command']}` ({machine_line(alone['environment'])})."
         )
     write_results("quantize_reference", result, "\n".join(lines) + "\n")
 
