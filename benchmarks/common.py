@@ -48,16 +48,18 @@ INT8_DROP_BOUNDS = (
 )
 
 
-def drop_verdict(row: dict, bound: float) -> str:
-    """A row's top-1 drop against `bound`, as far as its clips tell: met when the drop plus two paired
-    standard errors is within the bound, NOT met when the drop minus two is beyond it; otherwise the
-    clips do not resolve it, and the verdict says so."""
+def drop_verdict(row: dict, bound: float, clips: int) -> str:
+    """A row's top-1 drop against `bound`, as far as its `clips` tell: met when the drop plus two
+    paired standard errors is within the bound, NOT met when the drop minus two is beyond it;
+    otherwise the clips do not resolve it, and the verdict says so. Few clips that change can
+    make the standard error zero: no upper end is taken below 3 clips in `clips` (the rule of
+    three), so a handful of clips cannot meet a tight bound."""
     drop, se = row["drop_points"], row["drop_se_points"]
-    if drop + 2 * se <= bound:
+    if max(drop + 2 * se, 300 / clips) <= bound:
         return "met"
     if drop - 2 * se > bound:
         return "NOT met"
-    return f"not resolved by these clips ({drop:.2f} ± {se:.2f})"
+    return f"not resolved by {clips} clips ({drop:.2f} ± {se:.2f})"
 
 
 def require_exports(relative_paths) -> list[Path]:

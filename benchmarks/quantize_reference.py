@@ -452,13 +452,13 @@ def targets_of(result: dict) -> dict:
     ours = rows["ours PTQ w8a8 (minmax)"]
     best_peer = max((name for name, r in rows.items() if r["group"] == "peer"), key=lambda n: rows[n]["top1"])
     targets = {
-        "w8a8_drop_at_most_0.5": drop_verdict(ours, 0.5),
+        "w8a8_drop_at_most_0.5": drop_verdict(ours, 0.5, result["evaluation_clips"]),
         "w8a8_sqnr_at_least_20db": "met" if ours["sqnr_db"] >= 20 else "NOT met",
         "w8a8_not_resolvably_less_accurate_than_any_peer": _peer_verdict(ours, best_peer, rows[best_peer]),
     }
     for key, _, name, bound in INT8_DROP_BOUNDS:  # the performance target's int8 program
         if name in rows:
-            targets[key] = drop_verdict(rows[name], bound)
+            targets[key] = drop_verdict(rows[name], bound, result["evaluation_clips"])
     if qat_info:
         # The target applies at a bit width where PTQ loses more than a point.
         targets["qat_closes_half_of_ptq_drop"] = (
@@ -494,8 +494,8 @@ def write_report(result: dict) -> None:
         "",
         "Drop: top-1 points lost against float on the same clips, ± its paired standard error (from the "
         "clips one model gets right and the other wrong). A bound on a drop is met when the drop plus two "
-        "standard errors is within it, and NOT met when the drop minus two is beyond it; in between, these "
-        "clips do not resolve it.",
+        "standard errors (and 3 clips' worth, the rule of three, at least) is within it, and NOT met when the "
+        "drop minus two is beyond it; in between, these clips do not resolve it.",
         "",
         "Targets: " + ", ".join(f"{k}: {v}" for k, v in result["targets"].items()) + ".",
     ]

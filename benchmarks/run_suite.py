@@ -168,7 +168,7 @@ def _accuracy_condition(best: dict, reference: Optional[dict]) -> str:
         )
     verdicts = [
         f"{how}: drop {rows[name]['drop_points']:.2f} ± {rows[name]['drop_se_points']:.2f} s.e. points, "
-        f"{drop_verdict(rows[name], bound)}"
+        f"{drop_verdict(rows[name], bound, reference['evaluation_clips'])}"
         for _, how, name, bound in INT8_DROP_BOUNDS
         if name in rows
     ]

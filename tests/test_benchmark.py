@@ -260,10 +260,13 @@ def test_accuracy_bounds_judged_only_where_the_clips_resolve_them(monkeypatch):
     def row(top1, drop, se, group="ours"):
         return {"group": group, "top1": top1, "drop_points": drop, "drop_se_points": se, "sqnr_db": 25.0}
 
-    assert drop_verdict(row(0.96, 0.10, 0.09), 0.3) == "met"
-    assert drop_verdict(row(0.96, 0.25, 0.10), 0.3).startswith("not resolved")
-    assert drop_verdict(row(0.96, 0.55, 0.10), 0.3) == "NOT met"
+    assert drop_verdict(row(0.96, 0.10, 0.09), 0.3, 6000) == "met"
+    assert drop_verdict(row(0.96, 0.25, 0.10), 0.3, 6000).startswith("not resolved by 6000 clips")
+    assert drop_verdict(row(0.96, 0.55, 0.10), 0.3, 6000) == "NOT met"
+    # no clip changed among 64: the standard error is 0, yet 64 clips cannot resolve 0.3 points
+    assert drop_verdict(row(0.96, 0.0, 0.0), 0.3, 64).startswith("not resolved")
     result = {
+        "evaluation_clips": 6000,
         "qat": None,
         "rows": {
             "float (fp32)": row(0.960, 0.0, 0.0, "float"),
