@@ -108,10 +108,10 @@ def nncf_note() -> str:
     return f"NNCF {nncf.__version__} on our fp32 ONNX, run by OpenVINO's CPU plugin at f32"
 
 
-def nncf_row(model, example, calib, eval_set, preset: str, options: dict):
-    """(row name, logits, seconds) of NNCF's int8 model of our fp32 ONNX export, made with
-    `preset` and `options` as `openvino_peers.NNCF` makes UniFormer-S's, calibrated on the same
-    clips as every other method and run clip by clip by OpenVINO."""
+def nncf_row(float_onnx: Path, calib, eval_set, preset: str, options: dict):
+    """(row name, logits, seconds) of NNCF's int8 model of our fp32 ONNX export `float_onnx`, made
+    with `preset` and `options` as `openvino_peers.NNCF` makes UniFormer-S's, calibrated on the
+    same clips as every other method and run clip by clip by OpenVINO."""
     import nncf
     import openvino as ov
 
@@ -120,8 +120,9 @@ def nncf_row(model, example, calib, eval_set, preset: str, options: dict):
     clips = [clip[None].numpy() for batch, _ in calib for clip in batch]
     with tempfile.TemporaryDirectory() as tmp:
         started = time.time()
-        onnx = export_onnx(deploy(model), Path(tmp) / "float.onnx", example)
-        quantized = nncf_quantize(ov.Core().read_model(str(onnx)), nncf.Dataset(clips), preset, options, len(clips))
+        quantized = nncf_quantize(
+            ov.Core().read_model(str(float_onnx)), nncf.Dataset(clips), preset, options, len(clips)
+        )
         ov.save_model(quantized, str(Path(tmp) / "int8.xml"))
         compiled, _ = compile_openvino(Path(tmp) / "int8.xml", "CPU", torch.get_num_threads(), "f32")
         seconds = time.time() - started
@@ -170,18 +171,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-qat", action="store_true")
     p.add_argument("--et-qat-epochs", type=int, default=2, help="QAT epochs of the ExecuTorch int8 program")
     p.add_argument("--et-qat-lr", type=float, default=2e-5, help="its learning rate (the export CLI's default)")
-    p.add_argument(
+    # each keeps the committed rows the others would rescore
+    only = p.add_mutually_exclusive_group()
+    only.add_argument(
         "--executorch-only",
         action="store_true",
         help="rescore only the ExecuTorch rows (and the no-pruning ExecuTorch entry); keep the rest of "
         "results/quantize_reference.json",
     )
-    p.add_argument(
+    only.add_argument(
         "--openvino-only",
         action="store_true",
         help="score only the OpenVINO rows (NNCF's int8 models); keep the rest of results/quantize_reference.json",
     )
-    p.add_argument(
+    only.add_argument(
         "--rewrite",
         action="store_true",
         help="score nothing: judge the targets and write the Markdown again from results/quantize_reference.json",
@@ -198,8 +201,6 @@ def main():
         return
     if args.executorch_only and executorch_available():  # else the committed row would be kept as if rescored
         raise SystemExit(f"--executorch-only: {executorch_available()}")
-    if args.executorch_only and args.openvino_only:
-        raise SystemExit("--executorch-only and --openvino-only each keep the other's rows: give one")
     if args.openvino_only and nncf_available():
         raise SystemExit(f"--openvino-only: {nncf_available()}")
     torch.manual_seed(0)
@@ -307,8 +308,11 @@ def main():
         missing = nncf_available()
         if missing:
             print(f"OpenVINO rows skipped: {missing}", flush=True)
-        for preset, options in () if missing else NNCF.values():
-            record(*nncf_row(model, example, calib, eval_set, preset, options), "peer", nncf_note())
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                float_onnx = export_onnx(deploy(model), Path(tmp) / "float.onnx", example)
+                for preset, options in NNCF.values():
+                    record(*nncf_row(float_onnx, calib, eval_set, preset, options), "peer", nncf_note())
 
     unavailable = executorch_available()
     if unavailable:
