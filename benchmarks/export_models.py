@@ -31,6 +31,7 @@ QUANTIZED_OPS = (
     "constexpr_affine_dequantize",
     "constexpr_blockwise_shift_scale",
     "constexpr_lut_to_dense",
+    "FakeQuantize",
 )
 
 
@@ -38,6 +39,8 @@ def census_summary(fmt: str, census: dict) -> tuple[str, int]:
     """(convolutions as they remain, number of quantization-related ops)."""
     if fmt == "onnx":
         convs = f"{census.get('Conv', 0)} Conv (5-D)"
+    elif fmt == "openvino":
+        convs = f"{census.get('Convolution', 0) + census.get('GroupConvolution', 0)} Convolution (5-D)"
     elif fmt.startswith("coreml"):
         convs = f"{census.get('conv', 0)} conv"
     else:  # ExecuTorch: every Conv3d was rewritten as 2-D taps before lowering

@@ -2,15 +2,16 @@
 
     python benchmarks/quantize_reference.py [--num-calib 32] [--num-eval 6000] [--skip-qat]
     python benchmarks/quantize_reference.py --executorch-only   # rescore the .pte row alone
-    python benchmarks/quantize_reference.py --openvino-only     # score NNCF's rows alone
+    python benchmarks/quantize_reference.py --openvino-only     # score the OpenVINO rows alone
     python benchmarks/quantize_reference.py --rewrite           # judge the targets again, no scoring
 
 Every method sees the same calibration clips (class-stratified from the training split) and
 is scored on the same evaluation clips (the test split): our PT2E recipes (w8a8 with each
 observer, weight-only w8/w4, w4a8) and QAT, ONNX Runtime's `quantize_static` (QDQ,
 per-channel, MinMax and Entropy, after `quant_pre_process`), torchao's stock X86 PT2E
-quantizer applied directly to the same deploy-form graph, NNCF's int8 models of our fp32 ONNX
-run by OpenVINO (the presets and the fix of `openvino_peers.NNCF`), and the int8 ExecuTorch program
+quantizer applied directly to the same deploy-form graph, our OpenVINO IR int8 export and NNCF's
+int8 models of our fp32 ONNX, run by OpenVINO (the presets and the fix of `openvino_peers.NNCF`),
+and the int8 ExecuTorch program
 (XNNPACK quantizer) run by the ExecuTorch runtime. Reports top-1/top-5, the drop against
 the float model with its paired standard error, logit SQNR, KL and top-1 agreement with it,
 and the time taken, and judges the targets: the suite's fastest int8 program within 0.3 top-1
@@ -37,6 +38,8 @@ from common import (
     EXECUTORCH_QAT_ROW,
     EXECUTORCH_ROW,
     INT8_DROP_BOUNDS,
+    OPENVINO_IR_QAT_ROW,
+    OPENVINO_IR_ROW,
     REFERENCE_RECIPE,
     RESULTS,
     drop_verdict,
@@ -57,6 +60,7 @@ from uniformer_edge.export.openvino import compile_openvino, openvino_available,
 from uniformer_edge.models import create_model, deploy
 from uniformer_edge.models.uniformer import EvoSABlock
 from uniformer_edge.quantize import QuantConfig, QuantizeJob, quantize_ptq
+from uniformer_edge.quantize.config import OPENVINO_FORM
 from uniformer_edge.quantize.ptq import calibrate, export_float
 from uniformer_edge.quantize.qat import QATSchedule, run_qat
 
@@ -106,6 +110,30 @@ def nncf_note() -> str:
     import nncf
 
     return f"NNCF {nncf.__version__} on our fp32 ONNX, run by OpenVINO's CPU plugin at f32"
+
+
+def openvino_ir_logits(model, calib, eval_set, example, qat_job: Optional[QuantizeJob] = None) -> tuple:
+    """(logits, seconds) of our OpenVINO IR int8 program, made as `export --format openvino
+    --precision int8` makes it (PT2E w8a8 in `OPENVINO_FORM`, ONNX, converted to IR), or with
+    `qat_job` (`quantize --form openvino --method qat`, then `export --quantized`), and run clip by
+    clip by OpenVINO at f32 inference precision."""
+    import openvino as ov
+
+    started = time.time()
+    if qat_job is None:
+        program, _ = quantize_ptq(model, calib, QuantConfig(recipe="w8a8", **OPENVINO_FORM), example, progress=False)
+    else:
+        program, _, _ = run_qat(model, calib, qat_job, example, progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_onnx(program, Path(tmp) / "int8.onnx")
+        ov.save_model(ov.convert_model(str(onnx_path)), str(Path(tmp) / "int8.xml"), compress_to_fp16=False)
+        compiled, _ = compile_openvino(Path(tmp) / "int8.xml", "CPU", torch.get_num_threads(), "f32")
+    seconds = time.time() - started
+
+    def run(x):
+        return torch.cat([run_openvino(compiled, x[i : i + 1]) for i in range(len(x))])
+
+    return collect_logits(run, eval_set, batch_size=32, desc="OpenVINO IR")[0], seconds
 
 
 def nncf_row(float_onnx: Path, calib, eval_set, preset: str, options: dict):
@@ -305,9 +333,43 @@ def main():
         return no_pruning_entry(unpruned_logits, q)
 
     if not args.executorch_only:
+        missing = openvino_available()
+        if missing:
+            print(f"OpenVINO IR row skipped: {missing}", flush=True)
+        else:
+            record(
+                OPENVINO_IR_ROW,
+                *openvino_ir_logits(model, calib, eval_set, example),
+                "ours",
+                "`export --format openvino --precision int8`, run by OpenVINO's CPU plugin at f32",
+            )
+            # QAT as the ExecuTorch program's: distillation only, the same epochs, clips and learning rate
+            with tempfile.TemporaryDirectory() as tmp:
+                job = QuantizeJob(
+                    variant=R["variant"],
+                    config=QuantConfig(recipe="w8a8", qat=True, **OPENVINO_FORM),
+                    method="qat",
+                    checkpoint=str(ckpt),
+                    train_data="synthetic",
+                    frames=R["frames"],
+                    size=R["size"],
+                    num_calib=args.num_calib,
+                    qat_epochs=args.et_qat_epochs,
+                    qat_clips=args.qat_clips,
+                    qat_lr=args.et_qat_lr,
+                    distill_weight=1.0,
+                    out=str(Path(tmp) / "qat"),
+                )
+                record(
+                    OPENVINO_IR_QAT_ROW,
+                    *openvino_ir_logits(model, calib, eval_set, example, job),
+                    "ours",
+                    f"`quantize --form openvino --method qat` ({job.qat_epochs} epochs x {job.qat_clips} clips, "
+                    f"lr {job.qat_lr}, distillation only), exported as IR",
+                )
         missing = nncf_available()
         if missing:
-            print(f"OpenVINO rows skipped: {missing}", flush=True)
+            print(f"NNCF rows skipped: {missing}", flush=True)
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 float_onnx = export_onnx(deploy(model), Path(tmp) / "float.onnx", example)
@@ -460,7 +522,7 @@ def targets_of(result: dict) -> dict:
         "w8a8_sqnr_at_least_20db": "met" if ours["sqnr_db"] >= 20 else "NOT met",
         "w8a8_not_resolvably_less_accurate_than_any_peer": _peer_verdict(ours, best_peer, rows[best_peer]),
     }
-    for key, _, name, bound in INT8_DROP_BOUNDS:  # the performance target's int8 program
+    for key, _, _, name, bound in INT8_DROP_BOUNDS:  # the performance targets' int8 programs
         if name in rows:
             targets[key] = drop_verdict(rows[name], bound, result["evaluation_clips"])
     if qat_info:

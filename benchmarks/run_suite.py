@@ -29,7 +29,6 @@ from typing import Optional
 import torch
 
 from common import (
-    EXECUTORCH_ROW,
     EXPORTS,
     INT8_DROP_BOUNDS,
     REPO,
@@ -157,11 +156,12 @@ def performance_targets(rows: list[dict], reference: Optional[dict], variant: st
 
 def _accuracy_condition(best: dict, reference: Optional[dict]) -> str:
     """The targets hold "at the accuracy bounds": the best path's program, built from the trained
-    reference model, within INT8_DROP_BOUNDS of float after calibration alone and after QAT (the
-    same graph, so the same speed)."""
+    reference model, within INT8_DROP_BOUNDS of float (after calibration alone, and after QAT where
+    its format has a bound for it: the same graph, so the same speed)."""
     rows = reference["rows"] if reference else {}
-    bounds = " and ".join(f"{bound:g} points {how}" for _, how, _, bound in INT8_DROP_BOUNDS)
-    if best["backend"] != "executorch" or EXECUTORCH_ROW not in rows:
+    mine = [(how, name, bound) for _, fmt, how, name, bound in INT8_DROP_BOUNDS if fmt == best["format"]]
+    bounds = " and ".join(f"{bound:g} points {how}" for how, _, bound in mine) or "none set for this format"
+    if not any(name in rows for _, name, _ in mine):
         return (
             f"- at the accuracy bounds (top-1 drop at most {bounds}): not measured for this path "
             "(run `python benchmarks/quantize_reference.py`)"
@@ -169,7 +169,7 @@ def _accuracy_condition(best: dict, reference: Optional[dict]) -> str:
     verdicts = [
         f"{how}: drop {rows[name]['drop_points']:.2f} ± {rows[name]['drop_se_points']:.2f} s.e. points, "
         f"{drop_verdict(rows[name], bound, reference['evaluation_clips'])}"
-        for _, how, name, bound in INT8_DROP_BOUNDS
+        for how, name, bound in mine
         if name in rows
     ]
     return (

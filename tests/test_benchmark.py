@@ -285,6 +285,21 @@ def test_accuracy_bounds_judged_only_where_the_clips_resolve_them(monkeypatch):
         "NOT met"
     )
     assert quantize_reference._command({"evaluation_clips": 1200, "calibration_clips": 32}).endswith("--num-eval 1200")
+    # The suite judges its fastest int8 path by the bounds of that path's format, on that format's rows.
+    import run_suite
+    from common import OPENVINO_IR_QAT_ROW, OPENVINO_IR_ROW
+
+    result["rows"][OPENVINO_IR_ROW] = row(0.9601, 0.05, 0.10)
+    assert quantize_reference.targets_of(result)["openvino_int8_drop_at_most_0.3"] == "met"
+    openvino = run_suite._accuracy_condition({"format": "openvino"}, result)
+    assert "0.3 points calibrated" in openvino and openvino.endswith("calibrated: drop 0.05 ± 0.10 s.e. points, met")
+    result["rows"][OPENVINO_IR_QAT_ROW] = row(0.9600, 0.25, 0.05)
+    assert quantize_reference.targets_of(result)["openvino_int8_qat_drop_at_most_0.1"] == "NOT met"
+    openvino = run_suite._accuracy_condition({"format": "openvino"}, result)
+    assert openvino.endswith("after QAT (`quantize --method qat`): drop 0.25 ± 0.05 s.e. points, NOT met")
+    executorch = run_suite._accuracy_condition({"format": "executorch"}, result)
+    assert "drop 0.20" in executorch and "drop -0.20" in executorch and "drop 0.05" not in executorch
+    assert "not measured" in run_suite._accuracy_condition({"format": "onnx"}, result)
 
 
 def test_plots_use_an_accuracy_that_means_something(tmp_path):

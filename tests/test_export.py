@@ -3,6 +3,7 @@ ExecuTorch, Core ML spec inspection, manifest hashes, and the refusals."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import operator
 import os
@@ -10,10 +11,12 @@ import platform
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import TINY, TINY_LIGHT
+from uniformer_edge._cpu import is_x86
 from uniformer_edge.export import ExportJob, run_export, verify_manifest
 from uniformer_edge.export.onnx import entropy_histograms, export_onnx, kl_threshold, ort_session, run_onnx
 
@@ -394,12 +397,17 @@ def test_export_from_quantize_output(tmp_path):
         QuantizeJob(variant="xxs", model_overrides=LIGHT, frames=8, size=32, num_calib=4, num_eval=4, out=str(qdir)),
         progress=False,
     )
+    formats = ("onnx", "openvino") if importlib.util.find_spec("openvino") else ("onnx",)
     manifest = run_export(
-        ExportJob(quantized=str(qdir), formats=("onnx",), out=str(tmp_path / "x"), check_clips=2), progress=False
+        ExportJob(quantized=str(qdir), formats=formats, out=str(tmp_path / "x"), check_clips=2), progress=False
     )
     art = manifest["artifacts"][0]
     assert art["precision"] == "int8" and manifest["source"]["quantized_recipe"] == "w8a8"
-    assert art["parity"]["vs_pytorch_quantized"]["cosine"] >= 0.999
+    for art in manifest["artifacts"]:
+        assert art["parity"]["vs_pytorch_quantized"]["cosine"] >= 0.999, art["path"]
+    if "openvino" in formats:  # the folder's program is converted as it is, and the IR says what it lacks
+        (ir,) = [a for a in manifest["artifacts"] if a["format"] == "openvino"]
+        assert ir["quantization"]["activation_scheme"] == "affine" and "--form openvino" in ir["note"]
     with pytest.raises(ValueError, match="XXS model, not --variant s"):
         ExportJob(quantized=str(qdir), variant="s", out=str(tmp_path / "y"))
     with pytest.raises(ValueError, match="cannot provide w8"):
@@ -721,6 +729,106 @@ def test_registry_is_consistent_and_drives_the_command_line():
     assert set(actions["precision"].choices) == {p.value for p in PRECISIONS}
     with pytest.raises(ValueError, match="unknown precision 'int3'"):
         ExportJob(variant="xxs", precisions=("int3",), out="unused")
+
+
+@pytest.mark.parametrize("overrides", [PLAIN, LIGHT], ids=["uniformer", "light"])
+def test_openvino_ir_export(tmp_path, overrides):
+    """OpenVINO IR folders: fp32 reproduces the float model, int8 (OPENVINO_FORM, quantized by the
+    export itself) reproduces its PT2E graph; both re-read from the manifest and run by the
+    benchmark's OpenVINO runtime, whose output is the export's. The int8 IR computes the same with
+    OpenVINO's kernels held to AVX2 (no VNNI: u8 x s8 multiply-adds that saturate int16 pair sums),
+    as on a CPU without VNNI; with full-range int8 weights it does not (the overflow check below)."""
+    pytest.importorskip("openvino", reason="OpenVINO is an optional extra")
+    from uniformer_edge.benchmark import discover
+    from uniformer_edge.benchmark.backends import runners_for
+    from uniformer_edge.export.openvino import compile_openvino, run_openvino
+
+    out = tmp_path / "ir"
+    job = ExportJob(
+        variant="xxs",
+        model_overrides=overrides,
+        formats=("openvino",),
+        precisions=("fp32", "int8"),
+        out=str(out),
+        **INPUT,
+    )
+    manifest = run_export(job, progress=False)
+    assert verify_manifest(out) == manifest and not manifest["failed"]
+    fp32, int8 = (_by(manifest, "openvino", p) for p in ("fp32", "int8"))
+    for art in (fp32, int8):
+        folder = out / art["path"]
+        assert art["path"].endswith(".openvino") and sorted(p.name for p in folder.iterdir()) == [
+            "model.bin",
+            "model.xml",
+        ]
+        assert art["parity"]["passed"] and art["parity"]["openvino_config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert fp32["parity"]["vs_float"]["max_rel_err"] <= 1e-4 and not fp32["census"].get("FakeQuantize")
+    assert int8["quantization"] == {
+        "activation_scheme": "symmetric",
+        "ops": ["conv", "linear", "matmul"],
+        "overflow_safe_weights": True,
+    }
+    assert "note" not in int8
+    assert int8["census"]["FakeQuantize"] > 0 and int8["parity"]["vs_pytorch_quantized"]["cosine"] >= 0.999
+    assert int8["size_bytes"] < 0.6 * fp32["size_bytes"]  # int8 weights
+    clips = torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(0))
+    for artifact in discover(out):
+        if artifact.format != "openvino":
+            continue
+        (runner,) = runners_for(artifact, "openvino", 2)
+        compiled, _ = compile_openvino(artifact.path, "CPU", threads=2)
+        assert runner.backend == "openvino" and torch.equal(runner.fn(clips), run_openvino(compiled, clips))
+    if not is_x86():
+        return
+    native = _openvino_logits(out / int8["path"], clips, tmp_path / "native.npy")
+    held = _openvino_logits(out / int8["path"], clips, tmp_path / "avx2.npy", ONEDNN_MAX_CPU_ISA="AVX2")
+    assert torch.nn.functional.cosine_similarity(native.flatten(), held.flatten(), 0) >= 0.999
+
+
+def _openvino_logits(path, clips, out, **env) -> torch.Tensor:
+    """OpenVINO's logits of the IR at `path` on `clips`, in a fresh process with `env` (oneDNN reads
+    its ISA limit once, at load)."""
+    np.save(out, clips.numpy())
+    code = (
+        "import sys, numpy, torch; from uniformer_edge.export.openvino import compile_openvino, run_openvino; "
+        "compiled, _ = compile_openvino(sys.argv[1], 'CPU', threads=2); "
+        "numpy.save(sys.argv[2], run_openvino(compiled, torch.from_numpy(numpy.load(sys.argv[2]))).numpy())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(out)], env={**os.environ, **env}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return torch.from_numpy(np.load(out))
+
+
+@pytest.mark.slow  # two tiny quantizations and exports
+def test_full_range_int8_weights_saturate_without_vnni(tmp_path):
+    """Why OPENVINO_FORM narrows its weights: the same IR with full-range int8 weights, run with
+    OpenVINO's kernels held to AVX2, departs from itself on this CPU's own kernels. Run where the
+    CPU has VNNI (on one without, both runs take the AVX2 path)."""
+    pytest.importorskip("openvino", reason="OpenVINO is an optional extra")
+    from uniformer_edge._cpu import has_int8_dot_product
+    from uniformer_edge.export.openvino import FORMAT
+    from uniformer_edge.quantize.config import OPENVINO_FORM
+
+    if not (is_x86() and has_int8_dot_product()):
+        pytest.skip("needs an x86 CPU with int8 dot products (VNNI) to compare against its AVX2 path")
+    clips = torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(0))
+    cosine = {}
+    for safe in (True, False):
+        form = {**OPENVINO_FORM, "overflow_safe_weights": safe}
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("uniformer_edge.export.openvino.OPENVINO_FORM", form)
+            out = tmp_path / str(safe)
+            job = ExportJob(
+                variant="xxs", model_overrides=PLAIN, formats=("openvino",), precisions=("int8",), out=str(out), **INPUT
+            )
+            manifest = run_export(job, progress=False)
+        path = out / manifest["artifacts"][0]["path"]
+        native = _openvino_logits(path, clips, tmp_path / f"n{safe}.npy")
+        held = _openvino_logits(path, clips, tmp_path / f"a{safe}.npy", ONEDNN_MAX_CPU_ISA="AVX2")
+        cosine[safe] = float(torch.nn.functional.cosine_similarity(native.flatten(), held.flatten(), 0))
+    assert FORMAT.name == "openvino" and cosine[True] >= 0.999 and cosine[False] < 0.99, cosine
 
 
 def test_openvino_runs_the_onnx_exports_as_onnxruntime_does(light_float):

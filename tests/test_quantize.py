@@ -115,6 +115,69 @@ def test_bad_configs():
         QuantConfig(observer="kl")
     with pytest.raises(ValueError, match="unknown op group"):
         QuantConfig(ops=("softmax",))
+    with pytest.raises(ValueError, match="unknown activation scheme 'asymmetric'"):
+        QuantConfig(activation_scheme="asymmetric")
+    with pytest.raises(ValueError, match="recipe w4 has none"):
+        QuantConfig(recipe="w4", overflow_safe_weights=True)
+
+
+def _activation_qparams(program) -> list[tuple]:
+    """(zero point, quant_min, quant_max) of every static activation quantize op."""
+    return [
+        tuple(n.args[2:5])
+        for n in program.graph.nodes
+        if n.op == "call_function"
+        and str(n.target).endswith("quantize_per_tensor.default")
+        and "dequantize" not in str(n.target)
+    ]
+
+
+@pytest.mark.parametrize("observer", ["minmax", "percentile", "mse"])
+def test_symmetric_activations_have_no_zero_point(tiny_model, observer):
+    """The scheme OpenVINO runs as int8 end to end: every activation on -127..127 around zero, at
+    the accuracy of the affine default; the default keeps its zero points."""
+    x = torch.randn(2, 3, 8, 64, 64)
+    outputs = {}
+    for scheme in ("affine", "symmetric"):
+        cfg = QuantConfig(observer=observer, activation_scheme=scheme)
+        program, _ = quantize_ptq(tiny_model, _batches(2), cfg, x[:1], progress=False)
+        qparams = _activation_qparams(program)
+        assert qparams, scheme
+        if scheme == "symmetric":
+            assert all(q == (0, -127, 127) for q in qparams), qparams
+        else:
+            assert all(q[1:] == (-128, 127) for q in qparams) and any(q[0] != 0 for q in qparams), qparams
+        with torch.no_grad():
+            outputs[scheme] = agreement(tiny_model(x), program.module()(x))["sqnr_db"]
+    assert outputs["symmetric"] > 20 and outputs["symmetric"] > outputs["affine"] - 6, outputs
+
+
+def test_openvino_form_keeps_depthwise_convolutions_float(tiny_model):
+    """OPENVINO_FORM leaves out the "depthwise" group: exactly the convolutions with one input
+    channel per group stay float (position embeddings, the local blocks' 5x5x5 convolutions); its
+    weights use -63..63, every channel reaching its end of the range."""
+    from uniformer_edge.quantize.config import OPENVINO_FORM
+    from uniformer_edge.quantize.ptq import export_float, prepare
+    from uniformer_edge.quantize.quantizer import quantizable_ops
+
+    x = torch.randn(1, 3, 8, 64, 64)
+    prepared = prepare(tiny_model, QuantConfig(**OPENVINO_FORM), x)
+    depthwise = {
+        name
+        for name, m in tiny_model.named_modules()
+        if isinstance(m, torch.nn.Conv3d) and m.groups == m.in_channels > 1
+    }
+    assert depthwise and any(".pos_embed" in n for n in depthwise)
+    assert set(prepared.float_layers) == depthwise
+    assert not depthwise & set(prepared.quantized_layers)
+    full = prepare(tiny_model, QuantConfig(), x)
+    assert not full.float_layers and depthwise <= set(full.quantized_layers)
+    kinds = {op.kind for op in quantizable_ops(export_float(tiny_model, x).module())}
+    assert kinds == {"conv", "depthwise", "linear", "matmul"}
+    for cfg, top in ((QuantConfig(**OPENVINO_FORM), 63), (QuantConfig(), 127)):
+        program, _ = quantize_ptq(tiny_model, _batches(1), cfg, x, progress=False)
+        weights = [t for t in _tensors(program, torch.int8) if t.dim() > 1]
+        assert weights and all(int(w.abs().max()) == top for w in weights), cfg
 
 
 def test_distillation_loss():
@@ -290,6 +353,9 @@ def test_cli_bad_input_writes_nothing(tmp_path, capsys):
         (["--variant", "xxs", "--resume"], "--resume and --stop-after apply to --method qat"),
         (["--variant", "xxs", "--target", "xnnpack", "--recipe", "w4a8"], "--target xnnpack has recipes"),
         (["--variant", "xxs", "--target", "xnnpack", "--analyze"], "does not take --analyze"),
+        (["--variant", "xxs", "--target", "xnnpack", "--form", "openvino"], "does not take --form"),
+        (["--variant", "xxs", "--form", "openvino", "--ops", "conv"], "--form openvino sets the op groups"),
+        (["--variant", "xxs", "--form", "openvino", "--recipe", "w4"], "recipe w4 has none"),
     ]
     for args, message in cases:
         code, err = _in_process(capsys, *args, "--out", str(tmp_path / "out"), "--frames", "8", "--size", "32")

@@ -100,7 +100,7 @@ def discover(folder) -> list[Artifact]:
 def runners_for(artifact: Artifact, backend: str, threads: int) -> list[Runner]:
     """Every setting of `backend` this device has for `artifact` (empty if it does not run it)."""
     runtime = get_runtime(backend)
-    if runtime.format != artifact.format:
+    if not runtime.runs(artifact.format):
         return []
     return runtime.runners(artifact.path, threads, artifact.source)
 

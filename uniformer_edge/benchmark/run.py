@@ -285,7 +285,7 @@ def run_benchmark(job: BenchmarkJob, progress: bool = True) -> dict:
                 for backend in job.backends:
                     bar.set_postfix_str(f"{artifact.name} on {backend}")
                     bar.update(1)
-                    if get_runtime(backend).format != artifact.format:
+                    if not get_runtime(backend).runs(artifact.format):
                         continue
                     common = {
                         "variant": artifact.variant,

@@ -16,8 +16,9 @@ def build_parser() -> Parser:
     targets = ", ".join(f"{p} {t}" for p, t in FORMATS["coreml"].min_target.items() if t != "ios16")
     p = Parser(
         prog="python -m uniformer_edge.export",
-        description="Export a UniFormer model to ONNX, Core ML (.mlpackage) and ExecuTorch (.pte). Every artifact "
-        "is run against PyTorch where a runtime exists here (ONNX Runtime, ExecuTorch; Core ML only on "
+        description="Export a UniFormer model to ONNX, Core ML (.mlpackage), ExecuTorch (.pte) and OpenVINO IR "
+        "(a .openvino folder: model.xml, model.bin). Every artifact "
+        "is run against PyTorch where a runtime exists here (ONNX Runtime, ExecuTorch, OpenVINO; Core ML only on "
         "macOS; every Core ML package also by the MIL reference, which executes the saved program with "
         "numpy on any system) and must meet its parity threshold; OUT/manifest.json lists sizes, SHA-256 "
         "and parity. An artifact that misses its threshold is not written (the others are, and the command exits 2 "

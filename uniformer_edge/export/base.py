@@ -213,7 +213,7 @@ class Runner:
 
 @dataclass(frozen=True)
 class Runtime:
-    """Something that runs artifacts of one format on this machine."""
+    """Something that runs artifacts of a format (and perhaps others) on this machine."""
 
     name: str
     format: str  # what it runs: a Format's name, or "pt2" (a `quantize` output)
@@ -223,6 +223,10 @@ class Runtime:
     load: Callable[..., Runner]
     setting_available: Callable[[str], Optional[str]] = lambda setting: None
     artifact_settings: Optional[tuple[str, ...]] = None  # settings that run artifacts (default: all)
+    also_runs: tuple[str, ...] = ()  # other formats it runs (OpenVINO: ONNX as well as its own IR)
+
+    def runs(self, fmt: str) -> bool:
+        return fmt == self.format or fmt in self.also_runs
 
     def status(self) -> dict[str, Optional[str]]:
         """Every setting: None when it runs here, else why not."""

@@ -232,16 +232,29 @@ class ExportContext:
             self._calib = calibration_set(source, j.num_calib, seed=j.seed, batch_size=8)
         return self._calib
 
-    def program(self, precision: str, conv3d: str = "native"):
-        """The PT2E-quantized program for `precision` (from --quantized, or quantized here) of the
-        deploy form with `conv3d` ("native" or "2d"; --quantized programs are native)."""
-        key = precision if conv3d == "native" else (precision, conv3d)
+    def program(self, precision: str, conv3d: str = "native", form: Optional[dict] = None):
+        """The PT2E-quantized program for `precision` of the deploy form with `conv3d` ("native" or
+        "2d"). A --quantized program serves every native request as it is; programs quantized here
+        take the `QuantConfig` settings `form` (e.g. `quantize.config.OPENVINO_FORM`)."""
+        form = dict(form or {})
+        if conv3d == "native" and (self.job.quantized or not form):
+            key = precision
+        else:
+            key = (precision, conv3d, tuple(sorted(form.items())))
         if key not in self._programs:
-            cfg = QuantConfig(recipe=Precision(precision).pt2e_recipe)
+            cfg = QuantConfig(recipe=Precision(precision).pt2e_recipe, **form)
             self._programs[key], _ = quantize_ptq(
                 self.model, self.calibration(), cfg, self.example, conv3d=conv3d, progress=self.progress
             )
         return self._programs[key]
+
+    def program_settings(self, form: dict) -> dict:
+        """The values of `form`'s settings in `program(..., form=form)`: a --quantized folder's own
+        (its defaults where it predates a setting), else `form`'s."""
+        if not self.job.quantized:
+            return dict(form)
+        saved, default = self.job.quant_config["quant_config"], QuantConfig()
+        return {k: saved.get(k, getattr(default, k)) for k in form}
 
     def preprocessing(self) -> dict:
         return self.card.preprocessing.describe()

@@ -1,7 +1,8 @@
 """The registry: every artifact format and every runtime the toolkit knows, declared by their
-own modules (`onnx`, `coreml`, `executorch`; PyTorch runs `quantize` outputs here). `export`,
-`benchmark` and the benchmark suite iterate over these tables and nothing else. A format can
-have more than one runtime (ONNX: ONNX Runtime, which checks parity at export, and OpenVINO)."""
+own modules (`onnx`, `coreml`, `executorch`, `openvino`; PyTorch runs `quantize` outputs here).
+`export`, `benchmark` and the benchmark suite iterate over these tables and nothing else. A
+format can have more than one runtime (ONNX: ONNX Runtime, which checks parity at export, and
+OpenVINO, whose own format is its IR)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .base import Format, Precision, Runner, Runtime
 
 __all__ = ["FORMATS", "RUNTIMES", "PRECISIONS", "get_format", "get_runtime", "precision_of"]
 
-FORMATS: dict[str, Format] = {f.name: f for f in (onnx.FORMAT, coreml.FORMAT, executorch.FORMAT)}
+FORMATS: dict[str, Format] = {f.name: f for f in (onnx.FORMAT, coreml.FORMAT, executorch.FORMAT, openvino.FORMAT)}
 PRECISIONS: tuple[Precision, ...] = tuple(p for p in Precision if any(p in f.thresholds for f in FORMATS.values()))
 
 

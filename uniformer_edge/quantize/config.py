@@ -6,7 +6,16 @@ from dataclasses import asdict, dataclass
 
 from ..errors import InputError
 
-__all__ = ["QuantConfig", "RECIPES", "OBSERVERS", "QUANTIZABLE_OPS"]
+__all__ = [
+    "QuantConfig",
+    "RECIPES",
+    "OBSERVERS",
+    "QUANTIZABLE_OPS",
+    "ACTIVATION_SCHEMES",
+    "OPENVINO_FORM",
+    "OVERFLOW_SAFE_WEIGHT_MAX",
+    "FORMS",
+]
 
 # recipe -> (weight bits, activations: "static" | "dynamic" | None)
 RECIPES = {
@@ -19,9 +28,27 @@ RECIPES = {
 # Range estimation for activations. `mse` searches the clipping range that minimises the
 # quantization error on a histogram of the calibration activations.
 OBSERVERS = ("minmax", "moving_average", "percentile", "mse")
-# Op groups that can be quantized. LayerNorm, Softmax, GELU and residual adds stay float:
-# they are the known accuracy traps of vision transformers (FQ-ViT).
-QUANTIZABLE_OPS = ("conv", "linear", "matmul")
+# How static int8 activations map to integers. "affine": a zero point per tensor, the full 256
+# levels over any range (ONNX Runtime, Core ML, PyTorch). "symmetric": zero point 0, levels
+# -127..127: what OpenVINO's CPU plugin runs as int8 from end to end (attention products
+# included); with a zero point it subtracts it in float and runs the attention products in fp32.
+ACTIVATION_SCHEMES = ("affine", "symmetric")
+# Op groups that can be quantized ("depthwise": convolutions with one input channel per group,
+# the rest are "conv"). LayerNorm, Softmax, GELU and residual adds stay float: they are the known
+# accuracy traps of vision transformers (FQ-ViT).
+QUANTIZABLE_OPS = ("conv", "depthwise", "linear", "matmul")
+# The int8 form OpenVINO's CPU plugin runs fastest and the same on every x86 CPU (`export
+# --format openvino --precision int8`, `quantize --form openvino`): symmetric activations;
+# depthwise convolutions float, which its fp32 depthwise kernels run faster than its int8 ones;
+# overflow-safe weights (below), as x86 CPUs without VNNI run its int8 kernels on u8 x s8
+# instructions that saturate.
+OPENVINO_FORM = {"activation_scheme": "symmetric", "ops": ("conv", "linear", "matmul"), "overflow_safe_weights": True}
+# Overflow-safe int8 weights use -63..63 (7 bits): the u8 x s8 multiply-adds of x86 CPUs without
+# VNNI (AVX2's vpmaddubsw) sum two products into a saturating int16, and 2 x 255 x 63 fits it; with
+# the full -127..127 an IR computes otherwise on such a CPU than on one with VNNI (tests/test_export.py).
+OVERFLOW_SAFE_WEIGHT_MAX = 63
+# Named settings `quantize --form` applies: "default" changes nothing.
+FORMS = {"default": {}, "openvino": OPENVINO_FORM}
 
 
 @dataclass
@@ -32,6 +59,8 @@ class QuantConfig:
     ops: tuple[str, ...] = QUANTIZABLE_OPS
     keep_float: tuple[str, ...] = ()
     qat: bool = False
+    activation_scheme: str = "affine"
+    overflow_safe_weights: bool = False  # int8 weights on -63..63 (OVERFLOW_SAFE_WEIGHT_MAX)
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -41,6 +70,14 @@ class QuantConfig:
         bad = [op for op in self.ops if op not in QUANTIZABLE_OPS]
         if bad or not self.ops:
             raise InputError(f"unknown op group(s) {bad or '(none given)'}; choose from {', '.join(QUANTIZABLE_OPS)}")
+        if self.activation_scheme not in ACTIVATION_SCHEMES:
+            raise InputError(
+                f"unknown activation scheme {self.activation_scheme!r}; choose from {', '.join(ACTIVATION_SCHEMES)}"
+            )
+        if self.overflow_safe_weights and self.weight_bits != 8:
+            raise InputError(
+                f"overflow-safe weights are 8-bit weights narrowed to 7 bits; recipe {self.recipe} has none"
+            )
         if not 50.0 < self.percentile <= 100.0:
             raise InputError(f"percentile must lie in (50, 100], got {self.percentile}")
         self.ops, self.keep_float = tuple(self.ops), tuple(self.keep_float)

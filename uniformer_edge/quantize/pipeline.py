@@ -21,7 +21,7 @@ from .._io import atomic_dir, check_output_dir, sha256_file
 from ..calibration import build_dataset, calibration_set
 from ..engine import agreement, collect_logits, dataset_num_classes, init_distributed, per_clip, topk_accuracy
 from ..models import ModelCard, Preprocessing, create_model, get_variant, read_state_dict
-from .config import QuantConfig
+from .config import OPENVINO_FORM, QuantConfig
 from .ptq import PreparedModel, calibrate, convert, prepare, quantize_ptq
 from .report import render_markdown
 
@@ -100,11 +100,13 @@ class QuantizeJob:
         if self.config.recipe not in XNNPACK_RECIPES:
             raise InputError(f"--target xnnpack has recipes {', '.join(XNNPACK_RECIPES)}, not {self.config.recipe}")
         default = QuantConfig(recipe=self.config.recipe, qat=self.config.qat)
-        changed = [
-            f"--{name.replace('_', '-')}"
-            for name in ("observer", "ops", "keep_float", "percentile")
-            if getattr(self.config, name) != getattr(default, name)
-        ]
+        flags = {"observer": "--observer", "ops": "--ops", "keep_float": "--keep-float"}
+        flags |= {"percentile": "--percentile", "activation_scheme": "--form", "overflow_safe_weights": "--form"}
+        changed = list(
+            dict.fromkeys(flag for name, flag in flags.items() if getattr(self.config, name) != getattr(default, name))
+        )
+        if "--form" in changed and self.config.ops == OPENVINO_FORM["ops"]:  # the form's op groups, not --ops
+            changed.remove("--ops")
         changed += [flag for flag, on in (("--analyze", self.analyze), ("--max-drop", self.max_drop is not None)) if on]
         changed += [flag for flag, on in (("--resume", self.resume), ("--stop-after", self.stop_after)) if on]
         if self.method == "qat" and self.config.recipe != "w8a8":

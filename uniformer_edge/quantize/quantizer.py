@@ -1,9 +1,10 @@
-"""The PT2E quantizer: annotates convolutions, linear layers and attention matrix products of
-an exported UniFormer graph according to a `QuantConfig`.
+"""The PT2E quantizer: annotates convolutions (depthwise ones a group of their own), linear
+layers and attention matrix products of an exported UniFormer graph according to a `QuantConfig`.
 
-Weights: symmetric int8 (or int4) per output channel. Activations: int8 per tensor (affine),
-observed at the inputs of quantized ops, so everything between two quantized ops
-(LayerNorm, Softmax, GELU, residual adds, token pruning) stays float.
+Weights: symmetric int8 (or int4) per output channel. Activations: int8 per tensor (affine, or
+symmetric for OpenVINO: `QuantConfig.activation_scheme`), observed at the inputs of quantized
+ops, so everything between two quantized ops (LayerNorm, Softmax, GELU, residual adds, token
+pruning) stays float.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torchao.quantization.pt2e.observer import (
 from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, QuantizationSpec, Quantizer
 
 from ..errors import InputError
-from .config import QuantConfig
+from .config import OVERFLOW_SAFE_WEIGHT_MAX, QuantConfig
 from .observers import PercentileObserver
 
 __all__ = ["UniformerQuantizer", "op_kind", "module_path", "QuantizableOp", "quantizable_ops"]
@@ -41,7 +42,17 @@ _OP_KINDS = {
 
 
 def op_kind(node: Node) -> Optional[str]:
-    return _OP_KINDS.get(node.target) if node.op == "call_function" else None
+    kind = _OP_KINDS.get(node.target) if node.op == "call_function" else None
+    if kind == "conv" and _is_depthwise(node):
+        return "depthwise"
+    return kind
+
+
+def _is_depthwise(node: Node) -> bool:
+    """A convolution with one input channel per group (and more than one group)."""
+    groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
+    weight = node.args[1].meta.get("val") if isinstance(node.args[1], Node) else None
+    return groups > 1 and weight is not None and weight.shape[1] == 1
 
 
 def module_path(node: Node) -> list[str]:
@@ -70,17 +81,19 @@ def quantizable_ops(gm: GraphModule) -> list[QuantizableOp]:
     return [QuantizableOp(n) for n in gm.graph.nodes if op_kind(n) is not None]
 
 
+def _activation_levels(cfg: QuantConfig) -> dict:
+    """dtype, integer range and scheme of static int8 activations (see `config.ACTIVATION_SCHEMES`)."""
+    if cfg.activation_scheme == "symmetric":
+        return dict(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_tensor_symmetric)
+    return dict(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine)
+
+
 def _activation_ctr(cfg: QuantConfig):
     if cfg.activations == "dynamic":
         return PlaceholderObserver.with_args(dtype=torch.int8, quant_min=-128, quant_max=127, is_dynamic=True)
     if cfg.qat:  # ranges track the activations as the weights move
-        return FakeQuantize.with_args(
-            observer=MovingAverageMinMaxObserver,
-            quant_min=-128,
-            quant_max=127,
-            dtype=torch.int8,
-            qscheme=torch.per_tensor_affine,
-        )
+        return FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, **_activation_levels(cfg))
+    # dtype, range and scheme reach these observers from the QuantizationSpec at prepare
     return {
         "minmax": MinMaxObserver.with_args(),
         "moving_average": MovingAverageMinMaxObserver.with_args(averaging_constant=0.01),
@@ -100,7 +113,7 @@ class UniformerQuantizer(Quantizer):
         self.kept_float: list[str] = []
 
     def _weight_spec(self) -> QuantizationSpec:
-        qmax = 2 ** (self.cfg.weight_bits - 1) - 1
+        qmax = OVERFLOW_SAFE_WEIGHT_MAX if self.cfg.overflow_safe_weights else 2 ** (self.cfg.weight_bits - 1) - 1
         observer = MovingAveragePerChannelMinMaxObserver if self.cfg.qat else PerChannelMinMaxObserver
         ctr = (
             FakeQuantize.with_args(
@@ -126,14 +139,13 @@ class UniformerQuantizer(Quantizer):
     def _activation_spec(self) -> Optional[QuantizationSpec]:
         if self.cfg.activations is None:
             return None
-        return QuantizationSpec(
-            dtype=torch.int8,
-            quant_min=-128,
-            quant_max=127,
-            qscheme=torch.per_tensor_affine,
-            is_dynamic=self.cfg.activations == "dynamic",
-            observer_or_fake_quant_ctr=_activation_ctr(self.cfg),
+        dynamic = self.cfg.activations == "dynamic"
+        levels = (
+            dict(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine)
+            if dynamic
+            else _activation_levels(self.cfg)
         )
+        return QuantizationSpec(**levels, is_dynamic=dynamic, observer_or_fake_quant_ctr=_activation_ctr(self.cfg))
 
     def annotate(self, model: GraphModule) -> GraphModule:
         cfg = self.cfg
@@ -162,7 +174,7 @@ class UniformerQuantizer(Quantizer):
                 qspecs[node.args[1]] = weight
                 # Dynamic recipes quantize linear activations at run time; convolutions keep
                 # float activations there (no backend runs dynamically quantized Conv3d).
-                if act is not None and not (cfg.activations == "dynamic" and op.kind == "conv"):
+                if act is not None and not (cfg.activations == "dynamic" and op.kind in ("conv", "depthwise")):
                     qspecs[node.args[0]] = act
             node.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=qspecs, _annotated=True)
             self.quantized.append(op.name)
