@@ -731,7 +731,11 @@ def test_registry_is_consistent_and_drives_the_command_line():
         ExportJob(variant="xxs", precisions=("int3",), out="unused")
 
 
-@pytest.mark.parametrize("overrides", [PLAIN, LIGHT], ids=["uniformer", "light"])
+@pytest.mark.parametrize(
+    "overrides",
+    [PLAIN, pytest.param(LIGHT, marks=pytest.mark.slow)],  # slow: keeps the default run within its time
+    ids=["uniformer", "light"],
+)
 def test_openvino_ir_export(tmp_path, overrides):
     """OpenVINO IR folders: fp32 reproduces the float model, int8 (OPENVINO_FORM, quantized by the
     export itself) reproduces its PT2E graph; both re-read from the manifest and run by the
