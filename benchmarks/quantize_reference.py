@@ -52,11 +52,11 @@ from common import (
 )
 from openvino_peers import NNCF, nncf_quantize
 from uniformer_edge.calibration import build_dataset, calibration_set
-from uniformer_edge.engine import agreement, collect_logits, top1_drop, topk_accuracy
+from uniformer_edge.engine import agreement, collect_logits, per_clip, top1_drop, topk_accuracy
 from uniformer_edge.export.executorch import executorch_available, load_executorch, lower_executorch, run_executorch
 from uniformer_edge.quantize.xnnpack import xnnpack_quantize
 from uniformer_edge.export.onnx import export_onnx, ort_quantize_static, ort_session, run_onnx
-from uniformer_edge.export.openvino import compile_openvino, openvino_available, run_openvino
+from uniformer_edge.export.openvino import compile_openvino, openvino_available, run_openvino, save_ir
 from uniformer_edge.models import create_model, deploy
 from uniformer_edge.models.uniformer import EvoSABlock
 from uniformer_edge.quantize import QuantConfig, QuantizeJob, quantize_ptq
@@ -117,22 +117,16 @@ def openvino_ir_logits(model, calib, eval_set, example, qat_job: Optional[Quanti
     --precision int8` makes it (PT2E w8a8 in `OPENVINO_FORM`, ONNX, converted to IR), or with
     `qat_job` (`quantize --form openvino --method qat`, then `export --quantized`), and run clip by
     clip by OpenVINO at f32 inference precision."""
-    import openvino as ov
-
     started = time.time()
     if qat_job is None:
         program, _ = quantize_ptq(model, calib, QuantConfig(recipe="w8a8", **OPENVINO_FORM), example, progress=False)
     else:
         program, _, _ = run_qat(model, calib, qat_job, example, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_onnx(program, Path(tmp) / "int8.onnx")
-        ov.save_model(ov.convert_model(str(onnx_path)), str(Path(tmp) / "int8.xml"), compress_to_fp16=False)
-        compiled, _ = compile_openvino(Path(tmp) / "int8.xml", "CPU", torch.get_num_threads(), "f32")
+        ir = save_ir(export_onnx(program, Path(tmp) / "int8.onnx"), Path(tmp) / "int8.openvino")
+        compiled, _ = compile_openvino(ir, "CPU", torch.get_num_threads(), "f32")
     seconds = time.time() - started
-
-    def run(x):
-        return torch.cat([run_openvino(compiled, x[i : i + 1]) for i in range(len(x))])
-
+    run = per_clip(lambda clip: run_openvino(compiled, clip))
     return collect_logits(run, eval_set, batch_size=32, desc="OpenVINO IR")[0], seconds
 
 
@@ -154,10 +148,8 @@ def nncf_row(float_onnx: Path, calib, eval_set, preset: str, options: dict):
         ov.save_model(quantized, str(Path(tmp) / "int8.xml"))
         compiled, _ = compile_openvino(Path(tmp) / "int8.xml", "CPU", torch.get_num_threads(), "f32")
         seconds = time.time() - started
-
-        def run(x):  # one clip at a time: the export's batch dimension is the example's
-            return torch.cat([run_openvino(compiled, x[i : i + 1]) for i in range(len(x))])
-
+        # one clip at a time: the export's batch dimension is the example's
+        run = per_clip(lambda clip: run_openvino(compiled, clip))
         return name, collect_logits(run, eval_set, batch_size=32, desc=name)[0], seconds
 
 
@@ -238,6 +230,24 @@ def main():
     calib = calibration_set(build_dataset("synthetic", "train", **data), args.num_calib, seed=0, batch_size=8)
     eval_set = build_dataset("synthetic", "test", num_clips=args.num_eval, **data)
     example = next(iter(calib))[0][:1]
+
+    def qat_job(config: QuantConfig, tmp: str, epochs: int, lr: float, **options) -> QuantizeJob:
+        """A QAT job of the reference checkpoint on `args.qat_clips` synthetic training clips per epoch."""
+        return QuantizeJob(
+            variant=R["variant"],
+            config=config,
+            method="qat",
+            checkpoint=str(ckpt),
+            train_data="synthetic",
+            frames=R["frames"],
+            size=R["size"],
+            num_calib=args.num_calib,
+            qat_epochs=epochs,
+            qat_clips=args.qat_clips,
+            qat_lr=lr,
+            out=str(Path(tmp) / "qat"),
+            **options,
+        )
 
     def run_torch(fn):
         with torch.no_grad():
@@ -345,21 +355,8 @@ def main():
             )
             # QAT as the ExecuTorch program's: distillation only, the same epochs, clips and learning rate
             with tempfile.TemporaryDirectory() as tmp:
-                job = QuantizeJob(
-                    variant=R["variant"],
-                    config=QuantConfig(recipe="w8a8", qat=True, **OPENVINO_FORM),
-                    method="qat",
-                    checkpoint=str(ckpt),
-                    train_data="synthetic",
-                    frames=R["frames"],
-                    size=R["size"],
-                    num_calib=args.num_calib,
-                    qat_epochs=args.et_qat_epochs,
-                    qat_clips=args.qat_clips,
-                    qat_lr=args.et_qat_lr,
-                    distill_weight=1.0,
-                    out=str(Path(tmp) / "qat"),
-                )
+                config = QuantConfig(recipe="w8a8", qat=True, **OPENVINO_FORM)
+                job = qat_job(config, tmp, args.et_qat_epochs, args.et_qat_lr, distill_weight=1.0)
                 record(
                     OPENVINO_IR_QAT_ROW,
                     *openvino_ir_logits(model, calib, eval_set, example, job),
@@ -409,20 +406,7 @@ def main():
             lossy = [n for n in ("ours PTQ w4a8 (minmax)", "ours PTQ w4") if rows[n]["drop_points"] > 1.0]
             recipe = "w4a8" if "ours PTQ w4a8 (minmax)" in lossy else ("w4" if lossy else "w4a8")
             with tempfile.TemporaryDirectory() as tmp:
-                job = QuantizeJob(
-                    variant=R["variant"],
-                    config=QuantConfig(recipe=recipe, qat=True),
-                    method="qat",
-                    checkpoint=str(ckpt),
-                    train_data="synthetic",
-                    frames=R["frames"],
-                    size=R["size"],
-                    num_calib=args.num_calib,
-                    qat_epochs=args.qat_epochs,
-                    qat_clips=args.qat_clips,
-                    qat_lr=args.qat_lr,
-                    out=str(Path(tmp) / "qat"),
-                )
+                job = qat_job(QuantConfig(recipe=recipe, qat=True), tmp, args.qat_epochs, args.qat_lr)
                 started = time.time()
                 program, _, info = run_qat(model, calib, job, example)
                 qat_info = info["qat"]

@@ -28,7 +28,7 @@ from ..errors import ExportError, InputError
 from ..engine import per_clip
 from ..forms import frame_batched
 from ..models import deploy
-from .base import FP16_PARITY, FP32_PARITY, Format, Precision, Reference, Runner, Runtime, Threshold, tally
+from .base import FP16_PARITY, FP32_PARITY, PT2E_PARITY, Format, Precision, Reference, Runner, Runtime, Threshold, tally
 from .. import __version__
 
 __all__ = [
@@ -465,7 +465,7 @@ def _build(ctx, precision: Precision, path: Path) -> dict:
         "reference_parity": reference_parity,
         "neural_engine": neural_engine_census(reference.program),
         "target": job.target,
-        "input": {"name": "video", "shape": [1, 3, *ctx.thw()], "dtype": "float32"},
+        "input": ctx.input_spec(1),
     }
     if form_note:
         info["form_note"] = form_note
@@ -485,7 +485,7 @@ FORMAT = Format(
     thresholds={
         Precision.FP32: FP32_PARITY,
         Precision.FP16: FP16_PARITY,
-        Precision.INT8: Threshold(Reference.PT2E_GRAPH, min_cosine=0.999),
+        Precision.INT8: PT2E_PARITY,
         **{
             p: Threshold(Reference.PACKAGE_WEIGHTS, min_cosine=0.999)
             for p in (Precision.W8, Precision.W4, Precision.PALETTIZE4, Precision.PALETTIZE6)

@@ -110,7 +110,7 @@ def _build(ctx, precision: Precision, path: Path) -> dict:
         "census": census,
         "parity": parity,
         "quantization": quantization,
-        "input": {"name": "video", "shape": [1, 3, *ctx.thw()], "dtype": "float32"},
+        "input": ctx.input_spec(1),
     }
 
 

@@ -21,7 +21,7 @@ from torch.export import Dim, ExportedProgram
 
 from ..errors import ExportError, InputError
 from ..models import deploy
-from .base import FP16_PARITY, FP32_PARITY, Format, Precision, Reference, Runner, Runtime, Threshold, tally
+from .base import FP16_PARITY, FP32_PARITY, PT2E_PARITY, Format, Precision, Reference, Runner, Runtime, Threshold, tally
 from .._cpu import has_int8_dot_product, is_x86
 from .._io import atomic_write
 
@@ -402,13 +402,12 @@ def _build(ctx, precision: Precision, path: Path) -> dict:
         **extra,
         "census": census,
         "parity": parity,
-        "input": {"name": "video", "shape": ["batch", 3, *ctx.thw()], "dtype": "float32"},
+        "input": ctx.input_spec("batch"),
     }
 
 
-# Exports of a PT2E graph must reproduce that graph in PyTorch. No elementwise bound holds for
-# int8: a rounding tie in one int8 value can cascade. ONNX Runtime's own quantize_static has no
-# PyTorch counterpart.
+# Exports of a PT2E graph must reproduce that graph in PyTorch (`PT2E_PARITY`). ONNX Runtime's own
+# quantize_static has no PyTorch counterpart.
 FORMAT = Format(
     name="onnx",
     suffix=".onnx",
@@ -416,7 +415,7 @@ FORMAT = Format(
     thresholds={
         Precision.FP32: FP32_PARITY,
         Precision.FP16: FP16_PARITY,
-        **{p: Threshold(Reference.PT2E_GRAPH, min_cosine=0.999) for p in (Precision.INT8, Precision.W8, Precision.W4)},
+        **{p: PT2E_PARITY for p in (Precision.INT8, Precision.W8, Precision.W4)},
         Precision.INT8_ORT: Threshold(Reference.NONE),
         Precision.INT8_ORT_ENTROPY: Threshold(Reference.NONE),
     },

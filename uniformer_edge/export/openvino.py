@@ -18,10 +18,19 @@ from torch import Tensor
 from ..errors import InputError
 from ..models import deploy
 from ..quantize.config import OPENVINO_FORM
-from .base import FP32_PARITY, Format, Precision, Reference, Runner, Runtime, Threshold, tally
+from .base import FP32_PARITY, PT2E_PARITY, Format, Precision, Runner, Runtime, tally
 from .onnx import export_onnx
 
-__all__ = ["FORMAT", "RUNTIME", "openvino_available", "compile_openvino", "run_openvino", "ir_model", "DEVICES"]
+__all__ = [
+    "FORMAT",
+    "RUNTIME",
+    "openvino_available",
+    "compile_openvino",
+    "run_openvino",
+    "ir_model",
+    "save_ir",
+    "DEVICES",
+]
 
 DEVICES = ("CPU", "GPU")
 
@@ -93,6 +102,17 @@ def ir_op_census(path) -> dict[str, int]:
     return tally(op.get_type_name() for op in ov.Core().read_model(str(ir_model(path))).get_ordered_ops())
 
 
+def save_ir(onnx_path, folder) -> Path:
+    """The ONNX model at `onnx_path` converted to an IR folder `folder` (created); returns it."""
+    import openvino as ov
+
+    folder = Path(folder)
+    folder.mkdir()
+    # Weights stay fp32: fp16-compressed IR weights are widened again on CPUs.
+    ov.save_model(ov.convert_model(str(onnx_path)), str(folder / IR_XML), compress_to_fp16=False)
+    return folder
+
+
 def _as_lists(settings: dict) -> dict:
     return {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in settings.items()}
 
@@ -114,9 +134,7 @@ def _build(ctx, precision: Precision, path: Path) -> dict:
             export_onnx(program, onnx_path)
         else:
             export_onnx(deploy(ctx.model), onnx_path, ctx.example)
-        path.mkdir()
-        # Weights stay fp32: fp16-compressed IR weights are widened again on CPUs.
-        ov.save_model(ov.convert_model(str(onnx_path)), str(path / IR_XML), compress_to_fp16=False)
+        save_ir(onnx_path, path)
     finally:
         onnx_path.unlink(missing_ok=True)
     if "quantization" in about and _as_lists(about["quantization"]) != _as_lists(OPENVINO_FORM):
@@ -137,7 +155,7 @@ def _build(ctx, precision: Precision, path: Path) -> dict:
         **about,
         "census": ir_op_census(path),
         "parity": parity,
-        "input": {"name": "video", "shape": ["batch", 3, *ctx.thw()], "dtype": "float32"},
+        "input": ctx.input_spec("batch"),
     }
 
 
@@ -148,7 +166,7 @@ FORMAT = Format(
     runtime="openvino",
     thresholds={
         Precision.FP32: FP32_PARITY,
-        Precision.INT8: Threshold(Reference.PT2E_GRAPH, min_cosine=0.999),
+        Precision.INT8: PT2E_PARITY,
     },
     build=_build,
     census=ir_op_census,

@@ -281,6 +281,10 @@ class ExportContext:
         )
         return QATSchedule(epochs=j.qat_epochs, lr=j.qat_lr, batch_size=8, seed=j.seed, distill_weight=1.0), train_set
 
+    def input_spec(self, batch) -> dict:
+        """The manifest's `input` of an artifact taking `batch` clips (an int, or "batch": dynamic)."""
+        return {"name": "video", "shape": [batch, 3, *self.thw()], "dtype": "float32"}
+
     def thw(self) -> list[int]:
         return [self.job.frames, self.job.size, self.job.size]
 
