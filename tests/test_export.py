@@ -781,7 +781,8 @@ def test_openvino_ir_export(tmp_path, overrides):
             continue
         (runner,) = runners_for(artifact, "openvino", 2)
         compiled, _ = compile_openvino(artifact.path, "CPU", threads=2)
-        assert runner.backend == "openvino" and torch.equal(runner.fn(clips), run_openvino(compiled, clips))
+        per_clip = torch.cat([run_openvino(compiled, clip[None]) for clip in clips])
+        assert runner.backend == "openvino" and runner.fixed_batch == 1 and torch.equal(runner.fn(clips), per_clip)
     if not is_x86():
         return
     native = _openvino_logits(out / int8["path"], clips, tmp_path / "native.npy")
@@ -796,7 +797,8 @@ def _openvino_logits(path, clips, out, **env) -> torch.Tensor:
     code = (
         "import sys, numpy, torch; from uniformer_edge.export.openvino import compile_openvino, run_openvino; "
         "compiled, _ = compile_openvino(sys.argv[1], 'CPU', threads=2); "
-        "numpy.save(sys.argv[2], run_openvino(compiled, torch.from_numpy(numpy.load(sys.argv[2]))).numpy())"
+        "clips = torch.from_numpy(numpy.load(sys.argv[2])); "
+        "numpy.save(sys.argv[2], torch.cat([run_openvino(compiled, c[None]) for c in clips]).numpy())"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, str(path), str(out)], env={**os.environ, **env}, capture_output=True, text=True

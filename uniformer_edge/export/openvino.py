@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..engine import per_clip
 from ..errors import InputError
 from ..models import deploy
 from ..quantize.config import OPENVINO_FORM
@@ -90,7 +91,11 @@ def run_openvino(compiled, clips: Tensor) -> Tensor:
 
 def _runner(path, device: str, threads: int, source: dict) -> Runner:
     compiled, settings = compile_openvino(path, device, threads)
-    return Runner("openvino", device, lambda clips: run_openvino(compiled, clips), extra={"openvino_config": settings})
+    extra = {"openvino_config": settings}
+    if Path(path).is_dir():  # an IR folder: a static batch of one (`save_ir`)
+        run = per_clip(lambda clip: run_openvino(compiled, clip))
+        return Runner("openvino", device, run, fixed_batch=1, extra=extra)
+    return Runner("openvino", device, lambda clips: run_openvino(compiled, clips), extra=extra)
 
 
 IR_XML = "model.xml"  # an IR artifact is a folder: model.xml (the graph) beside model.bin (the weights)
@@ -103,13 +108,19 @@ def ir_op_census(path) -> dict[str, int]:
 
 
 def save_ir(onnx_path, folder) -> Path:
-    """The ONNX model at `onnx_path` converted to an IR folder `folder` (created); returns it."""
+    """The ONNX model at `onnx_path` converted to an IR folder `folder` (created) with a static batch
+    of one; returns it. OpenVINO runs the int8 graphs of token-pruning models wrongly on a batch of
+    several clips (each clip alone is right), so the IR takes one clip, as Core ML and ExecuTorch do."""
     import openvino as ov
 
     folder = Path(folder)
     folder.mkdir()
+    model = ov.convert_model(str(onnx_path))
+    shape = model.input(0).get_partial_shape()
+    shape[0] = 1
+    model.reshape({model.input(0): shape})
     # Weights stay fp32: fp16-compressed IR weights are widened again on CPUs.
-    ov.save_model(ov.convert_model(str(onnx_path)), str(folder / IR_XML), compress_to_fp16=False)
+    ov.save_model(model, str(folder / IR_XML), compress_to_fp16=False)
     return folder
 
 
@@ -146,7 +157,7 @@ def _build(ctx, precision: Precision, path: Path) -> dict:
     compiled, settings = compile_openvino(path, "CPU")
     parity = ctx.parity(
         f"openvino {ov.__version__} CPU",
-        run_openvino(compiled, ctx.clips),
+        per_clip(lambda clip: run_openvino(compiled, clip))(ctx.clips),
         FORMAT.thresholds[precision],
         (lambda: program.module()(ctx.clips)) if program is not None else None,
     )
@@ -155,7 +166,7 @@ def _build(ctx, precision: Precision, path: Path) -> dict:
         **about,
         "census": ir_op_census(path),
         "parity": parity,
-        "input": ctx.input_spec("batch"),
+        "input": ctx.input_spec(1),
     }
 
 
