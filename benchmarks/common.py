@@ -54,6 +54,12 @@ INT8_DROP_BOUNDS = (
 )
 
 
+def row_clips(row: dict, result: dict) -> int:
+    """The test clips a row of results/quantize_reference.json was scored on: its own count where it
+    was scored on more than the table (`--openvino-only --num-eval N`), else the table's."""
+    return row.get("clips", result["evaluation_clips"])
+
+
 def drop_verdict(row: dict, bound: float, clips: int) -> str:
     """A row's top-1 drop against `bound`, as far as its `clips` tell: met when the drop plus two
     paired standard errors is within the bound, NOT met when the drop minus two is beyond it;

@@ -249,12 +249,38 @@ def test_results_keep_a_section_per_cpu_type(tmp_path, monkeypatch):
     text = "\n".join(run_suite.cpu_type_sections(known))
     assert "### AMD EPYC, AVX2, no VNNI" in text and "| s.pte | int8 | executorch XNNPACK | 660.0 | 3.00 |" in text
 
+    # openvino_peers.py's verdicts enter the CPU type they ran on, beside the suite's figures or alone,
+    # and a later suite run there keeps them.
+    def peers(isas, ours_ms, rival_ms, int8_dot):
+        rival = "OpenVINO fp32 (our ONNX)"
+        return {
+            "ours": "OpenVINO int8 IR (ours)",
+            "median_ms": {"OpenVINO int8 IR (ours)": ours_ms, rival: rival_ms},
+            "fastest_openvino_as_accurate": rival,
+            "ratio_to_ours": {rival: {"median": rival_ms / ours_ms, "p10": 1.0, "p90": 2.0}},
+            "goal_met": rival_ms / ours_ms >= 1.3,
+            "int8_goal_met": ours_ms <= 85 if int8_dot else None,
+            "environment": {"processor": "AMD EPYC", "instruction_sets": isas, "versions": {"openvino": "2026.4.1"}},
+        }
+
+    run_suite.record_cpu_type(None, path, peers(["avx2", "avx512f", "avx512_vnni"], 80.0, 114.0, True))
+    run_suite.record_cpu_type(None, path, peers(["avx2", "fma"], 500.0, 550.0, False))
+    known = run_suite.record_cpu_type(None, path, peers(["avx512f"], 300.0, 600.0, False))
+    known = run_suite.record_cpu_type({**vnni, "rows": [{**vnni["rows"][0], "latency": {"median_ms": 98.0}}]}, path)
+    assert known["AMD EPYC, AVX-512 VNNI"]["openvino_peers"]["ours_ms"] == 80.0
+    assert [r["median_ms"] for r in known["AMD EPYC, AVX-512 VNNI"]["rows"]] == [98.0]
+    text = "\n".join(run_suite.cpu_type_sections(known))
+    assert "OpenVINO fp32 (our ONNX), 114.0 ms: 1.43x our time (goal 1.3x), met; int8 at 85 ms or less: met." in text
+    assert "550.0 ms: 1.10x our time (goal 1.3x), NOT met." in text  # no int8 goal without VNNI
+    assert "### AMD EPYC, AVX-512, no VNNI" in text and "The suite has not run on this CPU type." in text
+
 
 def test_accuracy_bounds_judged_only_where_the_clips_resolve_them(monkeypatch):
     """A drop meets a bound when drop + 2 s.e. is within it, fails when drop - 2 s.e. is beyond it,
     and is reported unresolved in between; a peer ahead of ours counts only beyond two s.e."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import quantize_reference
+    import run_suite
     from common import EXECUTORCH_QAT_ROW, EXECUTORCH_ROW, drop_verdict
 
     def row(top1, drop, se, group="ours"):
@@ -280,23 +306,52 @@ def test_accuracy_bounds_judged_only_where_the_clips_resolve_them(monkeypatch):
     assert targets["w8a8_not_resolvably_less_accurate_than_any_peer"].startswith("met within noise (peer A")
     assert targets["executorch_int8_drop_at_most_0.3"].startswith("not resolved")
     assert targets["executorch_int8_qat_drop_at_most_0.1"] == "met"
-    result["rows"]["peer A"]["top1"] = 0.9700  # a full point ahead, s.e. 0.11: resolved
+    result["rows"]["peer A"]["drop_points"] = -1.0  # a full point ahead, s.e. 0.11: resolved
     assert quantize_reference.targets_of(result)["w8a8_not_resolvably_less_accurate_than_any_peer"].startswith(
         "NOT met"
     )
+    # A row scored on more clips than the table is judged on its own: 0.05 ± 0.10 on 6000 clips does
+    # not resolve 0.1 points, the same drop ± 0.02 on 24000 clips does.
+    result["rows"][EXECUTORCH_QAT_ROW] = row(0.9600, 0.05, 0.10)
+    assert quantize_reference.targets_of(result)["executorch_int8_qat_drop_at_most_0.1"].startswith(
+        "not resolved by 6000 clips"
+    )
+    result["rows"][EXECUTORCH_QAT_ROW] = {**row(0.9600, 0.05, 0.02), "clips": 24000}
+    assert quantize_reference.targets_of(result)["executorch_int8_qat_drop_at_most_0.1"] == "met"
+    assert "after QAT (`--qat-epochs`) (24000 test clips): drop 0.05" in run_suite._accuracy_condition(
+        {"format": "executorch"}, result
+    )
+    result["rows"][EXECUTORCH_QAT_ROW] = row(0.9620, -0.20, 0.12)
+    # and its float row of those clips stands just before the first row scored on them
+    rows = {
+        "float (fp32)": {"group": "float"},  # a row written before rows kept their clip count
+        "float (fp32), 24000 clips": {"group": "float", "clips": 24000},
+        "a": {"group": "ours", "clips": 6000},
+        "b": {"group": "ours", "clips": 24000},
+        "float (fp32), 12000 clips": {"group": "float", "clips": 12000},  # its rows rescored since
+    }
+    assert list(quantize_reference._float_beside_its_rows(rows, 6000)) == [
+        "float (fp32)",
+        "a",
+        "float (fp32), 24000 clips",
+        "b",
+    ]
     assert quantize_reference._command({"evaluation_clips": 1200, "calibration_clips": 32}).endswith("--num-eval 1200")
     # The suite judges its fastest int8 path by the bounds of that path's format, on that format's rows.
-    import run_suite
     from common import OPENVINO_IR_QAT_ROW, OPENVINO_IR_ROW
 
     result["rows"][OPENVINO_IR_ROW] = row(0.9601, 0.05, 0.10)
     assert quantize_reference.targets_of(result)["openvino_int8_drop_at_most_0.3"] == "met"
     openvino = run_suite._accuracy_condition({"format": "openvino"}, result)
-    assert "0.3 points calibrated" in openvino and openvino.endswith("calibrated: drop 0.05 ± 0.10 s.e. points, met")
+    assert "0.3 points calibrated" in openvino and openvino.endswith(
+        "calibrated (6000 test clips): drop 0.05 ± 0.10 s.e. points, met"
+    )
     result["rows"][OPENVINO_IR_QAT_ROW] = row(0.9600, 0.25, 0.05)
     assert quantize_reference.targets_of(result)["openvino_int8_qat_drop_at_most_0.1"] == "NOT met"
     openvino = run_suite._accuracy_condition({"format": "openvino"}, result)
-    assert openvino.endswith("after QAT (`quantize --method qat`): drop 0.25 ± 0.05 s.e. points, NOT met")
+    assert openvino.endswith(
+        "after QAT (`quantize --method qat`) (6000 test clips): drop 0.25 ± 0.05 s.e. points, NOT met"
+    )
     executorch = run_suite._accuracy_condition({"format": "executorch"}, result)
     assert "drop 0.20" in executorch and "drop -0.20" in executorch and "drop 0.05" not in executorch
     assert "not measured" in run_suite._accuracy_condition({"format": "onnx"}, result)

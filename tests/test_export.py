@@ -853,8 +853,11 @@ def test_openvino_runs_the_onnx_exports_as_onnxruntime_does(light_float):
         assert settings["INFERENCE_PRECISION_HINT"] == "f32" and settings["PERFORMANCE_HINT"] == "LATENCY"
         got, expected = run_openvino(compiled, clips), run_onnx(ort_session(path), clips)
         assert float((got - expected).abs().max() / expected.abs().max()) < 1e-3, precision
+        # The runtime runs the clips one by one (OpenVINO's int8 batch bug, `save_ir`): the same logits.
         (runner,) = RUNTIMES["openvino"].runners(path, 2, {})
-        assert runner.extra["openvino_config"]["device"] == "CPU" and torch.equal(runner.fn(clips), got)
+        assert runner.extra["openvino_config"]["device"] == "CPU" and runner.fixed_batch is None
+        one_by_one = torch.cat([run_openvino(compiled, clip[None]) for clip in clips])
+        assert torch.equal(runner.fn(clips), one_by_one)
     # Left unset, the precision is the plugin's choice for this CPU, and the settings say which.
     _, default = compile_openvino(path, "CPU", threads=2, precision=None)
     chosen, note = default["INFERENCE_PRECISION_HINT"].split(" ", 1)

@@ -91,11 +91,10 @@ def run_openvino(compiled, clips: Tensor) -> Tensor:
 
 def _runner(path, device: str, threads: int, source: dict) -> Runner:
     compiled, settings = compile_openvino(path, device, threads)
-    extra = {"openvino_config": settings}
-    if Path(path).is_dir():  # an IR folder: a static batch of one (`save_ir`)
-        run = per_clip(lambda clip: run_openvino(compiled, clip))
-        return Runner("openvino", device, run, fixed_batch=1, extra=extra)
-    return Runner("openvino", device, lambda clips: run_openvino(compiled, clips), extra=extra)
+    # Clip by clip, ONNX files too: the batch bug of `save_ir` is OpenVINO's, whatever it reads.
+    run = per_clip(lambda clip: run_openvino(compiled, clip))
+    fixed_batch = 1 if Path(path).is_dir() else None  # an IR folder: a static batch of one (`save_ir`)
+    return Runner("openvino", device, run, fixed_batch=fixed_batch, extra={"openvino_config": settings})
 
 
 IR_XML = "model.xml"  # an IR artifact is a folder: model.xml (the graph) beside model.bin (the weights)
