@@ -205,6 +205,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score only the OpenVINO rows (NNCF's int8 models); keep the rest of results/quantize_reference.json",
     )
+    p.add_argument(
+        "--keep-nncf-rows",
+        action="store_true",
+        help="with --openvino-only: keep NNCF's rows of results/quantize_reference.json (our recipes do not "
+        "change them) and score our OpenVINO IR rows alone",
+    )
     only.add_argument(
         "--rewrite",
         action="store_true",
@@ -222,7 +228,9 @@ def main():
         return
     if args.executorch_only and executorch_available():  # else the committed row would be kept as if rescored
         raise SystemExit(f"--executorch-only: {executorch_available()}")
-    if args.openvino_only and nncf_available():
+    if args.keep_nncf_rows and not args.openvino_only:
+        raise SystemExit("--keep-nncf-rows goes with --openvino-only")
+    if args.openvino_only and nncf_available() and not args.keep_nncf_rows:
         raise SystemExit(f"--openvino-only: {nncf_available()}")
     torch.manual_seed(0)
     ckpt = reference_checkpoint()
@@ -232,8 +240,9 @@ def main():
     eval_set = build_dataset("synthetic", "test", num_clips=args.num_eval, **data)
     example = next(iter(calib))[0][:1]
 
-    def qat_job(config: QuantConfig, tmp: str, epochs: int, lr: float, **options) -> QuantizeJob:
-        """A QAT job of the reference checkpoint on `args.qat_clips` synthetic training clips per epoch."""
+    def qat_job(config: QuantConfig, tmp: str, **options) -> QuantizeJob:
+        """A QAT job of the reference checkpoint on synthetic training clips; what `options` leave
+        unset is the quantize CLI's default."""
         return QuantizeJob(
             variant=R["variant"],
             config=config,
@@ -243,9 +252,6 @@ def main():
             frames=R["frames"],
             size=R["size"],
             num_calib=args.num_calib,
-            qat_epochs=epochs,
-            qat_clips=args.qat_clips,
-            qat_lr=lr,
             out=str(Path(tmp) / "qat"),
             **options,
         )
@@ -365,19 +371,22 @@ def main():
                 "ours",
                 "`export --format openvino --precision int8`, run by OpenVINO's CPU plugin at f32",
             )
-            # QAT as the ExecuTorch program's: distillation only, the same epochs, clips and learning rate
+            # QAT as a user makes it: `quantize --form openvino --method qat` at the CLI's defaults
             with tempfile.TemporaryDirectory() as tmp:
                 config = QuantConfig(recipe="w8a8", qat=True, **OPENVINO_FORM)
-                job = qat_job(config, tmp, args.et_qat_epochs, args.et_qat_lr, distill_weight=1.0)
+                job = qat_job(config, tmp)
                 record(
                     OPENVINO_IR_QAT_ROW,
                     *openvino_ir_logits(model, calib, eval_set, example, job),
                     "ours",
-                    f"`quantize --form openvino --method qat` ({job.qat_epochs} epochs x {job.qat_clips} clips, "
-                    f"lr {job.qat_lr}, distillation only), exported as IR",
+                    f"`quantize --form openvino --method qat` at its defaults ({job.qat_epochs} epoch x "
+                    f"{job.qat_clips} clips, lr {job.qat_lr}, labels and distillation weight {job.distill_weight}), "
+                    "exported as IR",
                 )
         missing = nncf_available()
-        if missing:
+        if args.keep_nncf_rows:
+            print("NNCF rows kept from results/quantize_reference.json", flush=True)
+        elif missing:
             print(f"NNCF rows skipped: {missing}", flush=True)
         else:
             with tempfile.TemporaryDirectory() as tmp:
@@ -418,7 +427,13 @@ def main():
             lossy = [n for n in ("ours PTQ w4a8 (minmax)", "ours PTQ w4") if rows[n]["drop_points"] > 1.0]
             recipe = "w4a8" if "ours PTQ w4a8 (minmax)" in lossy else ("w4" if lossy else "w4a8")
             with tempfile.TemporaryDirectory() as tmp:
-                job = qat_job(QuantConfig(recipe=recipe, qat=True), tmp, args.qat_epochs, args.qat_lr)
+                job = qat_job(
+                    QuantConfig(recipe=recipe, qat=True),
+                    tmp,
+                    qat_epochs=args.qat_epochs,
+                    qat_clips=args.qat_clips,
+                    qat_lr=args.qat_lr,
+                )
                 started = time.time()
                 program, _, info = run_qat(model, calib, job, example)
                 qat_info = info["qat"]
@@ -477,10 +492,14 @@ def main():
     if args.openvino_only:  # the rest of the table is the earlier run's, on its machine
         result.update(
             command=previous.get("command") or _command(previous),
+            evaluation_clips=previous["evaluation_clips"],  # the table's; rows scored on more say so
             environment=previous["environment"],
             executorch_row_rescored_alone=previous["executorch_row_rescored_alone"],
             openvino_rows_scored_alone={"command": _command(vars(args)), "environment": environment()},
         )
+        earlier = previous.get("openvino_rows_scored_alone")
+        if args.keep_nncf_rows and earlier:
+            result["openvino_rows_scored_alone"]["nncf_rows"] = earlier.get("nncf_rows", earlier)
     write_report(result)
 
 
@@ -646,6 +665,9 @@ def write_report(result: dict) -> None:
         lines[-1] += (
             f" The OpenVINO rows were scored afterwards: `{alone['command']}` ({machine_line(alone['environment'])})."
         )
+        nncf = alone.get("nncf_rows")
+        if nncf:
+            lines[-1] += f" NNCF's rows come from an earlier `{nncf['command']}` ({machine_line(nncf['environment'])})."
     write_results("quantize_reference", result, "\n".join(lines) + "\n")
 
 
