@@ -53,7 +53,7 @@ from common import (
 )
 from openvino_peers import NNCF, nncf_quantize
 from uniformer_edge.calibration import build_dataset, calibration_set
-from uniformer_edge.engine import agreement, collect_logits, per_clip, top1_drop, topk_accuracy
+from uniformer_edge.engine import agreement, collect_logits, top1_drop, topk_accuracy
 from uniformer_edge.export.executorch import executorch_available, load_executorch, lower_executorch, run_executorch
 from uniformer_edge.quantize.xnnpack import xnnpack_quantize
 from uniformer_edge.export.onnx import export_onnx, ort_quantize_static, ort_session, run_onnx
@@ -127,8 +127,7 @@ def openvino_ir_logits(model, calib, eval_set, example, qat_job: Optional[Quanti
         ir = save_ir(export_onnx(program, Path(tmp) / "int8.onnx"), Path(tmp) / "int8.openvino")
         compiled, _ = compile_openvino(ir, "CPU", torch.get_num_threads(), "f32")
     seconds = time.time() - started
-    run = per_clip(lambda clip: run_openvino(compiled, clip))
-    return collect_logits(run, eval_set, batch_size=32, desc="OpenVINO IR")[0], seconds
+    return collect_logits(lambda x: run_openvino(compiled, x), eval_set, batch_size=32, desc="OpenVINO IR")[0], seconds
 
 
 def nncf_row(float_onnx: Path, calib, eval_set, preset: str, options: dict):
@@ -149,8 +148,7 @@ def nncf_row(float_onnx: Path, calib, eval_set, preset: str, options: dict):
         ov.save_model(quantized, str(Path(tmp) / "int8.xml"))
         compiled, _ = compile_openvino(Path(tmp) / "int8.xml", "CPU", torch.get_num_threads(), "f32")
         seconds = time.time() - started
-        # one clip at a time: the export's batch dimension is the example's
-        run = per_clip(lambda clip: run_openvino(compiled, clip))
+        run = lambda x: run_openvino(compiled, x)  # noqa: E731  (clip by clip: the export's batch is the example's)
         return name, collect_logits(run, eval_set, batch_size=32, desc=name)[0], seconds
 
 
@@ -230,8 +228,10 @@ def main():
         raise SystemExit(f"--executorch-only: {executorch_available()}")
     if args.keep_nncf_rows and not args.openvino_only:
         raise SystemExit("--keep-nncf-rows goes with --openvino-only")
-    if args.openvino_only and nncf_available() and not args.keep_nncf_rows:
-        raise SystemExit(f"--openvino-only: {nncf_available()}")
+    if args.openvino_only:  # else the committed rows would be kept as if rescored
+        missing = openvino_available() if args.keep_nncf_rows else nncf_available()
+        if missing:
+            raise SystemExit(f"--openvino-only: {missing}")
     torch.manual_seed(0)
     ckpt = reference_checkpoint()
     model = create_model(R["variant"], num_classes=12, checkpoint=ckpt).eval()

@@ -108,7 +108,6 @@ def performance_targets(rows: list[dict], reference: Optional[dict], variant: st
     # The ratio stored in the row is to the baseline timed right after it.
     vs_eager, vs_ort = best["speedup_vs_torch_fp32"], median(ort) / median(best)
     eager_ms = median(best) * vs_eager
-    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     min_eager, min_ort = (GOALS[key][1] for key in ("vs_torch_eager_fp32", "vs_faster_ort_quantize_static"))
     lines = [
         "## Performance targets (UniFormer-S 8x224, this run)",
@@ -117,9 +116,9 @@ def performance_targets(rows: list[dict], reference: Optional[dict], variant: st
         f"(SQNR vs float {best['accuracy']['vs_float']['sqnr_db']:.1f} dB).",
         "",
         f"- at least {min_eager}x torch eager fp32 ({eager_ms:.1f} ms): {vs_eager:.2f}x, "
-        f"{verdict(vs_eager >= min_eager)}",
+        f"{_verdict(vs_eager >= min_eager)}",
         f"- at least {min_ort}x ORT quantize_static ({ort['artifact']}, {median(ort):.1f} ms): {vs_ort:.2f}x, "
-        f"{verdict(vs_ort >= min_ort)}",
+        f"{_verdict(vs_ort >= min_ort)}",
     ]
     lines += [_accuracy_condition(best, reference), ""]
     paired = RESULTS / "paired_targets.json"
@@ -139,7 +138,7 @@ def performance_targets(rows: list[dict], reference: Optional[dict], variant: st
             name, minimum = GOALS[key]
             lines.append(
                 f"- at least {minimum}x {against}: {s['median']:.2f}x (per-round p10-p90 {s['p10']:.2f}-"
-                f"{s['p90']:.2f}x), {verdict(data['targets'][name])}"
+                f"{s['p90']:.2f}x), {_verdict(data['targets'][name])}"
             )
         lines.append("")
     profile = RESULTS / "profile_ops.json"
@@ -155,6 +154,10 @@ def performance_targets(rows: list[dict], reference: Optional[dict], variant: st
             lines.append(f"- {name}: {largest}")
         lines.append("")
     return lines
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
 
 
 def _accuracy_condition(best: dict, reference: Optional[dict]) -> str:
@@ -379,7 +382,6 @@ def cpu_type_sections(known: dict) -> list[str]:
 
 def _peers_line(peers: dict) -> str:
     """A CPU type's verdicts from `openvino_peers.py`: the 1.3x goal against OpenVINO, and 85 ms int8."""
-    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     line = (
         f"Against OpenVINO {peers['openvino']} ([openvino_peers.md](results/openvino_peers.md), interleaved "
         f"rounds, the last run on this CPU type): ours, {peers['ours']}, {peers['ours_ms']:.1f} ms; "
@@ -390,10 +392,10 @@ def _peers_line(peers: dict) -> str:
         line += (
             f"the fastest OpenVINO configuration at least as accurate, {peers['fastest_openvino_as_accurate']}, "
             f"{peers['rival_ms']:.1f} ms: {peers['ratio']['median']:.2f}x our time (goal {GOAL}x), "
-            f"{verdict(peers['goal_met'])}"
+            f"{_verdict(peers['goal_met'])}"
         )
     if peers["int8_goal_met"] is not None:
-        line += f"; int8 at {INT8_GOAL_MS:g} ms or less: {verdict(peers['int8_goal_met'])}"
+        line += f"; int8 at {INT8_GOAL_MS:g} ms or less: {_verdict(peers['int8_goal_met'])}"
     return line + "."
 
 

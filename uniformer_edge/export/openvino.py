@@ -84,16 +84,22 @@ def compile_openvino(path, device: str = "CPU", threads: Optional[int] = None, p
 
 
 def run_openvino(compiled, clips: Tensor) -> Tensor:
-    request = compiled.create_infer_request()
-    result = request.infer({"video": clips.numpy().astype(np.float32)})
-    return torch.from_numpy(np.asarray(result[compiled.output("logits")]).copy())
+    """Logits of `clips`, run one clip at a time, whatever the model read: OpenVINO runs the int8
+    graphs of token-pruning models wrongly on a batch of several clips (each clip alone is right),
+    and IR folders take one clip (`save_ir`)."""
+    request, logits = compiled.create_infer_request(), compiled.output("logits")
+
+    def one(clip: Tensor) -> Tensor:
+        result = request.infer({"video": clip.numpy().astype(np.float32)})
+        return torch.from_numpy(np.asarray(result[logits]).copy())  # the request reuses its buffers
+
+    return per_clip(one)(clips)
 
 
 def _runner(path, device: str, threads: int, source: dict) -> Runner:
     compiled, settings = compile_openvino(path, device, threads)
-    # Clip by clip, ONNX files too: the batch bug of `save_ir` is OpenVINO's, whatever it reads.
-    run = per_clip(lambda clip: run_openvino(compiled, clip))
     fixed_batch = 1 if Path(path).is_dir() else None  # an IR folder: a static batch of one (`save_ir`)
+    run = lambda clips: run_openvino(compiled, clips)  # noqa: E731
     return Runner("openvino", device, run, fixed_batch=fixed_batch, extra={"openvino_config": settings})
 
 
@@ -156,7 +162,7 @@ def _build(ctx, precision: Precision, path: Path) -> dict:
     compiled, settings = compile_openvino(path, "CPU")
     parity = ctx.parity(
         f"openvino {ov.__version__} CPU",
-        per_clip(lambda clip: run_openvino(compiled, clip))(ctx.clips),
+        run_openvino(compiled, ctx.clips),
         FORMAT.thresholds[precision],
         (lambda: program.module()(ctx.clips)) if program is not None else None,
     )
