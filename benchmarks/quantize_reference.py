@@ -61,7 +61,7 @@ from uniformer_edge.export.openvino import compile_openvino, openvino_available,
 from uniformer_edge.models import create_model, deploy
 from uniformer_edge.models.uniformer import EvoSABlock
 from uniformer_edge.quantize import QuantConfig, QuantizeJob, quantize_ptq
-from uniformer_edge.quantize.config import OPENVINO_FORM
+from uniformer_edge.quantize.config import OPENVINO_FORM, QAT_LR
 from uniformer_edge.quantize.ptq import calibrate, export_float
 from uniformer_edge.quantize.qat import QATSchedule, run_qat
 
@@ -186,10 +186,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--qat-epochs", type=int, default=2)
     p.add_argument("--qat-clips", type=int, default=1024)
-    p.add_argument("--qat-lr", type=float, default=1e-4)
+    p.add_argument("--qat-lr", type=float, help="default: the quantize CLI's for the recipe's weight bits")
     p.add_argument("--skip-qat", action="store_true")
     p.add_argument("--et-qat-epochs", type=int, default=2, help="QAT epochs of the ExecuTorch int8 program")
-    p.add_argument("--et-qat-lr", type=float, default=2e-5, help="its learning rate (the export CLI's default)")
+    p.add_argument("--et-qat-lr", type=float, default=QAT_LR[8], help="its learning rate (default: the export CLI's)")
     # each keeps the committed rows the others would rescore
     only = p.add_mutually_exclusive_group()
     only.add_argument(
@@ -380,7 +380,7 @@ def main():
                     *openvino_ir_logits(model, calib, eval_set, example, job),
                     "ours",
                     f"`quantize --form openvino --method qat` at its defaults ({job.qat_epochs} epoch x "
-                    f"{job.qat_clips} clips, lr {job.qat_lr}, labels and distillation weight {job.distill_weight}), "
+                    f"{job.qat_clips} clips, lr {job.qat_lr:g}, distillation weight {job.distill_weight:g}), "
                     "exported as IR",
                 )
         missing = nncf_available()
@@ -442,7 +442,8 @@ def main():
                     run_torch(program.module())[0],
                     time.time() - started,
                     "ours",
-                    f"{args.qat_epochs} epochs x {args.qat_clips} clips, lr {args.qat_lr}, distillation",
+                    f"{args.qat_epochs} epochs x {args.qat_clips} clips, lr {job.qat_lr:g}, "
+                    f"distillation weight {job.distill_weight:g}",
                 )
             ptq_drop = rows[f"ours PTQ {recipe}" + (" (minmax)" if recipe == "w4a8" else "")]["drop_points"]
             qat_info["ptq_drop_points"] = ptq_drop

@@ -217,6 +217,30 @@ def test_quantize_job_outputs(tmp_path):
         run_job(QuantizeJob(**JOB, out=str(out)), progress=False)
 
 
+def test_qat_defaults_follow_the_weight_bits():
+    """The QAT learning rate defaults by weight bit width (one table, `QAT_LR`) wherever QAT is
+    set up: the quantize CLI and its job, the export CLI's .pte QAT; an explicit one is kept, and
+    the default loss is distillation alone."""
+    from uniformer_edge.export import ExportJob
+    from uniformer_edge.export.__main__ import build_parser as export_parser
+    from uniformer_edge.quantize.__main__ import build_parser, job_from_args
+    from uniformer_edge.quantize.config import QAT_DISTILL_WEIGHT, QAT_LR
+    from uniformer_edge.quantize.qat import QATSchedule
+
+    assert set(QAT_LR) == {QuantConfig(recipe=r).weight_bits for r in ("w8a8", "w4a8", "w8", "w4")}
+    base = ["--variant", "xxs", "--method", "qat", "--train-data", "synthetic"]
+    for recipe in ("w8a8", "w4a8", "w4"):
+        job = job_from_args(build_parser().parse_args(base + ["--recipe", recipe]))
+        assert job.qat_lr == QAT_LR[QuantConfig(recipe=recipe).weight_bits]
+        assert job.distill_weight == QAT_DISTILL_WEIGHT == 1.0
+    assert job_from_args(build_parser().parse_args(base + ["--qat-lr", "2e-4"])).qat_lr == 2e-4
+    assert QuantizeJob(**JOB, method="qat", train_data="synthetic", qat_lr=0.0).qat_lr == 0.0
+    assert QAT_LR[4] != QAT_LR[8]  # else one number would do
+    assert export_parser().parse_args(["--variant", "xxs", "--out", "x"]).qat_lr == QAT_LR[8]
+    assert ExportJob(variant="xxs", out="x").qat_lr == QAT_LR[8]
+    assert QATSchedule(epochs=1, lr=1e-5, batch_size=8).distill_weight == QAT_DISTILL_WEIGHT
+
+
 @pytest.mark.slow  # minutes: run by .ci/run after the default set
 def test_qat_job_with_checkpoint(tmp_path):
     torch.manual_seed(0)

@@ -6,6 +6,7 @@ import sys
 
 from .._cli import nonnegative_int, positive_float, positive_int, Parser, run
 from ..models import list_variants
+from ..quantize.config import QAT_LR
 from .coreml import FORMS, TARGETS
 from .pipeline import ExportError, ExportJob, run_export
 from .registry import FORMATS, PRECISIONS
@@ -80,7 +81,12 @@ def build_parser() -> Parser:
     p.add_argument(
         "--qat-clips", type=positive_int, default=1024, help="synthetic training clips for --qat-epochs (default 1024)"
     )
-    p.add_argument("--qat-lr", type=positive_float, default=2e-5, help="learning rate of --qat-epochs (default 2e-5)")
+    p.add_argument(
+        "--qat-lr",
+        type=positive_float,
+        default=QAT_LR[8],
+        help=f"learning rate of --qat-epochs (default {QAT_LR[8]:g}, the quantize CLI's for int8 weights)",
+    )
     p.add_argument("--check-clips", type=positive_int, default=4, help="clips used for the parity checks (default 4)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")

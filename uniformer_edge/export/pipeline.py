@@ -26,6 +26,7 @@ from .._io import atomic_dir, check_output_dir, sha256_file, sha256_tree
 from ..calibration import build_dataset, calibration_set, read_class_names
 from ..errors import ExportError, InputError
 from ..models import ModelCard, Preprocessing, create_model, get_variant, prunes_tokens, read_state_dict
+from ..quantize.config import QAT_DISTILL_WEIGHT, QAT_LR
 from ..quantize import QuantConfig, load_program, quantize_ptq, read_quantize_config, verify_program
 from ..quantize.qat import QATSchedule
 from .base import Precision, Threshold, judge
@@ -62,7 +63,7 @@ class ExportJob:
     # QAT of the ExecuTorch int8 program (0 epochs: calibration only), on the training split of --calib-data
     qat_epochs: int = 0
     qat_clips: int = 1024
-    qat_lr: float = 2e-5
+    qat_lr: float = QAT_LR[8]  # the .pte's weights are int8
     model_overrides: dict = field(default_factory=dict)  # constructor arguments, e.g. for small test models
     quant_config: dict = field(default_factory=dict, init=False)
 
@@ -279,7 +280,9 @@ class ExportContext:
             num_clips=j.qat_clips if j.calib_data == "synthetic" else None,
             seed=j.seed,
         )
-        return QATSchedule(epochs=j.qat_epochs, lr=j.qat_lr, batch_size=8, seed=j.seed, distill_weight=1.0), train_set
+        return QATSchedule(
+            epochs=j.qat_epochs, lr=j.qat_lr, batch_size=8, seed=j.seed, distill_weight=QAT_DISTILL_WEIGHT
+        ), train_set
 
     def input_spec(self, batch) -> dict:
         """The manifest's `input` of an artifact taking `batch` clips (an int, or "batch": dynamic)."""

@@ -8,7 +8,7 @@ import sys
 from .._cli import nonnegative_float, nonnegative_int, positive_float, positive_int, Parser, run
 from ..errors import InputError
 from ..models import list_variants
-from .config import FORMS, OBSERVERS, QUANTIZABLE_OPS, RECIPES, QuantConfig
+from .config import FORMS, OBSERVERS, QAT_DISTILL_WEIGHT, QAT_LR, QUANTIZABLE_OPS, RECIPES, QuantConfig
 from .pipeline import TARGETS, QuantizeJob, run_job
 from .qat import QATStopped
 
@@ -67,7 +67,13 @@ def build_parser() -> Parser:
     p.add_argument("--train-root", help="video folder of --train-data")
     p.add_argument("--qat-epochs", type=positive_int, default=1, help="QAT epochs (default 1)")
     p.add_argument("--qat-clips", type=positive_int, default=512, help="synthetic QAT training clips per epoch")
-    p.add_argument("--qat-lr", type=positive_float, default=5e-5, help="QAT learning rate (default 5e-5)")
+    p.add_argument(
+        "--qat-lr",
+        type=positive_float,
+        help="QAT learning rate (default by weight bits: "
+        + ", ".join(f"{lr:g} at {bits}-bit" for bits, lr in QAT_LR.items())
+        + "; larger steps add noise to 8-bit weights instead of removing error)",
+    )
     p.add_argument(
         "--freeze-observers-after",
         type=nonnegative_int,
@@ -77,8 +83,9 @@ def build_parser() -> Parser:
     p.add_argument(
         "--distill-weight",
         type=nonnegative_float,
-        default=0.5,
-        help="weight of the KL distillation loss from the float model (default 0.5)",
+        default=QAT_DISTILL_WEIGHT,
+        help="weight w of the KL distillation loss from the float model; (1 - w) goes to the labels' "
+        f"cross-entropy (default {QAT_DISTILL_WEIGHT:g}: distillation only, labels not read)",
     )
     p.add_argument("--temperature", type=positive_float, default=2.0, help="distillation temperature (default 2)")
     p.add_argument(

@@ -15,6 +15,8 @@ __all__ = [
     "OPENVINO_FORM",
     "OVERFLOW_SAFE_WEIGHT_MAX",
     "FORMS",
+    "QAT_LR",
+    "QAT_DISTILL_WEIGHT",
 ]
 
 # recipe -> (weight bits, activations: "static" | "dynamic" | None)
@@ -47,6 +49,17 @@ OPENVINO_FORM = {"activation_scheme": "symmetric", "ops": ("conv", "linear", "ma
 # VNNI (AVX2's vpmaddubsw) sum two products into a saturating int16, and 2 x 255 x 63 fits it; with
 # the full -127..127 an IR computes otherwise on such a CPU than on one with VNNI (tests/test_export.py).
 OVERFLOW_SAFE_WEIGHT_MAX = 63
+# Default QAT learning rate by weight bit width (AdamW; `--qat-lr` overrides it). AdamW moves
+# every weight by about the learning rate per step whatever its gradient's size. With 8-bit
+# weights what keeps the program from float is the rounding noise of int8 activations, which
+# weight updates cannot remove: larger steps only add noise, so the default barely moves the
+# weights and QAT's gain is its activation ranges, tracked over the training clips. 4-bit weights
+# carry a systematic error that fine-tuning does reduce, at a step still small against their grid.
+# The sweep behind these is in benchmarks/results/qat_lr_sweep.md.
+QAT_LR = {8: 3e-6, 4: 1e-5}
+# Distillation only: the float model's outputs are the target and labels are not read, so QAT
+# recovers the float model rather than re-fitting it to labels (which moved it away from float).
+QAT_DISTILL_WEIGHT = 1.0
 # Named settings `quantize --form` applies: "default" changes nothing.
 FORMS = {"default": {}, "openvino": OPENVINO_FORM}
 

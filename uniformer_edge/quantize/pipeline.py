@@ -21,7 +21,7 @@ from .._io import atomic_dir, check_output_dir, sha256_file
 from ..calibration import build_dataset, calibration_set
 from ..engine import agreement, collect_logits, dataset_num_classes, init_distributed, per_clip, topk_accuracy
 from ..models import ModelCard, Preprocessing, create_model, get_variant, read_state_dict
-from .config import OPENVINO_FORM, QuantConfig
+from .config import OPENVINO_FORM, QAT_DISTILL_WEIGHT, QAT_LR, QuantConfig
 from .ptq import PreparedModel, calibrate, convert, prepare, quantize_ptq
 from .report import render_markdown
 
@@ -51,10 +51,10 @@ class QuantizeJob:
     out: Optional[str] = None
     force: bool = False
     qat_epochs: int = 1
-    qat_lr: float = 5e-5
+    qat_lr: Optional[float] = None  # None: QAT_LR for the recipe's weight bits
     qat_clips: int = 512
     freeze_observers_after: Optional[int] = None
-    distill_weight: float = 0.5
+    distill_weight: float = QAT_DISTILL_WEIGHT
     temperature: float = 2.0
     analyze: bool = False
     max_drop: Optional[float] = None
@@ -80,6 +80,8 @@ class QuantizeJob:
                 raise InputError(f"--{name} must be a positive integer, got {getattr(self, name)}")
         self.frames = spec.default_input[0] if self.frames is None else self.frames
         self.size = spec.default_input[1] if self.size is None else self.size
+        if self.qat_lr is None:
+            self.qat_lr = QAT_LR[self.config.weight_bits]
         self.out = self.out or default_out_dir(self.variant, self.config.recipe, self.method, self.target)
         if self.method == "qat" and not self.train_data:
             raise InputError("QAT needs training data: pass --train-data synthetic, or a video list with --train-root")

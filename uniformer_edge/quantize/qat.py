@@ -27,6 +27,7 @@ from .._io import atomic_torch_save
 from ..calibration import build_dataset
 from ..engine import classification_loss, epoch_batches, init_distributed, train_one_epoch
 from ..models import deploy
+from .config import QAT_DISTILL_WEIGHT
 from .ptq import calibrate, convert, prepare
 
 __all__ = ["distillation_loss", "run_qat", "qat_state_path", "QATStopped", "QATSchedule", "finetune"]
@@ -169,7 +170,7 @@ class QATSchedule:
     batch_size: int
     seed: int = 0
     freeze_observers_after: Optional[int] = None  # in steps; None: half of them
-    distill_weight: float = 0.5
+    distill_weight: float = QAT_DISTILL_WEIGHT
     temperature: float = 2.0
 
 
