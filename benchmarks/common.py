@@ -120,6 +120,26 @@ def reference_checkpoint(train_if_missing: bool = True) -> Path:
     return best
 
 
+def reference_qat_job(config, out, num_calib: int, **options):
+    """A `quantize --method qat` job of the reference checkpoint on synthetic training clips, at the
+    reference recipe's input, writing under `out`; what `options` leave unset is the CLI's default."""
+    from uniformer_edge.quantize import QuantizeJob
+
+    r = REFERENCE_RECIPE
+    return QuantizeJob(
+        variant=r["variant"],
+        config=config,
+        method="qat",
+        checkpoint=str(reference_checkpoint()),
+        train_data="synthetic",
+        frames=r["frames"],
+        size=r["size"],
+        num_calib=num_calib,
+        out=str(Path(out) / "qat"),
+        **options,
+    )
+
+
 def torchao_x86_prepare(graph: torch.fx.GraphModule):
     """torchao's stock X86 Inductor quantizer (its default static config) prepared on `graph`, as a
     user would apply it, and what it annotated: op -> count, and the Conv3d it left float. It

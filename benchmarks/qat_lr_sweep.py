@@ -19,19 +19,18 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import TensorDataset
 
 from common import REFERENCE_RECIPE as R
-from common import environment, machine_line, reference_checkpoint, write_results
+from common import environment, machine_line, reference_checkpoint, reference_qat_job, write_results
 from quantize_reference import openvino_ir_logits
 from uniformer_edge.calibration import build_dataset, calibration_set
 from uniformer_edge.engine import agreement, collect_logits, top1_drop
 from uniformer_edge.export.openvino import openvino_available
 from uniformer_edge.models import create_model
-from uniformer_edge.quantize import QuantConfig, QuantizeJob, quantize_ptq
+from uniformer_edge.quantize import QuantConfig, quantize_ptq
 from uniformer_edge.quantize.config import OPENVINO_FORM, QAT_DISTILL_WEIGHT, QAT_LR
 from uniformer_edge.quantize.qat import run_qat
 
@@ -63,20 +62,6 @@ def main():
     eval_set = TensorDataset(clips, labels)
     with torch.no_grad():
         float_logits = collect_logits(model, eval_set, batch_size=32, desc="float")[0]
-
-    def job(config: QuantConfig, tmp: str, **options) -> QuantizeJob:
-        return QuantizeJob(
-            variant=R["variant"],
-            config=config,
-            method="qat",
-            checkpoint=str(ckpt),
-            train_data="synthetic",
-            frames=R["frames"],
-            size=R["size"],
-            num_calib=args.num_calib,
-            out=str(Path(tmp) / "qat"),
-            **options,
-        )
 
     def torch_logits(program) -> torch.Tensor:
         with torch.no_grad():
@@ -113,7 +98,7 @@ def main():
         config = QuantConfig(recipe="w8a8", qat=True, **OPENVINO_FORM) if form == "openvino" else None
         config = config or QuantConfig(recipe="w4a8", qat=True)
         with tempfile.TemporaryDirectory() as tmp:
-            qat = job(config, tmp, **options)
+            qat = reference_qat_job(config, tmp, args.num_calib, **options)
             method = "QAT" if options is not FORMER_DEFAULT else "QAT, former default"
             if form == "openvino":
                 logits, seconds = openvino_ir_logits(model, calib, eval_set, example, qat)

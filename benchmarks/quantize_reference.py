@@ -46,6 +46,7 @@ from common import (
     environment,
     machine_line,
     reference_checkpoint,
+    reference_qat_job,
     row_clips,
     torchao_x86_prepare,
     write_results,
@@ -241,20 +242,7 @@ def main():
     example = next(iter(calib))[0][:1]
 
     def qat_job(config: QuantConfig, tmp: str, **options) -> QuantizeJob:
-        """A QAT job of the reference checkpoint on synthetic training clips; what `options` leave
-        unset is the quantize CLI's default."""
-        return QuantizeJob(
-            variant=R["variant"],
-            config=config,
-            method="qat",
-            checkpoint=str(ckpt),
-            train_data="synthetic",
-            frames=R["frames"],
-            size=R["size"],
-            num_calib=args.num_calib,
-            out=str(Path(tmp) / "qat"),
-            **options,
-        )
+        return reference_qat_job(config, tmp, args.num_calib, **options)
 
     def run_torch(fn):
         with torch.no_grad():
