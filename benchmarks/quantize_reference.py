@@ -470,7 +470,6 @@ def main():
         "recipe": R,
         "command": _command(vars(args)),
         "checkpoint": str(ckpt),
-        "executorch_row_rescored_alone": args.executorch_only,
         "calibration_clips": calib.num_clips,
         "evaluation_clips": len(labels),
         "rows": rows,
@@ -478,18 +477,37 @@ def main():
         "pruning_sensitivity": sensitivity,
         "environment": environment(),
     }
-    if args.openvino_only:  # the rest of the table is the earlier run's, on its machine
-        result.update(
-            command=previous.get("command") or _command(previous),
-            evaluation_clips=previous["evaluation_clips"],  # the table's; rows scored on more say so
-            environment=previous["environment"],
-            executorch_row_rescored_alone=previous["executorch_row_rescored_alone"],
-            openvino_rows_scored_alone={"command": _command(vars(args)), "environment": environment()},
-        )
-        earlier = previous.get("openvino_rows_scored_alone")
-        if args.keep_nncf_rows and earlier:
-            result["openvino_rows_scored_alone"]["nncf_rows"] = earlier.get("nncf_rows", earlier)
+    if args.executorch_only or args.openvino_only:
+        result = rescored_alone(result, previous, args)
     write_report(result)
+
+
+def rescored_alone(result: dict, previous: dict, args: argparse.Namespace) -> dict:
+    """`result` of an `--executorch-only` or `--openvino-only` run, which rescored some rows of the
+    `previous` table: the rest of the table is the earlier run's, on its machine, so the table keeps
+    its command and environment, and the run that rescored those rows is named beside them (each
+    group its own, so rescoring one never erases how the other was scored)."""
+    this_run = {"command": result["command"], "environment": result["environment"]}
+    kept = {
+        key: previous[key]
+        for key in ("executorch_rows_rescored_alone", "openvino_rows_scored_alone")
+        if key in previous
+    }
+    result = {
+        **result,
+        "command": previous.get("command") or _command(previous),
+        "evaluation_clips": previous["evaluation_clips"],  # the table's; rows scored on more say so
+        "environment": previous["environment"],
+        **kept,
+    }
+    if args.executorch_only:
+        result["executorch_rows_rescored_alone"] = this_run
+    else:
+        earlier = previous.get("openvino_rows_scored_alone")
+        result["openvino_rows_scored_alone"] = dict(this_run)
+        if args.keep_nncf_rows and earlier:  # NNCF's rows were scored by the earlier run, or one before it
+            result["openvino_rows_scored_alone"]["nncf_rows"] = earlier.get("nncf_rows", earlier)
+    return result
 
 
 def _command(run: dict) -> str:
@@ -644,10 +662,11 @@ def write_report(result: dict) -> None:
         "",
         f"Command: `{result['command']}` ({machine_line(result['environment'])}).",
     ]
-    if result["executorch_row_rescored_alone"]:
+    executorch = result.get("executorch_rows_rescored_alone")
+    if executorch:
         lines[-1] += (
-            " The ExecuTorch rows (and the no-pruning ExecuTorch figure) were rescored alone afterwards, "
-            "with `--executorch-only`, after a change to the XNNPACK int8 program."
+            " The ExecuTorch rows (and the no-pruning ExecuTorch figure) were rescored afterwards: "
+            f"`{executorch['command']}` ({machine_line(executorch['environment'])})."
         )
     alone = result.get("openvino_rows_scored_alone")
     if alone:

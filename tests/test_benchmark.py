@@ -357,6 +357,50 @@ def test_accuracy_bounds_judged_only_where_the_clips_resolve_them(monkeypatch):
     assert "not measured" in run_suite._accuracy_condition({"format": "onnx"}, result)
 
 
+def test_rows_rescored_alone_keep_the_table_provenance(monkeypatch):
+    """Rescoring the ExecuTorch rows alone, then the OpenVINO rows alone (and the reverse), keeps the
+    table's own command and machine and names each partial run beside its rows; neither erases the
+    other's provenance or claims a reason it was not run for."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import quantize_reference
+
+    def env(name):
+        return {"processor": name, "instruction_sets": ["avx2"], "threads": 2, "torch": "2.13.0+cpu"}
+
+    table = {
+        "command": "python benchmarks/quantize_reference.py",
+        "environment": env("table CPU"),
+        "evaluation_clips": 6000,
+    }
+    parse = quantize_reference.parser().parse_args
+
+    def rescore(previous, argv, cpu):
+        args = parse(argv)
+        run = {"command": quantize_reference._command(vars(args)), "environment": env(cpu), "evaluation_clips": 6000}
+        return quantize_reference.rescored_alone(run, previous, args)
+
+    openvino = rescore(table, ["--openvino-only", "--num-eval", "24000"], "OpenVINO CPU")
+    both = rescore(openvino, ["--executorch-only"], "ExecuTorch CPU")
+    again = rescore(both, ["--openvino-only", "--keep-nncf-rows", "--num-eval", "96000"], "later CPU")
+    for result in (openvino, both, again):
+        assert result["command"] == table["command"] and result["environment"] == table["environment"]
+        assert result["evaluation_clips"] == 6000
+    assert "executorch_rows_rescored_alone" not in openvino
+    assert both["openvino_rows_scored_alone"] == openvino["openvino_rows_scored_alone"]
+    assert both["executorch_rows_rescored_alone"] == {
+        "command": "python benchmarks/quantize_reference.py --executorch-only",
+        "environment": env("ExecuTorch CPU"),
+    }
+    assert again["executorch_rows_rescored_alone"] == both["executorch_rows_rescored_alone"]
+    assert again["openvino_rows_scored_alone"]["command"].endswith("--num-eval 96000 --openvino-only --keep-nncf-rows")
+    assert again["openvino_rows_scored_alone"]["nncf_rows"]["command"].endswith("--num-eval 24000 --openvino-only")
+    first_executorch = rescore(table, ["--executorch-only"], "ExecuTorch CPU")
+    assert (
+        rescore(first_executorch, ["--openvino-only"], "OpenVINO CPU")["executorch_rows_rescored_alone"]
+        == (first_executorch["executorch_rows_rescored_alone"])
+    )
+
+
 def test_plots_use_an_accuracy_that_means_something(tmp_path):
     """Top-1 with its interval only with labels and enough clips; otherwise the logit SQNR (float-
     exact rows at the cap); one latency-vs-accuracy panel per model."""
