@@ -12,7 +12,12 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .._memory import release_free_heap
 from .distributed import DistContext, all_reduce_sum, shard
+
+# Batches between returns of freed heap memory to the system (see `_memory`): often enough to keep
+# a run over 100000 clips at its first batches' size.
+TRIM_EVERY = 8
 
 __all__ = [
     "Metrics",
@@ -109,10 +114,12 @@ def collect_logits(
     indices = list(range(len(dataset))) if indices is None else list(indices)
     outs, labels = [], []
     bar = tqdm(total=len(indices), desc=desc, disable=not progress, leave=False, unit="clip")
-    for clips, y in iterate_batches(dataset, indices, batch_size):
+    for batch, (clips, y) in enumerate(iterate_batches(dataset, indices, batch_size), 1):
         outs.append(model(clips).float().cpu())
         labels.append(y)
         bar.update(len(y))
+        if batch % TRIM_EVERY == 0:
+            release_free_heap()
     bar.close()
     if not outs:  # an empty shard (more ranks than clips)
         return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
