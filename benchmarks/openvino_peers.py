@@ -22,27 +22,15 @@ logit SQNR and top-1 agreement against the float model on `--clips` synthetic te
 weights: only agreement with float means something). The float model is rebuilt from the
 exports' model card. Reuses the exports of `export_models.py` (S: onnx fp32 and int8,
 executorch int8, openvino int8); writes benchmarks/results/openvino_peers.{json,md}.
-
-`--max-isa AVX2` emulates a CPU without AVX-512 and VNNI on one that has them: the script runs
-again with oneDNN (OpenVINO's and torch's), torch's own kernels and MKL held to AVX2, every
-OpenVINO program at f32 (a CPU without AVX-512 BF16 gets f32 by default; the plugin's bf16
-kernels do not obey the cap), and checks in each compiled OpenVINO program that no kernel uses
-an instruction set above the cap. ExecuTorch (XNNPACK) and ONNX Runtime (MLAS) pick their kernels
-from the CPU's own flags and have no such switch, so their rows are left out, with that reason.
-It writes benchmarks/results/openvino_peers_avx2.{json,md}: a proxy for an AVX2-only CPU (same
-cores, caches and clocks), not a measurement of one.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
-import sys
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Optional
 
 import torch
 from tqdm import tqdm
@@ -86,50 +74,6 @@ GOAL = 1.3  # issue: our fastest program at least 1.3x the fastest OpenVINO conf
 # issue: on a CPU with int8 dot products (VNNI), UniFormer-S int8 at half the speed of the int8 roofline or better
 INT8_GOAL_MS = 85.0
 NEAR_DB = 3.0  # the report also names the fastest OpenVINO configuration this close below our accuracy
-# --max-isa: the environment that holds each engine's kernels to the cap (read once, at load, so set
-# before the process starts), the kernel names above it, and the instruction sets a CPU of that kind has.
-ISA_CAPS = {
-    "AVX2": {
-        "env": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
-        "above": ("avx512", "amx", "vnni"),
-        "instruction_sets": ("sse4_1", "avx", "avx2", "fma", "f16c"),
-    }
-}
-UNCAPPED_RUNTIMES = {  # runtimes that cannot be held to a cap, and why
-    "executorch": "XNNPACK picks its kernels from the CPU's own flags (cpuinfo), with no switch to hold them lower",
-    "onnxruntime": "ONNX Runtime's MLAS picks its kernels from the CPU's own flags, with no switch to hold them lower",
-}
-
-
-def programs(cap: Optional[str] = None) -> tuple[dict, dict]:
-    """{program: (runtime, file, precision)} to run, and {program: why it is left out}, under `cap`."""
-    if cap is None:
-        return dict(PROGRAMS), {}
-    run, left_out = {}, {}
-    for name, (runtime, rel, precision) in PROGRAMS.items():
-        if runtime in UNCAPPED_RUNTIMES:
-            left_out[name] = f"not held to {cap}: {UNCAPPED_RUNTIMES[runtime]}"
-        elif runtime == "openvino" and precision is None:
-            left_out[name] = (
-                f"on a CPU without AVX-512 BF16 the plugin's default precision is f32, which the f32 row runs "
-                f"(here the plugin would choose bf16 and its own AVX-512 bf16 kernels, which ignore the {cap} cap)"
-            )
-        else:
-            run[name] = (runtime, rel, precision)
-    return run, left_out
-
-
-def kernels_above(compiled, cap: str) -> list[str]:
-    """The kernels of a compiled OpenVINO model that use an instruction set above `cap`, by the
-    primitive names its runtime model reports (such as `brgconv_avx512_core_vnni_I8`)."""
-    above = ISA_CAPS[cap]["above"]
-    names = {str(op.get_rt_info()["primitiveType"].astype(str)) for op in compiled.get_runtime_model().get_ops()}
-    return sorted(n for n in names if any(a in n.lower() for a in above))
-
-
-def active_cap() -> Optional[str]:
-    """The cap this process runs under (its environment, which spawned processes inherit), or None."""
-    return next((cap for cap, c in ISA_CAPS.items() if all(os.environ.get(k) == v for k, v in c["env"].items())), None)
 
 
 def nncf_quantize(model, dataset, preset: str, options: dict, subset_size: int = 32):
@@ -192,10 +136,6 @@ def _load(name: str, threads: int, float_model):
         session = ort_session(EXPORTS / rel, threads)
         return lambda x: run_onnx(session, x)
     compiled, _ = compile_openvino(EXPORTS / rel, "CPU", threads, precision)
-    cap = active_cap()
-    above = kernels_above(compiled, cap) if cap else []
-    if above:
-        raise RuntimeError(f"held to {cap}, OpenVINO still compiled kernels above it: {', '.join(above)}")
     return lambda x: run_openvino(compiled, x)
 
 
@@ -206,7 +146,7 @@ def _runners(threads: int) -> tuple:
     torch.set_num_threads(threads)
     float_model = discover(EXPORTS / "s-onnx")[0].float_model()  # from the exports' model card
     runners, failed = {}, {}
-    for name in programs(active_cap())[0]:
+    for name in PROGRAMS:
         try:
             runners[name] = _load(name, threads, float_model)
         except RuntimeError as err:  # OpenVINO refuses some graphs at some precisions
@@ -251,11 +191,8 @@ def _accuracy(threads: int, clips: int) -> tuple[dict, dict]:
                 k: v for k, v in agreement(reference, logits).items() if k in ("sqnr_db", "top1_agreement", "cosine")
             }
     _, settings = compile_openvino(EXPORTS / ONNX_FP32, "CPU", threads)
-    if active_cap():  # the plugin decides bf16 from the CPU's own flags, past the cap
-        settings["default_inference_precision"] = "f32 (a CPU without AVX-512 BF16)"
-    else:
-        _, default = compile_openvino(EXPORTS / ONNX_FP32, "CPU", threads, None)
-        settings["default_inference_precision"] = default["INFERENCE_PRECISION_HINT"].split()[0]
+    _, default = compile_openvino(EXPORTS / ONNX_FP32, "CPU", threads, None)
+    settings["default_inference_precision"] = default["INFERENCE_PRECISION_HINT"].split()[0]
     return out, settings, failed
 
 
@@ -295,22 +232,10 @@ def main():
         help="also time each program alone in this many fresh processes of its own (0: skip)",
     )
     p.add_argument("--alone-runs", type=int, default=15, help="timed runs per alone process")
-    p.add_argument(
-        "--max-isa",
-        choices=sorted(ISA_CAPS),
-        help="emulate a CPU without the instruction sets above this one: hold every engine that can be held to "
-        "it, leave out those that cannot (with the reason), and write results/openvino_peers_<isa>.{json,md}",
-    )
     args = p.parse_args()
     if not 1 <= args.processes <= args.rounds:
         raise SystemExit(f"--processes must lie in [1, --rounds={args.rounds}], got {args.processes}")
-    held = sorted({k for c in ISA_CAPS.values() for k in c["env"]} & set(os.environ))
-    if args.max_isa is None and held:
-        raise SystemExit(f"{', '.join(held)} set in the environment: pass --max-isa, or unset it for a native run")
-    if args.max_isa and active_cap() != args.max_isa:  # the engines read their caps once, at load: start again
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ISA_CAPS[args.max_isa]["env"]})
-    running = {rel for _, rel, _ in programs(args.max_isa)[0].values()}
-    require_exports([ONNX_FP32, *(rel for rel in (ONNX_INT8, PTE_INT8, IR_INT8) if rel in running)])
+    require_exports([ONNX_FP32, ONNX_INT8, PTE_INT8, IR_INT8])
     nncf_seconds = make_nncf_models()
     accuracy, settings, failed = _fresh(_accuracy, args.threads, args.clips)
     alone: dict[str, list[float]] = {name: [] for name in accuracy}
@@ -356,27 +281,11 @@ def main():
         "goal_met": fastest_as_accurate is None or ratios[fastest_as_accurate]["median"] >= GOAL,
         "environment": environment(),
     }
-    if args.max_isa:
-        result.update(capped_environment(result["environment"], args.max_isa))
-        result["cannot_run"] = {**programs(args.max_isa)[1], **failed}
     # None: the CPU has no int8 dot-product instructions, where the goal does not apply.
     result["int8_goal_met"] = (
         statistics.median(times[ours]) <= INT8_GOAL_MS if result["environment"]["int8_dot_product"] else None
     )
-    write_results("openvino_peers" + (f"_{args.max_isa.lower()}" if args.max_isa else ""), result, markdown(result))
-
-
-def capped_environment(env: dict, cap: str) -> dict:
-    """A capped run's environment as the CPU type it emulates (its instruction sets those of that
-    type, no int8 dot products), and how it was held there."""
-    return {
-        "environment": {
-            **env,
-            "instruction_sets": [isa for isa in env["instruction_sets"] if isa in ISA_CAPS[cap]["instruction_sets"]],
-            "int8_dot_product": False,
-        },
-        "isa_cap": {"cap": cap, "env": ISA_CAPS[cap]["env"], "cpu_instruction_sets": env["instruction_sets"]},
-    }
+    write_results("openvino_peers", result, markdown(result))
 
 
 def markdown(result: dict) -> str:
@@ -384,33 +293,16 @@ def markdown(result: dict) -> str:
     settings = dict(result["openvino_settings"])
     default = settings.pop("default_inference_precision", "unknown")
     settings = ", ".join(f"{k}={v}" for k, v in settings.items())
-    cap = result.get("isa_cap")
     lines = [
-        "# UniFormer-S 8x224 against OpenVINO, interleaved rounds" + (f", kernels held to {cap['cap']}" if cap else ""),
+        "# UniFormer-S 8x224 against OpenVINO, interleaved rounds",
         "",
-    ]
-    if cap:
-        lines += [
-            f"An emulation of a CPU without the instruction sets above {cap['cap']}, on one that has them "
-            f"({', '.join(cap['cpu_instruction_sets'])}): every process ran with "
-            f"{', '.join(f'{k}={v}' for k, v in cap['env'].items())}, every OpenVINO program at f32, and no "
-            f"compiled OpenVINO program used a kernel above {cap['cap']} (checked by the primitive names of its "
-            "runtime model). The same cores, caches and clocks as the native run: a proxy for such a CPU, "
-            "not a measurement of one. Rows that cannot be held to the cap are listed below the table.",
-            "",
-        ]
-    lines += [
         f"{env['processor']}; instruction sets: {', '.join(env['instruction_sets'])}; "
         f"{result['threads']} threads. {result['rounds']} rounds over {result['processes']} fresh processes; "
         f"in each, every program runs once untimed, then {result['runs_per_round']} timed runs on the same clip "
         f"(their median is the round's figure). OpenVINO: {settings}. Accuracy against the float model on "
-        f"{result['accuracy_clips']} synthetic test clips (random weights: agreement with float only)."
-        + (
-            f' Rows ending in "{DEFAULT_PRECISION[2:]}" leave INFERENCE_PRECISION_HINT unset, as a user who sets '
-            f"none does: the plugin chose {default} on this machine."
-            if not cap
-            else ""
-        ),
+        f"{result['accuracy_clips']} synthetic test clips (random weights: agreement with float only). "
+        f'Rows ending in "{DEFAULT_PRECISION[2:]}" leave INFERENCE_PRECISION_HINT unset, as a user who sets '
+        f"none does: the plugin chose {default} on this machine.",
         "",
         "| program | median ms | time / ours (median per round) | p10 | p90 | alone ms | alone / ours | "
         "logit SQNR dB | top-1 agreement |",
@@ -484,8 +376,7 @@ def markdown(result: dict) -> str:
         "",
         f"Command: `python benchmarks/openvino_peers.py --rounds {result['rounds']} --processes {result['processes']} "
         f"--runs-per-round {result['runs_per_round']} --clips {result['accuracy_clips']} "
-        f"--alone-processes {result.get('alone_processes', 0)} --alone-runs {result.get('alone_runs', 0)}"
-        + (f" --max-isa {cap['cap']}`." if cap else "`."),
+        f"--alone-processes {result.get('alone_processes', 0)} --alone-runs {result.get('alone_runs', 0)}`.",
     ]
     return "\n".join(lines) + "\n"
 

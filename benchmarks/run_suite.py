@@ -326,38 +326,20 @@ def peers_summary(peers: dict) -> dict:
         "goal_met": peers["goal_met"],
         "int8_goal_met": peers["int8_goal_met"],
         "openvino": peers["environment"]["versions"].get("openvino"),
-        "results": peers_file(peers) + ".md",
     }
 
 
-def peers_file(peers: dict) -> str:
-    """The results file an `openvino_peers.py` run wrote: its own per ISA cap (`--max-isa`)."""
-    cap = peers.get("isa_cap")
-    return "openvino_peers" + (f"_{cap['cap'].lower()}" if cap else "")
-
-
-def peers_cpu_type(peers: dict) -> str:
-    """The CPU type an `openvino_peers.py` run measured; a run with kernels held to an ISA cap is
-    its own entry, named as the emulation it is, never the real CPU type's figures."""
-    env = peers["environment"]
-    name = cpu_type({"cpu": env["processor"], "instruction_sets": env["instruction_sets"]})
-    cap = peers.get("isa_cap")
-    if cap:
-        real = cpu_type({"cpu": env["processor"], "instruction_sets": cap["cpu_instruction_sets"]})
-        name += f" (emulated: kernels held to {cap['cap']} on the {real.split(', ', 1)[1]} type)"
-    return name
-
-
-def record_cpu_type(report: Optional[dict], path: Path = CPU_TYPES, *peers: dict) -> dict:
-    """Enter `report`'s summary (a suite run) and each of `peers`' (`openvino_peers.py` runs) under
-    the CPU type each ran on in `path`, keeping everything else; returns all."""
+def record_cpu_type(report: Optional[dict], path: Path = CPU_TYPES, peers: Optional[dict] = None) -> dict:
+    """Enter `report`'s summary (a suite run) and `peers`' (an `openvino_peers.py` run) under the CPU
+    type each ran on in `path`, keeping everything else; returns all."""
     known = json.loads(path.read_text()) if path.is_file() else {}
     if report is not None:
         name = cpu_type(report["device"])
         known[name] = {**known.get(name, {}), **cpu_type_summary(report)}
-    for run in peers:
-        name = peers_cpu_type(run)
-        known[name] = {**known.get(name, {}), "openvino_peers": peers_summary(run)}
+    if peers is not None:
+        env = peers["environment"]
+        name = cpu_type({"cpu": env["processor"], "instruction_sets": env["instruction_sets"]})
+        known[name] = {**known.get(name, {}), "openvino_peers": peers_summary(peers)}
     atomic_write_text(path, json.dumps(known, indent=1, sort_keys=True) + "\n")
     return known
 
@@ -400,9 +382,8 @@ def cpu_type_sections(known: dict) -> list[str]:
 
 def _peers_line(peers: dict) -> str:
     """A CPU type's verdicts from `openvino_peers.py`: the 1.3x goal against OpenVINO, and 85 ms int8."""
-    results = peers.get("results", "openvino_peers.md")  # entries written before capped runs kept theirs
     line = (
-        f"Against OpenVINO {peers['openvino']} ([{results}](results/{results}), interleaved "
+        f"Against OpenVINO {peers['openvino']} ([openvino_peers.md](results/openvino_peers.md), interleaved "
         f"rounds, the last run on this CPU type): ours, {peers['ours']}, {peers['ours_ms']:.1f} ms; "
     )
     if peers["fastest_openvino_as_accurate"] is None:
@@ -521,8 +502,10 @@ def write_results_md(report: dict, models, threads: int, suite_report: Path) -> 
         lines.append("")
     lines += performance_targets(report["rows"], reference) + reference_accuracy(reference)
     lines += openvino_peers()
-    peers = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("openvino_peers*.json"))]
-    lines += cpu_type_sections(record_cpu_type(report, CPU_TYPES, *peers))
+    peers = RESULTS / "openvino_peers.json"
+    lines += cpu_type_sections(
+        record_cpu_type(report, peers=json.loads(peers.read_text()) if peers.is_file() else None)
+    )
     lines += other_devices(suite_report)
     lines += ["Full per-device report: [results/suite/report.md](results/suite/report.md).", ""]
     atomic_write_text(REPO / "benchmarks" / "RESULTS.md", "\n".join(lines))

@@ -4,11 +4,8 @@ plots written and re-read, merging, the not-available path and bad input."""
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -276,20 +273,6 @@ def test_results_keep_a_section_per_cpu_type(tmp_path, monkeypatch):
     assert "OpenVINO fp32 (our ONNX), 114.0 ms: 1.43x our time (goal 1.3x), met; int8 at 85 ms or less: met." in text
     assert "550.0 ms: 1.10x our time (goal 1.3x), NOT met." in text  # no int8 goal without VNNI
     assert "### AMD EPYC, AVX-512, no VNNI" in text and "The suite has not run on this CPU type." in text
-    # A run with kernels held to AVX2 (`--max-isa`) is its own, emulated entry with its own file:
-    # never the real AVX2 type's figures, nor the VNNI type's.
-    capped = {
-        **peers(["sse4_1", "avx2", "fma"], 200.0, 290.0, False),
-        "isa_cap": {"cap": "AVX2", "env": {}, "cpu_instruction_sets": ["avx2", "avx512f", "avx512_vnni"]},
-    }
-    known = run_suite.record_cpu_type(None, path, capped)
-    emulated = "AMD EPYC, AVX2, no VNNI (emulated: kernels held to AVX2 on the AVX-512 VNNI type)"
-    assert known[emulated]["openvino_peers"]["ours_ms"] == 200.0
-    assert known["AMD EPYC, AVX2, no VNNI"]["openvino_peers"]["ours_ms"] == 500.0
-    assert known["AMD EPYC, AVX-512 VNNI"]["openvino_peers"]["ours_ms"] == 80.0
-    text = "\n".join(run_suite.cpu_type_sections(known))
-    assert f"### {emulated}" in text and "[openvino_peers_avx2.md](results/openvino_peers_avx2.md)" in text
-    assert "[openvino_peers.md](results/openvino_peers.md)" in text
 
 
 def test_accuracy_bounds_judged_only_where_the_clips_resolve_them(monkeypatch):
@@ -416,61 +399,6 @@ def test_rows_rescored_alone_keep_the_table_provenance(monkeypatch):
         rescore(first_executorch, ["--openvino-only"], "OpenVINO CPU")["executorch_rows_rescored_alone"]
         == (first_executorch["executorch_rows_rescored_alone"])
     )
-
-
-_KERNELS_ABOVE_AVX2 = """
-import json, numpy as np, openvino as ov
-from openvino import opset13 as ops
-from openvino_peers import kernels_above
-x = ops.parameter([1, 32, 16, 16], np.float32)
-w = ops.constant(np.random.default_rng(0).standard_normal((32, 32, 3, 3)).astype(np.float32))
-conv = ops.convolution(x, w, [1, 1], [1, 1], [1, 1], [1, 1])
-y = ops.matmul(conv, ops.constant(np.ones((16, 16), np.float32)), False, False)
-compiled = ov.Core().compile_model(ov.Model([y], [x]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-print(json.dumps(kernels_above(compiled, "AVX2")))
-"""
-
-
-def test_openvino_peers_holds_its_programs_to_avx2(monkeypatch):
-    """`openvino_peers.py --max-isa AVX2` runs only what can be held to AVX2 (torch, OpenVINO at f32),
-    names why the rest is left out, and its check of OpenVINO's compiled kernels sees the cap: none
-    above AVX2 under it, AVX-512 ones without it on a CPU that has them."""
-    pytest.importorskip("openvino", reason="OpenVINO is an optional extra")
-    from uniformer_edge._cpu import instruction_sets, is_x86
-
-    if not is_x86():
-        pytest.skip("the AVX2 cap is an x86 instruction-set ceiling")
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    import openvino_peers
-
-    run, left_out = openvino_peers.programs("AVX2")
-    assert set(run) | set(left_out) == set(openvino_peers.PROGRAMS) and not set(run) & set(left_out)
-    assert "OpenVINO int8 IR (ours)" in run and "OpenVINO fp32 (our ONNX)" in run and "torch eager fp32" in run
-    assert all(runtime == "torch" or precision == "f32" for runtime, _, precision in run.values())
-    assert "XNNPACK" in left_out["ExecuTorch int8 (ours)"] and "MLAS" in left_out["ONNX Runtime, our PT2E int8"]
-    assert openvino_peers.programs(None) == (openvino_peers.PROGRAMS, {})
-    env = {"processor": "x", "instruction_sets": ["avx2", "fma", "avx512f", "avx512_vnni"], "int8_dot_product": True}
-    capped = openvino_peers.capped_environment(env, "AVX2")
-    assert capped["environment"]["instruction_sets"] == ["avx2", "fma"]
-    assert capped["environment"]["int8_dot_product"] is False
-    assert capped["isa_cap"]["cpu_instruction_sets"] == env["instruction_sets"]
-
-    def kernels_above(extra_env):
-        clean = {k: v for k, v in os.environ.items() if k not in openvino_peers.ISA_CAPS["AVX2"]["env"]}
-        done = subprocess.run(
-            [sys.executable, "-c", _KERNELS_ABOVE_AVX2],
-            env={**clean, **extra_env},
-            cwd=REPO / "benchmarks",
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout.splitlines()[-1])
-
-    assert kernels_above(openvino_peers.ISA_CAPS["AVX2"]["env"]) == []
-    if "avx512f" in instruction_sets():
-        assert any("avx512" in name for name in kernels_above({}))
 
 
 def test_plots_use_an_accuracy_that_means_something(tmp_path):
