@@ -3,9 +3,9 @@
 glibc raises its mmap threshold each time a large block is freed, after which clip-sized
 blocks come from the heap; a loop that renders clips and runs a model on them then leaves that
 heap fragmented, its free pages never returned. The process's memory grows with the number of
-clips until the kernel kills it. Trimming the heap every few batches bounds it at a cost that
-does not show in the loop's time; a fixed mmap threshold would too, but slows the model's own
-allocations about twofold."""
+clips until the kernel kills it. Trimming the heap every few batches bounds it for a call that
+costs little beside a batch; a fixed mmap threshold would bound it too, but every one of the
+model's large allocations would then map fresh pages."""
 
 from __future__ import annotations
 
